@@ -1,0 +1,21 @@
+"""Public ids: a prefix plus 26 Crockford base32 characters, sortable by creation time.
+
+48 bits of milliseconds then 80 random bits (the ULID layout), so ``ORDER BY id`` is
+creation order and ids work as opaque cursors.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def new_id(prefix: str) -> str:
+    value = (time.time_ns() // 1_000_000) << 80 | secrets.randbits(80)
+    chars = []
+    for _ in range(26):
+        value, index = divmod(value, 32)
+        chars.append(_ALPHABET[index])
+    return f"{prefix}_{''.join(reversed(chars))}"

@@ -1,0 +1,143 @@
+"""All configuration, read once from the environment (prefix ``FLUXGATE_``).
+
+A wrong or missing setting stops start-up with one clear line (see :func:`load_settings`).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated, Self
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_CF_BASE_URL = "https://api.cloudflare.com/client/v4"
+
+
+class ConfigError(Exception):
+    """Configuration that cannot work; the message is one line for the operator."""
+
+
+def normalize_database_url(url: str) -> str:
+    """Accept plain ``postgresql://`` / ``postgres://`` URLs and drive them with psycopg 3."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+PositiveSeconds = Annotated[float, Field(gt=0)]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FLUXGATE_", extra="ignore")
+
+    database_url: str
+    redis_url: str | None = None
+    broker_url: str | None = None
+
+    cf_account_id: str | None = None
+    cf_api_token: str | None = None
+    cf_base_url: str = DEFAULT_CF_BASE_URL
+
+    # Request limits.
+    prompt_max_chars: int = Field(default=4096, ge=1)
+    max_json_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+
+    # Upstream calls.
+    upstream_connect_timeout_seconds: PositiveSeconds = 10.0
+    upstream_timeout_seconds: PositiveSeconds = 120.0
+    upstream_max_attempts: int = Field(default=5, ge=1, le=50)
+    retry_base_seconds: PositiveSeconds = 2.0
+    retry_max_seconds: PositiveSeconds = 120.0
+
+    # Worker and sweeper.
+    worker_concurrency: int = Field(default=64, ge=1, le=1024)
+    job_lease_seconds: PositiveSeconds = 300.0
+    sweep_interval_seconds: PositiveSeconds = 30.0
+    requeue_after_seconds: PositiveSeconds = 300.0
+    db_pool_size: int = Field(default=10, ge=1)
+    db_max_overflow: int = Field(default=20, ge=0)
+
+    log_level: str = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        value = normalize_database_url(value.strip())
+        if not value.startswith(("postgresql+psycopg://", "sqlite:///")):
+            raise ValueError("must be a postgresql:// or sqlite:/// URL")
+        return value
+
+    @field_validator("cf_base_url")
+    @classmethod
+    def _cf_base_url(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/")
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        value = value.upper()
+        if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.broker_url is None and self.redis_url is None:
+            raise ValueError("set FLUXGATE_BROKER_URL or FLUXGATE_REDIS_URL")
+        if (self.cf_account_id is None) != (self.cf_api_token is None):
+            raise ValueError(
+                "set both FLUXGATE_CF_ACCOUNT_ID and FLUXGATE_CF_API_TOKEN, or neither"
+            )
+        # A lease shorter than one upstream call would hand a live job to a second worker.
+        if (
+            self.job_lease_seconds
+            <= self.upstream_timeout_seconds + self.upstream_connect_timeout_seconds
+        ):
+            raise ValueError(
+                "FLUXGATE_JOB_LEASE_SECONDS must exceed FLUXGATE_UPSTREAM_TIMEOUT_SECONDS "
+                "+ FLUXGATE_UPSTREAM_CONNECT_TIMEOUT_SECONDS"
+            )
+        if self.retry_max_seconds < self.retry_base_seconds:
+            raise ValueError("FLUXGATE_RETRY_MAX_SECONDS must be >= FLUXGATE_RETRY_BASE_SECONDS")
+        return self
+
+    @property
+    def effective_broker_url(self) -> str:
+        url = self.broker_url or self.redis_url
+        assert url is not None  # guaranteed by _consistent
+        return url
+
+    def require_upstream(self) -> tuple[str, str]:
+        """The Cloudflare credentials; workers cannot run without them."""
+        if self.cf_account_id is None or self.cf_api_token is None:
+            raise ConfigError(
+                "FLUXGATE_CF_ACCOUNT_ID and FLUXGATE_CF_API_TOKEN are required to run a worker"
+            )
+        return self.cf_account_id, self.cf_api_token
+
+
+def _one_line(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        field = ".".join(str(p) for p in item["loc"])
+        name = f"FLUXGATE_{field.upper()}" if field else "settings"
+        message = item["msg"].removeprefix("Value error, ")
+        parts.append(f"{name}: {message}" if field else message)
+    return "invalid configuration: " + "; ".join(parts)
+
+
+def load_settings() -> Settings:
+    """Read and check the settings; raise :class:`ConfigError` with one line if they are wrong."""
+    try:
+        return Settings()  # filled from the environment
+    except ValidationError as error:
+        raise ConfigError(_one_line(error)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()
