@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, Boolean, CheckConstraint, ForeignKey, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.billing.rules import PriceSchedule, Unit
+from app.db import Base, UTCDateTime, utcnow
+
+
+class Price(Base):
+    """One model's price schedule from ``effective_from`` until the next row for that model."""
+
+    __tablename__ = "prices"
+    __table_args__ = (
+        UniqueConstraint("model", "effective_from"),
+        CheckConstraint("output_unit IN ('tile', 'megapixel')", name="output_unit"),
+        CheckConstraint("input_unit IN ('tile', 'megapixel')", name="input_unit"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    model: Mapped[str] = mapped_column(String(64))
+    effective_from: Mapped[datetime] = mapped_column(UTCDateTime)
+    output_unit: Mapped[str] = mapped_column(String(16))
+    input_unit: Mapped[str] = mapped_column(String(16))
+    per_step: Mapped[bool] = mapped_column(Boolean)
+    output_first_unit_nanos: Mapped[int] = mapped_column(BigInteger)
+    output_unit_nanos: Mapped[int] = mapped_column(BigInteger)
+    input_unit_nanos: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def schedule(self) -> PriceSchedule:
+        output_unit: Unit = "tile" if self.output_unit == "tile" else "megapixel"
+        input_unit: Unit = "tile" if self.input_unit == "tile" else "megapixel"
+        return PriceSchedule(
+            model=self.model,
+            output_unit=output_unit,
+            input_unit=input_unit,
+            per_step=self.per_step,
+            output_first_unit_nanos=self.output_first_unit_nanos,
+            output_unit_nanos=self.output_unit_nanos,
+            input_unit_nanos=self.input_unit_nanos,
+        )
+
+
+class Charge(Base):
+    """The ledger: one row per charged job, never more (``job_id`` is unique)."""
+
+    __tablename__ = "charges"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), unique=True)
+    api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"), index=True)
+    model: Mapped[str] = mapped_column(String(64))
+    price_id: Mapped[int] = mapped_column(ForeignKey("prices.id"))
+    amount_nanos: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

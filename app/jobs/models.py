@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base, UTCDateTime, utcnow
+
+
+class JobStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATUSES
+
+
+FINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED})
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('queued', 'running', 'succeeded', 'failed', 'canceled')", name="status"
+        ),
+        # Queue position and the sweeper scan queued jobs in id (= creation) order.
+        Index("ix_jobs_status_id", "status", "id"),
+        Index("ix_jobs_api_key_id_id", "api_key_id", "id"),
+        Index("ix_jobs_api_key_id_status_id", "api_key_id", "status", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"))
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
+
+    # What was asked.
+    model: Mapped[str] = mapped_column(String(64))
+    prompt: Mapped[str] = mapped_column(Text)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    seed: Mapped[int | None] = mapped_column(BigInteger)
+    guidance: Mapped[float | None] = mapped_column(Float)
+    steps: Mapped[int] = mapped_column(Integer)
+    input_image_count: Mapped[int] = mapped_column(Integer, default=0)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+
+    # Money, known exactly at submit; charged only when an image comes back.
+    price_id: Mapped[int] = mapped_column(ForeignKey("prices.id"))
+    estimated_nanos: Mapped[int] = mapped_column(BigInteger)
+    charged_nanos: Mapped[int | None] = mapped_column(BigInteger)
+    input_tiles: Mapped[int] = mapped_column(Integer)
+    output_tiles: Mapped[int] = mapped_column(Integer)
+    upstream_neurons: Mapped[str | None] = mapped_column(String(32))
+
+    # Execution bookkeeping.
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    upstream_ms: Mapped[int | None] = mapped_column(Integer)
+
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    error_upstream_code: Mapped[int | None] = mapped_column(Integer)
+
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class JobImage(Base):
+    """Image bytes of a job: its output (and, later, its input images)."""
+
+    __tablename__ = "job_images"
+    __table_args__ = (
+        UniqueConstraint("job_id", "role", "position"),
+        CheckConstraint("role IN ('output', 'input')", name="role"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"))
+    role: Mapped[str] = mapped_column(String(8))
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    content_type: Mapped[str] = mapped_column(String(32))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -1,0 +1,62 @@
+"""API keys: creation and authentication. Only a SHA-256 hash of a key is ever stored."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.ids import new_id
+from app.keys.models import ApiKey
+
+KEY_PREFIX = "fgk_"
+DISPLAY_PREFIX_CHARS = 12
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_webhook_secret() -> str:
+    # Standard Webhooks format: "whsec_" + base64 of the raw secret.
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+@dataclass(frozen=True)
+class CreatedKey:
+    api_key: ApiKey
+    key: str  # shown once, never stored
+
+
+def create_key(session: Session, *, name: str, is_admin: bool = False) -> CreatedKey:
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    api_key = ApiKey(
+        id=new_id("key"),
+        name=name,
+        key_hash=hash_key(key),
+        display_prefix=key[:DISPLAY_PREFIX_CHARS],
+        is_admin=is_admin,
+        webhook_secret=new_webhook_secret(),
+    )
+    session.add(api_key)
+    session.flush()
+    return CreatedKey(api_key=api_key, key=key)
+
+
+def authenticate(session: Session, *, presented: str) -> ApiKey | None:
+    """The live key matching ``presented``, or ``None``."""
+    if not presented.startswith(KEY_PREFIX):
+        return None
+    digest = hash_key(presented)
+    api_key = session.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
+    if api_key is None or api_key.revoked_at is not None:
+        return None
+    # The lookup is by hash already; compare again in constant time as a second guard.
+    if not hmac.compare_digest(api_key.key_hash, digest):
+        return None
+    return api_key

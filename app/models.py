@@ -1,0 +1,8 @@
+"""Every table, imported in one place so Alembic and the services see the whole schema."""
+
+from app.billing.models import Charge, Price
+from app.db import Base
+from app.jobs.models import Job, JobImage
+from app.keys.models import ApiKey
+
+__all__ = ["ApiKey", "Base", "Charge", "Job", "JobImage", "Price"]
