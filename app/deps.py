@@ -1,0 +1,52 @@
+"""Dependencies shared by the routes: a session per request and the calling API key."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from app.db import get_sessionmaker
+from app.errors import Unauthorized
+from app.keys.models import ApiKey
+from app.keys.service import authenticate
+from app.settings import Settings, get_settings
+
+
+def get_session() -> Iterator[Session]:
+    """The request owns the transaction: routes commit; anything uncommitted is rolled back."""
+    session = get_sessionmaker()()
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_api_key(request: Request, session: SessionDep) -> ApiKey:
+    header = request.headers.get("authorization", "")
+    scheme, _, presented = header.partition(" ")
+    if not header:
+        raise Unauthorized(
+            "send your API key as 'Authorization: Bearer fgk_...'",
+            code="missing_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    api_key = (
+        authenticate(session, presented=presented.strip()) if scheme.lower() == "bearer" else None
+    )
+    if api_key is None:
+        raise Unauthorized(
+            "the API key is not valid or has been revoked",
+            code="invalid_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return api_key
+
+
+ApiKeyDep = Annotated[ApiKey, Depends(get_api_key)]

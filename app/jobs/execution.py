@@ -1,0 +1,282 @@
+"""Jobs as the worker sees them: claim, finish once, retry later, sweep what was dropped.
+
+Every state change is a conditional UPDATE on (status, attempts), so a task that runs twice,
+a worker killed mid-call, or a sweeper racing a worker can never finish a job twice; the
+unique ``charges.job_id`` makes a second charge impossible as well.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session
+
+from app import catalog
+from app.billing.service import record_charge
+from app.db import utcnow
+from app.images import ImageInfo
+from app.jobs.models import Job, JobImage, JobStatus
+from app.workers_ai import GenerationRequest, UpstreamError
+
+
+@dataclass(frozen=True)
+class Claim:
+    job_id: str
+    attempt: int
+    request: GenerationRequest
+    width: int
+    height: int
+
+
+def claim(session: Session, *, job_id: str, lease_seconds: float) -> Claim | None:
+    """Move a queued, due job to running under a lease; ``None`` if someone else has it."""
+    now = utcnow()
+    claimed = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.status == JobStatus.QUEUED,
+            or_(Job.not_before.is_(None), Job.not_before <= now),
+        )
+        .values(
+            status=JobStatus.RUNNING,
+            attempts=Job.attempts + 1,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            started_at=func.coalesce(Job.started_at, now),
+            not_before=None,
+        )
+        .returning(Job.attempts)
+        .execution_options(synchronize_session=False)
+    ).scalar_one_or_none()
+    if claimed is None:
+        return None
+    job = session.get_one(Job, job_id)
+    session.refresh(job)
+    spec = catalog.MODELS[job.model]
+    return Claim(
+        job_id=job.id,
+        attempt=claimed,
+        width=job.width,
+        height=job.height,
+        request=GenerationRequest(
+            upstream_model=spec.upstream_id,
+            prompt=job.prompt,
+            width=job.width,
+            height=job.height,
+            seed=job.seed,
+            guidance=job.guidance,
+            steps=job.steps if spec.steps_configurable else None,
+        ),
+    )
+
+
+def _running(job_id: str, attempt: int) -> tuple[object, ...]:
+    return (Job.id == job_id, Job.status == JobStatus.RUNNING, Job.attempts == attempt)
+
+
+def finish_succeeded(
+    session: Session,
+    *,
+    claim: Claim,
+    image: bytes,
+    info: ImageInfo,
+    neurons: str | None,
+    upstream_ms: int,
+) -> bool:
+    """Store the image, the charge and the status together; ``False`` if this attempt lost."""
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(*_running(claim.job_id, claim.attempt))  # type: ignore[arg-type]
+        .values(
+            status=JobStatus.SUCCEEDED,
+            completed_at=now,
+            charged_nanos=Job.estimated_nanos,
+            lease_expires_at=None,
+            upstream_neurons=neurons,
+            upstream_ms=upstream_ms,
+            error_code=None,
+            error_message=None,
+            error_upstream_code=None,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    job = session.get_one(Job, claim.job_id)
+    session.refresh(job)
+    session.add(
+        JobImage(
+            job_id=job.id,
+            role="output",
+            position=0,
+            content_type=info.content_type,
+            width=info.width,
+            height=info.height,
+            size_bytes=info.size_bytes,
+            sha256=info.sha256,
+            data=image,
+        )
+    )
+    record_charge(
+        session,
+        job_id=job.id,
+        api_key_id=job.api_key_id,
+        model=job.model,
+        price_id=job.price_id,
+        amount_nanos=job.estimated_nanos,
+    )
+    return True
+
+
+def schedule_retry(
+    session: Session, *, claim: Claim, error: UpstreamError, delay_seconds: float
+) -> bool:
+    """Back to queued, due after ``delay_seconds``; cancelable again while it waits."""
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(*_running(claim.job_id, claim.attempt))  # type: ignore[arg-type]
+        .values(
+            status=JobStatus.QUEUED,
+            lease_expires_at=None,
+            not_before=now + timedelta(seconds=delay_seconds),
+            enqueued_at=now,
+            upstream_ms=error.duration_ms,
+            # Kept for operators; the Job shows an error only once it has failed.
+            error_code=error.code,
+            error_message=error.message[:1000],
+            error_upstream_code=error.upstream_code,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def finish_failed(session: Session, *, claim: Claim, error: UpstreamError) -> bool:
+    """A final failure costs nothing."""
+    result = session.execute(
+        update(Job)
+        .where(*_running(claim.job_id, claim.attempt))  # type: ignore[arg-type]
+        .values(
+            status=JobStatus.FAILED,
+            completed_at=utcnow(),
+            charged_nanos=0,
+            lease_expires_at=None,
+            upstream_ms=error.duration_ms,
+            error_code=error.code,
+            error_message=error.message[:1000],
+            error_upstream_code=error.upstream_code,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def backoff_seconds(
+    attempt: int,
+    *,
+    base: float,
+    cap: float,
+    retry_after: float | None,
+    rng: random.Random | None = None,
+) -> float:
+    """Capped exponential backoff with jitter; a ``Retry-After`` is a floor, not a suggestion."""
+    rng = rng or random.Random()
+    exponential = min(cap, base * 2.0 ** (attempt - 1))
+    # "Equal jitter": at least half the step, so retries never bunch at zero.
+    delay = exponential / 2 + rng.uniform(0, exponential / 2)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, cap) + rng.uniform(0, 0.1 * base))
+    return delay
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    requeued_expired: list[str]
+    failed_expired: list[str]
+    to_enqueue: list[str]
+
+
+def sweep(
+    session: Session,
+    *,
+    requeue_after_seconds: float,
+    max_attempts: int,
+    batch: int = 500,
+    now: datetime | None = None,
+) -> SweepResult:
+    """Find work nobody is doing: running jobs whose lease ran out (the worker died), and
+    queued jobs whose broker message has not been seen for a while (lost or never sent).
+
+    Returns the ids to (re)enqueue once the caller has committed.
+    """
+    now = now or utcnow()
+    expired = list(
+        session.scalars(
+            select(Job.id)
+            .where(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
+            .limit(batch)
+        )
+    )
+    requeued: list[str] = []
+    failed: list[str] = []
+    for job_id in expired:
+        lease_expired = (
+            Job.id == job_id,
+            Job.status == JobStatus.RUNNING,
+            Job.lease_expires_at < now,
+        )
+        exhausted = session.execute(
+            update(Job)
+            .where(*lease_expired, Job.attempts >= max_attempts)
+            .values(
+                status=JobStatus.FAILED,
+                completed_at=now,
+                charged_nanos=0,
+                lease_expires_at=None,
+                error_code="attempts_exhausted",
+                error_message="the job's worker stopped on every attempt",
+                error_upstream_code=None,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if exhausted.rowcount == 1:  # type: ignore[attr-defined]
+            failed.append(job_id)
+            continue
+        back = session.execute(
+            update(Job)
+            .where(*lease_expired)
+            .values(
+                status=JobStatus.QUEUED, lease_expires_at=None, not_before=None, enqueued_at=now
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if back.rowcount == 1:  # type: ignore[attr-defined]
+            requeued.append(job_id)
+
+    stale_before = now - timedelta(seconds=requeue_after_seconds)
+    stale_query = (
+        select(Job.id)
+        .where(
+            Job.status == JobStatus.QUEUED,
+            or_(Job.enqueued_at.is_(None), Job.enqueued_at < stale_before),
+            or_(Job.not_before.is_(None), Job.not_before <= now),
+        )
+        .order_by(Job.id)
+        .limit(batch)
+    )
+    stale = list(session.scalars(stale_query))
+    if stale:
+        session.execute(
+            update(Job)
+            .where(Job.id.in_(stale), Job.status == JobStatus.QUEUED)
+            .values(enqueued_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    return SweepResult(
+        requeued_expired=requeued, failed_expired=failed, to_enqueue=requeued + stale
+    )

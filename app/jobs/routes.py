@@ -1,0 +1,133 @@
+"""HTTP adapters for jobs and quotes: parse, call the service, commit, then enqueue."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+
+from app.deps import ApiKeyDep, SessionDep
+from app.http_body import read_fields, reject_files
+from app.images import convert_image
+from app.jobs import service
+from app.jobs.schemas import JobCost, JobCreate, JobList, JobOut, parse_job_create
+from app.settings import get_settings
+from worker.dispatch import enqueue_forward
+
+logger = logging.getLogger("fluxgate.api")
+
+router = APIRouter(prefix="/v1", tags=["jobs"])
+
+_JOB_BODY_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/JobCreate"}},
+            "multipart/form-data": {"schema": {"$ref": "#/components/schemas/JobCreate"}},
+        },
+    }
+}
+
+
+async def job_body(request: Request) -> JobCreate:
+    settings = get_settings()
+    fields, from_form = await read_fields(request, max_bytes=settings.max_json_body_bytes)
+    if from_form:
+        reject_files(fields)
+    return parse_job_create(fields, from_form=from_form, prompt_max_chars=settings.prompt_max_chars)
+
+
+JobBodyDep = Annotated[JobCreate, Depends(job_body)]
+
+
+@router.post(
+    "/jobs",
+    status_code=202,
+    response_model=JobOut,
+    openapi_extra=_JOB_BODY_DOC,
+    summary="Submit a generation job",
+    responses={422: {"description": "A field broke a rule; `param` names it"}},
+)
+def submit_job(
+    api_key: ApiKeyDep, body: JobBodyDep, session: SessionDep, response: Response
+) -> JobOut:
+    job = service.create_job(session, api_key=api_key, request=body)
+    session.commit()
+    try:
+        enqueue_forward(job.id)
+    except Exception:
+        # The job is committed, so it is not lost: the sweeper sends it at its next pass.
+        logger.warning("broker unavailable; job %s left for the sweeper", job.id, exc_info=True)
+        service.mark_not_enqueued(session, job_id=job.id)
+        session.commit()
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return service.to_job_out(session, [job])[0]
+
+
+@router.get("/jobs", response_model=JobList, summary="List your jobs, newest first")
+def list_jobs(
+    session: SessionDep,
+    api_key: ApiKeyDep,
+    status: Annotated[
+        str | None, Query(description="queued, running, succeeded, failed or canceled")
+    ] = None,
+    limit: Annotated[int, Query(description="1..100")] = 20,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+) -> JobList:
+    jobs, next_cursor = service.list_jobs(
+        session, api_key=api_key, status=status, limit=limit, cursor=cursor
+    )
+    return JobList(data=service.to_job_out(session, jobs), next_cursor=next_cursor)
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut, summary="Get a job")
+def get_job(job_id: str, session: SessionDep, api_key: ApiKeyDep) -> JobOut:
+    job = service.get_job(session, api_key=api_key, job_id=job_id)
+    return service.to_job_out(session, [job])[0]
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobOut, summary="Cancel a queued job")
+def cancel_job(job_id: str, session: SessionDep, api_key: ApiKeyDep) -> JobOut:
+    job = service.cancel_job(session, api_key=api_key, job_id=job_id)
+    session.commit()
+    return service.to_job_out(session, [job])[0]
+
+
+@router.get(
+    "/jobs/{job_id}/image",
+    summary="Download the image",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}},
+)
+def get_image(
+    job_id: str,
+    session: SessionDep,
+    api_key: ApiKeyDep,
+    format: Annotated[Literal["png", "jpeg", "webp"] | None, Query()] = None,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    job = service.get_job(session, api_key=api_key, job_id=job_id)
+    image = service.output_image(session, job=job)
+    converted = format is not None and image.content_type != f"image/{format}"
+    etag = f'"{image.sha256}-{format}"' if converted else f'"{image.sha256}"'
+    headers = {"ETag": etag, "Cache-Control": "private, max-age=31536000, immutable"}
+    if if_none_match is not None and etag in {tag.strip() for tag in if_none_match.split(",")}:
+        return Response(status_code=304, headers=headers)
+    if format is not None and converted:
+        data, content_type = convert_image(image.data, format)
+    else:
+        data, content_type = image.data, image.content_type
+    return Response(content=data, media_type=content_type, headers=headers)
+
+
+@router.post(
+    "/quote",
+    response_model=JobCost,
+    openapi_extra=_JOB_BODY_DOC,
+    summary="Price a job without running it",
+    tags=["billing"],
+)
+def quote(api_key: ApiKeyDep, body: JobBodyDep, session: SessionDep) -> JobCost:
+    priced = service.quote(session, request=body)
+    return service.cost_out(priced.cost)

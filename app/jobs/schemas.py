@@ -1,0 +1,231 @@
+"""The job request (the contract's field table) and the Job as clients see it."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from app import catalog
+from app.errors import FluxgateError, InvalidParameter
+
+MAX_METADATA_KEYS = 16
+MAX_METADATA_KEY_CHARS = 64
+MAX_METADATA_VALUE_CHARS = 512
+
+Side = Annotated[
+    int, Field(ge=catalog.MIN_SIDE, le=catalog.MAX_SIDE, multiple_of=catalog.SIDE_MULTIPLE)
+]
+
+
+class JobCreate(BaseModel):
+    """Body of ``POST /v1/jobs`` and ``POST /v1/quote`` (JSON, or multipart with the same names)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        allow_inf_nan=False,
+        json_schema_extra={
+            "examples": [
+                {"model": "flux-2-klein-4b", "prompt": "a lighthouse at dusk, oil painting"},
+                {
+                    "model": "flux-2-dev",
+                    "prompt": "isometric city block, soft light",
+                    "width": 512,
+                    "height": 512,
+                    "steps": 25,
+                    "seed": 7,
+                    "metadata": {"order": "42"},
+                },
+            ]
+        },
+    )
+
+    model: str = Field(
+        default=catalog.DEFAULT_MODEL, description="flux-2-klein-4b, flux-2-klein-9b or flux-2-dev"
+    )
+    prompt: str = Field(min_length=1, description="1..4096 characters (FLUXGATE_PROMPT_MAX_CHARS)")
+    width: Side = catalog.DEFAULT_WIDTH
+    height: Side = catalog.DEFAULT_HEIGHT
+    seed: Annotated[int, Field(ge=0, le=catalog.MAX_SEED)] | None = None
+    guidance: Annotated[float, Field(gt=0, le=catalog.MAX_GUIDANCE)] | None = None
+    steps: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="flux-2-dev only: 1..50 (default 25); klein is fixed at 4"
+    )
+    webhook_url: str | None = Field(default=None, description="not available yet")
+    metadata: dict[str, str] = Field(default_factory=dict, description="at most 16 string values")
+    input_images: list[str] | None = Field(default=None, description="not available yet")
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        spec = catalog.resolve_model(value)
+        if spec is None:
+            raise ValueError(f"unknown model; use one of {', '.join(catalog.MODELS)}")
+        return spec.id
+
+    @field_validator("metadata")
+    @classmethod
+    def _flat_metadata(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > MAX_METADATA_KEYS:
+            raise ValueError(f"at most {MAX_METADATA_KEYS} keys")
+        for key, item in value.items():
+            if not key or len(key) > MAX_METADATA_KEY_CHARS:
+                raise ValueError(f"keys must be 1..{MAX_METADATA_KEY_CHARS} characters")
+            if len(item) > MAX_METADATA_VALUE_CHARS:
+                raise ValueError(f"values must be at most {MAX_METADATA_VALUE_CHARS} characters")
+        return value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            # Accepting a URL we would never call would lose the caller's results silently.
+            raise ValueError("webhook delivery is not available in this version of Fluxgate")
+        return value
+
+    @field_validator("input_images")
+    @classmethod
+    def _input_images(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            raise ValueError("input images are not available in this version of Fluxgate")
+        return value
+
+    @model_validator(mode="after")
+    def _steps_for_model(self) -> Self:
+        spec = catalog.MODELS[self.model]
+        if self.steps is None:
+            self.steps = spec.default_steps
+        elif not spec.steps_configurable and self.steps != spec.default_steps:
+            raise _StepsError(
+                f"{spec.id} runs a fixed {spec.default_steps} steps; omit steps or send "
+                f"{spec.default_steps}"
+            )
+        elif self.steps > spec.max_steps:
+            raise _StepsError(f"{spec.id} takes 1..{spec.max_steps} steps")
+        return self
+
+    @property
+    def resolved_steps(self) -> int:
+        assert self.steps is not None  # set by _steps_for_model
+        return self.steps
+
+
+class _StepsError(ValueError):
+    pass
+
+
+_FORM_JSON_FIELDS = ("metadata", "input_images")
+
+
+def parse_job_create(data: Any, *, from_form: bool, prompt_max_chars: int) -> JobCreate:
+    """Validate a request body; the first problem becomes a 422 naming its ``param``.
+
+    JSON is validated strictly (``"1024"`` is not a width, ``true`` is not a seed); form fields
+    are text by nature, so numbers are parsed from it.
+    """
+    if not isinstance(data, dict):
+        raise FluxgateError("the body must be a JSON object", code="invalid_json")
+    if from_form:
+        data = dict(data)
+        for name in _FORM_JSON_FIELDS:
+            if isinstance(data.get(name), str):
+                try:
+                    data[name] = json.loads(data[name])
+                except ValueError:
+                    raise InvalidParameter(f"{name} must be a JSON object", param=name) from None
+    try:
+        request = JobCreate.model_validate(data, strict=not from_form)
+    except ValidationError as error:
+        raise _to_invalid_parameter(error) from None
+    if len(request.prompt) > prompt_max_chars:
+        raise InvalidParameter(
+            f"prompt must be at most {prompt_max_chars} characters", param="prompt"
+        )
+    return request
+
+
+def _to_invalid_parameter(error: ValidationError) -> InvalidParameter:
+    first = error.errors()[0]
+    loc = [str(part) for part in first["loc"]]
+    param = loc[0] if loc else None
+    kind = first["type"]
+    ctx = first.get("ctx") or {}
+    if isinstance(ctx.get("error"), _StepsError):
+        return InvalidParameter(str(ctx["error"]), param="steps")
+    message = first["msg"].removeprefix("Value error, ")
+    if kind == "missing":
+        return InvalidParameter(f"{param} is required", param=param, code="missing_parameter")
+    if kind == "extra_forbidden":
+        return InvalidParameter(f"unknown parameter {param}", param=param, code="unknown_parameter")
+    where = ".".join(loc) if loc else "body"
+    return InvalidParameter(f"{where}: {message}", param=param)
+
+
+# ---- responses --------------------------------------------------------------------------
+
+
+class JobParams(BaseModel):
+    prompt: str
+    width: int
+    height: int
+    seed: int | None
+    guidance: float | None
+    steps: int
+    input_images: int
+
+
+class JobCost(BaseModel):
+    currency: Literal["USD"] = "USD"
+    estimated: str = Field(examples=["0.001148"])
+    charged: str | None = Field(default=None, examples=[None])
+    input_tiles: int
+    output_tiles: int
+    upstream_neurons: str | None = None
+
+
+class JobErrorOut(BaseModel):
+    code: str
+    message: str
+    upstream_code: int | None = None
+
+
+class JobOutput(BaseModel):
+    image_url: str
+    content_type: str
+    width: int
+    height: int
+    bytes: int
+    sha256: str
+
+
+class JobOut(BaseModel):
+    id: str
+    object: Literal["job"] = "job"
+    status: Literal["queued", "running", "succeeded", "failed", "canceled"]
+    model: str
+    params: JobParams
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    queue_position: int | None
+    attempts: int
+    error: JobErrorOut | None
+    cost: JobCost
+    output: JobOutput | None
+    metadata: dict[str, str]
+    webhook_url: str | None
+
+
+class JobList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[JobOut]
+    next_cursor: str | None

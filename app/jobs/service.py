@@ -1,0 +1,244 @@
+"""Jobs as the API sees them: submit, read, list, cancel. Services flush; the caller commits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, load_only
+
+from app.billing.rules import Cost
+from app.billing.service import estimate, price_in_force
+from app.db import utcnow
+from app.errors import Conflict, InvalidParameter, NotFound
+from app.ids import new_id
+from app.jobs.models import Job, JobImage, JobStatus
+from app.jobs.schemas import (
+    JobCost,
+    JobCreate,
+    JobErrorOut,
+    JobOut,
+    JobOutput,
+    JobParams,
+)
+from app.keys.models import ApiKey
+from app.money import format_usd
+
+MAX_PAGE_SIZE = 100
+_ID_CHARS = 26
+
+
+@dataclass(frozen=True)
+class Quote:
+    cost: Cost
+    price_id: int
+
+
+def quote(session: Session, *, request: JobCreate) -> Quote:
+    price = price_in_force(session, model=request.model)
+    cost = estimate(price, width=request.width, height=request.height, steps=request.resolved_steps)
+    return Quote(cost=cost, price_id=price.id)
+
+
+def create_job(session: Session, *, api_key: ApiKey, request: JobCreate) -> Job:
+    """Store a queued job with its exact price; the caller commits, then enqueues it."""
+    priced = quote(session, request=request)
+    now = utcnow()
+    job = Job(
+        id=new_id("job"),
+        api_key_id=api_key.id,
+        status=JobStatus.QUEUED,
+        model=request.model,
+        prompt=request.prompt,
+        width=request.width,
+        height=request.height,
+        seed=request.seed,
+        guidance=request.guidance,
+        steps=request.resolved_steps,
+        input_image_count=0,
+        metadata_=request.metadata,
+        webhook_url=request.webhook_url,
+        price_id=priced.price_id,
+        estimated_nanos=priced.cost.total_nanos,
+        input_tiles=priced.cost.input_tiles,
+        output_tiles=priced.cost.output_tiles,
+        attempts=0,
+        created_at=now,
+        enqueued_at=now,
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def mark_not_enqueued(session: Session, *, job_id: str) -> None:
+    """The broker refused the message: let the sweeper send it at its next pass."""
+    session.execute(
+        update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED).values(enqueued_at=None)
+    )
+
+
+def get_job(session: Session, *, api_key: ApiKey, job_id: str) -> Job:
+    """The caller's own job; anyone else's is indistinguishable from a missing one."""
+    job = session.get(Job, job_id)
+    if job is None or job.api_key_id != api_key.id:
+        raise NotFound(f"no job {job_id}", code="job_not_found", param="id")
+    return job
+
+
+def list_jobs(
+    session: Session,
+    *,
+    api_key: ApiKey,
+    status: str | None,
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[Job], str | None]:
+    """Newest first; ``cursor`` is the last id of the previous page."""
+    if status is not None and status not in JobStatus.__members__.values():
+        raise InvalidParameter(
+            f"status must be one of {', '.join(s.value for s in JobStatus)}", param="status"
+        )
+    if not 1 <= limit <= MAX_PAGE_SIZE:
+        raise InvalidParameter(f"limit must be 1..{MAX_PAGE_SIZE}", param="limit")
+    query = select(Job).where(Job.api_key_id == api_key.id)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if cursor is not None:
+        if not (cursor.startswith("job_") and len(cursor) == 4 + _ID_CHARS):
+            raise InvalidParameter("cursor is not a cursor this API returned", param="cursor")
+        query = query.where(Job.id < cursor)
+    jobs = list(session.scalars(query.order_by(Job.id.desc()).limit(limit + 1)))
+    next_cursor = jobs[limit - 1].id if len(jobs) > limit else None
+    return jobs[:limit], next_cursor
+
+
+def cancel_job(session: Session, *, api_key: ApiKey, job_id: str) -> Job:
+    """Only a queued job can be canceled: once running, the upstream call cannot be taken back."""
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.api_key_id == api_key.id, Job.status == JobStatus.QUEUED)
+        .values(
+            status=JobStatus.CANCELED,
+            completed_at=now,
+            charged_nanos=0,
+            lease_expires_at=None,
+            not_before=None,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    job = get_job(session, api_key=api_key, job_id=job_id)
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise Conflict(
+            f"job {job_id} is {job.status}; only queued jobs can be canceled",
+            code="job_not_cancelable",
+        )
+    session.refresh(job)
+    return job
+
+
+def output_image(session: Session, *, job: Job) -> JobImage:
+    image = session.scalar(
+        select(JobImage).where(
+            JobImage.job_id == job.id, JobImage.role == "output", JobImage.position == 0
+        )
+    )
+    if job.status != JobStatus.SUCCEEDED or image is None:
+        raise Conflict(
+            f"job {job.id} is {job.status}; its image exists once it has succeeded",
+            code="image_not_ready",
+        )
+    return image
+
+
+def queue_position(session: Session, *, job: Job) -> int | None:
+    """1 for the next job to run; counts every queued job submitted earlier, all keys."""
+    if job.status != JobStatus.QUEUED:
+        return None
+    ahead = session.scalar(
+        select(func.count()).select_from(Job).where(Job.status == JobStatus.QUEUED, Job.id < job.id)
+    )
+    return int(ahead or 0) + 1
+
+
+def cost_out(cost: Cost, *, charged_nanos: int | None = None) -> JobCost:
+    return JobCost(
+        estimated=format_usd(cost.total_nanos),
+        charged=None if charged_nanos is None else format_usd(charged_nanos),
+        input_tiles=cost.input_tiles,
+        output_tiles=cost.output_tiles,
+    )
+
+
+def to_job_out(session: Session, jobs: Sequence[Job]) -> list[JobOut]:
+    """The contract's Job for each row; output metadata fetched in one query, without bytes."""
+    succeeded = [job.id for job in jobs if job.status == JobStatus.SUCCEEDED]
+    outputs: dict[str, JobImage] = {}
+    if succeeded:
+        rows = session.scalars(
+            select(JobImage)
+            .options(
+                load_only(
+                    JobImage.job_id,
+                    JobImage.content_type,
+                    JobImage.width,
+                    JobImage.height,
+                    JobImage.size_bytes,
+                    JobImage.sha256,
+                )
+            )
+            .where(JobImage.job_id.in_(succeeded), JobImage.role == "output")
+        )
+        outputs = {row.job_id: row for row in rows}
+    return [_job_out(job, outputs.get(job.id), queue_position(session, job=job)) for job in jobs]
+
+
+def _job_out(job: Job, image: JobImage | None, position: int | None) -> JobOut:
+    failed = job.status in (JobStatus.FAILED, JobStatus.CANCELED) and job.error_code is not None
+    return JobOut(
+        id=job.id,
+        status=JobStatus(job.status).value,
+        model=job.model,
+        params=JobParams(
+            prompt=job.prompt,
+            width=job.width,
+            height=job.height,
+            seed=job.seed,
+            guidance=job.guidance,
+            steps=job.steps,
+            input_images=job.input_image_count,
+        ),
+        created_at=job.created_at,
+        started_at=job.started_at,
+        completed_at=job.completed_at,
+        queue_position=position,
+        attempts=job.attempts,
+        error=JobErrorOut(
+            code=job.error_code or "",
+            message=job.error_message or "",
+            upstream_code=job.error_upstream_code,
+        )
+        if failed
+        else None,
+        cost=JobCost(
+            estimated=format_usd(job.estimated_nanos),
+            charged=None if job.charged_nanos is None else format_usd(job.charged_nanos),
+            input_tiles=job.input_tiles,
+            output_tiles=job.output_tiles,
+            upstream_neurons=job.upstream_neurons,
+        ),
+        output=JobOutput(
+            image_url=f"/v1/jobs/{job.id}/image",
+            content_type=image.content_type,
+            width=image.width,
+            height=image.height,
+            bytes=image.size_bytes,
+            sha256=image.sha256,
+        )
+        if image is not None
+        else None,
+        metadata=job.metadata_ or {},
+        webhook_url=job.webhook_url,
+    )

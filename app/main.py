@@ -1,0 +1,115 @@
+"""The FastAPI application: routers, and the one place errors become the JSON envelope."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import app.models  # noqa: F401  # every table, for foreign keys across domains
+from app import ops
+from app.billing import routes as billing_routes
+from app.billing.service import NoPriceError
+from app.errors import FluxgateError
+from app.jobs import routes as job_routes
+from app.jobs.schemas import JobCreate
+from app.settings import Settings, get_settings
+from worker.celery_app import configure
+
+logger = logging.getLogger("fluxgate.api")
+
+_HTTP_CODES = {
+    400: "invalid_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def _envelope(
+    status: int, code: str, message: str, param: str | None = None, **kw: Any
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message, "param": param}}, status_code=status, **kw
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(FluxgateError)
+    async def fluxgate_error(_: Request, error: FluxgateError) -> JSONResponse:
+        return JSONResponse(error.to_body(), status_code=error.status_code, headers=error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
+        first = error.errors()[0]
+        loc = [str(part) for part in first.get("loc", ())]
+        param = loc[-1] if len(loc) > 1 else None
+        return _envelope(
+            422, "invalid_parameter", f"{param or 'request'}: {first.get('msg')}", param
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(error.status_code, "http_error")
+        return _envelope(error.status_code, code, str(error.detail), headers=error.headers)
+
+    @app.exception_handler(NoPriceError)
+    async def no_price(_: Request, error: NoPriceError) -> JSONResponse:
+        logger.error("%s: add a price row (fluxgate migrate seeds the defaults)", error)
+        return _envelope(503, "price_unavailable", str(error))
+
+    @app.exception_handler(OperationalError)
+    async def database_down(_: Request, error: OperationalError) -> JSONResponse:
+        logger.error("database error: %s", error.__class__.__name__)
+        return _envelope(503, "database_unavailable", "the database is not reachable")
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, error: Exception) -> JSONResponse:
+        logger.exception("unhandled error")
+        return _envelope(500, "internal_error", "an unexpected error occurred; it has been logged")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure(settings)
+    app = FastAPI(
+        title="Fluxgate",
+        version="0.1.0",
+        description=(
+            "A self-hosted gateway with a job queue in front of FLUX.2 on Cloudflare Workers AI. "
+            "Authenticate with `Authorization: Bearer fgk_...`. Errors always answer "
+            '`{"error": {"code", "message", "param"}}`. Money is a decimal string of USD.'
+        ),
+    )
+    install_error_handlers(app)
+    app.include_router(ops.router)
+    app.include_router(job_routes.router)
+    app.include_router(billing_routes.router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components["JobCreate"] = JobCreate.model_json_schema(
+                ref_template="#/components/schemas/{model}"
+            )
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer"}
+            }
+            schema["security"] = [{"bearer": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
