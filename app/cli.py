@@ -1,0 +1,186 @@
+"""The ``fluxgate`` command: one entry point for every role."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from app.settings import ConfigError, get_settings
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def _setup_logging() -> None:
+    level = os.environ.get("FLUXGATE_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(
+        level=level if level in ("DEBUG", "INFO", "WARNING", "ERROR") else "INFO",
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # One line per upstream call at 64 in flight is noise; our own log says what happened.
+    for noisy in ("httpx", "httpcore", "alembic.runtime.plugins"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def alembic_config(database_url: str) -> object:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    # '%' would be read as interpolation by configparser.
+    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    return config
+
+
+def cmd_migrate(_: argparse.Namespace) -> int:
+    settings = get_settings()
+    from alembic import command
+
+    command.upgrade(alembic_config(settings.database_url), "head")  # type: ignore[arg-type]
+    print("database is at the latest schema")
+    return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = get_settings()
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=settings.log_level.lower(),
+        proxy_headers=True,
+        timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    if args.concurrency is not None:
+        os.environ["FLUXGATE_WORKER_CONCURRENCY"] = str(args.concurrency)
+        get_settings.cache_clear()
+    settings = get_settings()
+    settings.require_upstream()
+    from worker.celery_app import JOBS_QUEUE, MAINTENANCE_QUEUE, configure
+
+    app = configure(settings)
+    app.worker_main(
+        [
+            "worker",
+            "--pool=threads",
+            f"--concurrency={settings.worker_concurrency}",
+            f"--queues={JOBS_QUEUE},{MAINTENANCE_QUEUE}",
+            f"--hostname=fluxgate-{os.getpid()}@%h",
+            f"--loglevel={settings.log_level}",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+    return 0
+
+
+def cmd_beat(_: argparse.Namespace) -> int:
+    settings = get_settings()
+    from worker.celery_app import configure
+
+    app = configure(settings)
+    # The schedule is one fixed interval: nothing to persist between restarts.
+    app.start(["beat", "--scheduler=celery.beat:Scheduler", f"--loglevel={settings.log_level}"])
+    return 0
+
+
+def cmd_simulate_upstream(args: argparse.Namespace) -> int:
+    from app.simulator.__main__ import run
+
+    run(args.parser, args)
+    return 0
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    import app.models  # noqa: F401
+    from app.db import session_scope
+    from app.keys.service import create_key
+
+    get_settings()
+    with session_scope() as session:
+        created = create_key(session, name=args.name, is_admin=args.admin)
+        key_id, secret = created.api_key.id, created.api_key.webhook_secret
+    if args.json:
+        print(json.dumps({"id": key_id, "key": created.key, "webhook_secret": secret}))
+    else:
+        print(f"id:             {key_id}")
+        print(f"key:            {created.key}")
+        print(f"webhook secret: {secret}")
+        print("Store both now: they are not shown again.")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fluxgate",
+        description="A REST gateway with a job queue in front of FLUX.2 on Workers AI.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(
+        name: str, handler: Callable[[argparse.Namespace], int], help_text: str
+    ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    add("migrate", cmd_migrate, "Upgrade the database schema to the latest migration")
+
+    api = add("api", cmd_api, "Run the HTTP API")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8000)
+    api.add_argument("--workers", type=int, default=1, help="uvicorn processes")
+
+    worker = add("worker", cmd_worker, "Run a worker that forwards jobs to Workers AI")
+    worker.add_argument(
+        "--concurrency", type=int, default=None, help="upstream calls in flight (default 64)"
+    )
+
+    add("beat", cmd_beat, "Run the periodic sweeper that re-sends stuck or lost jobs")
+
+    from app.simulator.__main__ import add_arguments as add_simulator_arguments
+
+    sim = add(
+        "simulate-upstream",
+        cmd_simulate_upstream,
+        "Run the Workers AI simulator (for development, tests and benchmarks)",
+    )
+    add_simulator_arguments(sim)
+    sim.set_defaults(parser=sim)
+
+    keys = commands.add_parser("keys", help="Manage API keys", description="Manage API keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
+    create = key_commands.add_parser(
+        "create", help="Create an API key", description="Create an API key; shown once."
+    )
+    create.set_defaults(handler=cmd_keys_create)
+    create.add_argument("--name", required=True)
+    create.add_argument("--admin", action="store_true", help="may manage keys and read all usage")
+    create.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging()
+    try:
+        return int(args.handler(args))
+    except ConfigError as error:
+        print(f"fluxgate: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,46 @@
+"""The Celery application: broker settings and queues. Tasks live in :mod:`worker.tasks`."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from app.settings import Settings
+
+JOBS_QUEUE = "fluxgate.jobs"
+MAINTENANCE_QUEUE = "fluxgate.maintenance"
+FORWARD_TASK = "fluxgate.forward_job"
+SWEEP_TASK = "fluxgate.sweep"
+
+celery_app = Celery("fluxgate", include=["worker.tasks"])
+
+
+def configure(settings: Settings) -> Celery:
+    celery_app.conf.update(
+        broker_url=settings.effective_broker_url,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={
+            # Messages of a worker that died unacked come back after this; the sweeper
+            # usually gets there first (job_lease_seconds).
+            "visibility_timeout": max(3600, int(settings.job_lease_seconds * 2)),
+            "socket_connect_timeout": 5,
+        },
+        task_serializer="json",
+        accept_content=["json"],
+        result_backend=None,
+        task_ignore_result=True,
+        # Ack only after the task ran, and give the message back if the worker dies.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue=JOBS_QUEUE,
+        task_routes={SWEEP_TASK: {"queue": MAINTENANCE_QUEUE}},
+        # Publishing happens inside an HTTP request: fail fast rather than hang it.
+        task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5},
+        beat_schedule={
+            "sweep": {"task": SWEEP_TASK, "schedule": settings.sweep_interval_seconds},
+        },
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        timezone="UTC",
+    )
+    return celery_app

@@ -1,0 +1,128 @@
+"""Celery tasks: the transaction edge for job execution. The logic is in app.jobs.execution."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import app.models  # noqa: F401  # every table, for foreign keys across domains
+from app.db import session_scope
+from app.images import ImageError, ImageInfo, inspect_image
+from app.jobs import execution
+from app.settings import get_settings
+from app.workers_ai import GenerationResult, UpstreamError, WorkersAIClient
+from worker.celery_app import FORWARD_TASK, SWEEP_TASK, celery_app
+from worker.dispatch import enqueue_forward
+
+logger = logging.getLogger("fluxgate.worker")
+
+_client: WorkersAIClient | None = None
+_client_lock = threading.Lock()
+
+
+def upstream_client() -> WorkersAIClient:
+    """One client per process, so every thread shares one connection pool."""
+    global _client
+    with _client_lock:
+        if _client is None:
+            settings = get_settings()
+            account_id, api_token = settings.require_upstream()
+            _client = WorkersAIClient(
+                base_url=settings.cf_base_url,
+                account_id=account_id,
+                api_token=api_token,
+                connect_timeout=settings.upstream_connect_timeout_seconds,
+                read_timeout=settings.upstream_timeout_seconds,
+                max_connections=max(settings.worker_concurrency, 1),
+            )
+        return _client
+
+
+def call_upstream(claim: execution.Claim) -> tuple[GenerationResult, ImageInfo] | UpstreamError:
+    """One upstream call, its image checked; every failure comes back as an UpstreamError."""
+    try:
+        result = upstream_client().generate(claim.request)
+        info = inspect_image(result.image)
+    except UpstreamError as error:
+        return error
+    except ImageError as error:
+        return UpstreamError(
+            "upstream_bad_response", f"Workers AI returned {error}", retryable=True, http_status=200
+        )
+    if (info.width, info.height) != (claim.width, claim.height):
+        return UpstreamError(
+            "upstream_bad_response",
+            f"Workers AI returned {info.width}x{info.height}, "
+            f"asked for {claim.width}x{claim.height}",
+            retryable=True,
+            http_status=200,
+            duration_ms=result.duration_ms,
+        )
+    return result, info
+
+
+@celery_app.task(name=FORWARD_TASK, ignore_result=True)
+def forward_job(job_id: str) -> None:
+    """Run one attempt of a job. Safe to run any number of times for the same id."""
+    settings = get_settings()
+    with session_scope() as session:
+        claim = execution.claim(session, job_id=job_id, lease_seconds=settings.job_lease_seconds)
+    if claim is None:
+        logger.debug("job %s not claimable (done, canceled, running elsewhere or not due)", job_id)
+        return
+
+    outcome = call_upstream(claim)
+    retry_in: float | None = None
+    with session_scope() as session:
+        if not isinstance(outcome, UpstreamError):
+            result, info = outcome
+            done = execution.finish_succeeded(
+                session,
+                claim=claim,
+                image=result.image,
+                info=info,
+                neurons=result.neurons,
+                upstream_ms=result.duration_ms,
+            )
+            summary = "succeeded"
+        elif outcome.retryable and claim.attempt < settings.upstream_max_attempts:
+            retry_in = execution.backoff_seconds(
+                claim.attempt,
+                base=settings.retry_base_seconds,
+                cap=settings.retry_max_seconds,
+                retry_after=outcome.retry_after,
+            )
+            done = execution.schedule_retry(
+                session, claim=claim, error=outcome, delay_seconds=retry_in
+            )
+            summary = f"retry in {retry_in:.1f}s after {outcome.code}"
+        else:
+            done = execution.finish_failed(session, claim=claim, error=outcome)
+            summary = f"failed: {outcome.code}"
+    if not done:
+        logger.warning("job %s attempt %s lost its lease; result dropped", job_id, claim.attempt)
+        return
+    logger.info("job %s attempt %s %s", job_id, claim.attempt, summary)
+    if retry_in is not None:
+        enqueue_forward(job_id, countdown=retry_in)
+
+
+@celery_app.task(name=SWEEP_TASK, ignore_result=True)
+def sweep() -> None:
+    """Re-send jobs whose worker died or whose broker message was lost."""
+    settings = get_settings()
+    with session_scope() as session:
+        result = execution.sweep(
+            session,
+            requeue_after_seconds=settings.requeue_after_seconds,
+            max_attempts=settings.upstream_max_attempts,
+        )
+    for job_id in result.to_enqueue:
+        enqueue_forward(job_id)
+    if result.to_enqueue or result.failed_expired:
+        logger.info(
+            "sweep: %d leases expired, %d re-sent, %d failed after exhausting attempts",
+            len(result.requeued_expired),
+            len(result.to_enqueue),
+            len(result.failed_expired),
+        )
