@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.stack import Stack
+
+
+@pytest.fixture(scope="session")
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def stack(log_dir: Path) -> Iterator[Stack]:
+    """The shared gateway: API, two workers and beat against PostgreSQL, Redis and the simulator."""
+    gateway = Stack(log_dir, latency=0.05)
+    try:
+        gateway.start_api()
+        gateway.start_worker()
+        gateway.start_beat()
+        yield gateway
+    finally:
+        gateway.close()
+
+
+@pytest.fixture(scope="session")
+def api_key(stack: Stack) -> str:
+    return stack.create_key("main")
+
+
+@pytest.fixture
+def client(stack: Stack, api_key: str) -> Iterator[httpx.Client]:
+    with stack.client(api_key) as http:
+        yield http

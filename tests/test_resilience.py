@@ -1,0 +1,169 @@
+"""Nothing accepted is ever lost, nothing is charged twice: real worker processes killed,
+broker messages lost, duplicate deliveries, cancel races. Its own gateway, so killing
+workers here never disturbs the other tests."""
+
+from __future__ import annotations
+
+import signal
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from celery import Celery
+
+from tests.stack import FINAL, Process, Stack, wait_for_job, wait_until
+from tests.test_validation import assert_error
+
+LATENCY = 2.0  # seconds per upstream call: long enough to act while a job is in flight
+
+
+@pytest.fixture(scope="module")
+def slow_stack(log_dir: Path) -> Iterator[Stack]:
+    gateway = Stack(log_dir, latency=LATENCY)
+    try:
+        gateway.start_api()
+        gateway.start_beat()
+        yield gateway
+    finally:
+        gateway.close()
+
+
+@pytest.fixture(scope="module")
+def key(slow_stack: Stack) -> str:
+    return slow_stack.create_key("resilience")
+
+
+@pytest.fixture
+def client(slow_stack: Stack, key: str) -> Iterator[httpx.Client]:
+    with slow_stack.client(key) as http:
+        yield http
+
+
+@pytest.fixture
+def workers(slow_stack: Stack) -> Iterator[list[Process]]:
+    """Workers a test starts; stopped at its end so the next test starts with none."""
+    started: list[Process] = []
+    yield started
+    for worker in started:
+        worker.stop()
+
+
+def submit(client: httpx.Client, prompt: str) -> dict:
+    response = client.post("/v1/jobs", json={"prompt": prompt, "width": 512, "height": 512})
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def ledger(stack: Stack, job_id: str) -> list[tuple]:
+    return stack.sql("SELECT amount_nanos FROM charges WHERE job_id = %s", job_id)
+
+
+def test_worker_killed_mid_job_still_completes_charged_once(
+    slow_stack: Stack, client: httpx.Client, workers: list[Process]
+) -> None:
+    prompt = f"killed mid-call {uuid.uuid4().hex[:8]}"
+    first = slow_stack.start_worker()
+    workers.append(first)
+    job = submit(client, prompt)
+    wait_for_job(client, job["id"], statuses={"running"}, timeout=15)
+    wait_until(
+        lambda: slow_stack.simulator.stats()["in_flight"] >= 1, timeout=5, what="call in flight"
+    )
+    first.signal(signal.SIGKILL)
+    first.popen.wait(5)
+
+    workers.append(slow_stack.start_worker())
+    done = wait_for_job(client, job["id"], statuses=FINAL, timeout=60)
+    assert done["status"] == "succeeded", done
+    assert done["attempts"] == 2
+    assert done["cost"]["charged"] == "0.000287"
+    assert ledger(slow_stack, job["id"]) == [(287_000,)]
+    assert slow_stack.sql("SELECT count(*) FROM job_images WHERE job_id = %s", job["id"]) == [(1,)]
+    # The killed call did reach the upstream; the sweeper then re-sent the job once.
+    wait_until(
+        lambda: slow_stack.simulator.count(prompt) == 2, timeout=10, what="both upstream calls"
+    )
+
+
+def test_lost_broker_message_still_completes(
+    slow_stack: Stack, client: httpx.Client, workers: list[Process]
+) -> None:
+    prompt = f"message lost {uuid.uuid4().hex[:8]}"
+    job = submit(client, prompt)  # no worker is running: the message waits in Redis
+    slow_stack.flush_broker()  # ...and is gone
+    workers.append(slow_stack.start_worker())
+    done = wait_for_job(client, job["id"], statuses=FINAL, timeout=60)
+    assert done["status"] == "succeeded", done
+    assert done["attempts"] == 1
+    assert ledger(slow_stack, job["id"]) == [(287_000,)]
+
+
+def test_canceled_job_is_never_sent_upstream(
+    slow_stack: Stack, client: httpx.Client, workers: list[Process]
+) -> None:
+    prompt = f"cancel me {uuid.uuid4().hex[:8]}"
+    job = submit(client, prompt)
+    assert job["status"] == "queued"
+    assert job["queue_position"] >= 1
+    canceled = client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert canceled.status_code == 200, canceled.text
+    body = canceled.json()
+    assert body["status"] == "canceled"
+    assert body["cost"]["charged"] == "0"
+    assert body["completed_at"] is not None
+    assert body["queue_position"] is None
+    assert_error(client.post(f"/v1/jobs/{job['id']}/cancel"), 409, "job_not_cancelable", None)
+
+    # A worker now receives the message (and the sweeper's) and must leave the job alone.
+    workers.append(slow_stack.start_worker())
+    marker = submit(client, f"after cancel {uuid.uuid4().hex[:8]}")
+    wait_for_job(client, marker["id"], statuses=FINAL, timeout=30)
+    assert client.get(f"/v1/jobs/{job['id']}").json()["status"] == "canceled"
+    assert slow_stack.simulator.count(prompt) == 0
+    assert ledger(slow_stack, job["id"]) == []
+
+
+def test_running_job_cannot_be_canceled(
+    slow_stack: Stack, client: httpx.Client, workers: list[Process]
+) -> None:
+    workers.append(slow_stack.start_worker())
+    job = submit(client, f"running {uuid.uuid4().hex[:8]}")
+    wait_for_job(client, job["id"], statuses={"running"}, timeout=15)
+    error = assert_error(
+        client.post(f"/v1/jobs/{job['id']}/cancel"), 409, "job_not_cancelable", None
+    )
+    assert "running" in error["message"]
+    assert wait_for_job(client, job["id"], statuses=FINAL)["status"] == "succeeded"
+
+
+def test_duplicate_deliveries_run_the_job_once(
+    slow_stack: Stack, client: httpx.Client, workers: list[Process]
+) -> None:
+    prompt = f"delivered six times {uuid.uuid4().hex[:8]}"
+    job = submit(client, prompt)
+    producer = Celery(broker=slow_stack.redis_url)
+    for _ in range(5):
+        producer.send_task("fluxgate.forward_job", args=[job["id"]], queue="fluxgate.jobs")
+    workers.append(slow_stack.start_worker(concurrency=16))
+    done = wait_for_job(client, job["id"], statuses=FINAL, timeout=30)
+    assert done["status"] == "succeeded"
+    assert done["attempts"] == 1
+    assert ledger(slow_stack, job["id"]) == [(287_000,)]
+    assert slow_stack.simulator.count(prompt) == 1
+
+
+def test_one_worker_keeps_64_calls_in_flight(
+    slow_stack: Stack, client: httpx.Client, workers: list[Process]
+) -> None:
+    httpx.post(f"{slow_stack.simulator.url}/__sim/reset").raise_for_status()
+    workers.append(slow_stack.start_worker(concurrency=None))
+    with ThreadPoolExecutor(16) as pool:
+        jobs = list(
+            pool.map(lambda i: submit(client, f"flood {i} {uuid.uuid4().hex[:6]}"), range(80))
+        )
+    for job in jobs:
+        assert wait_for_job(client, job["id"], statuses=FINAL, timeout=60)["status"] == "succeeded"
+    assert slow_stack.simulator.stats()["max_in_flight"] >= 64
