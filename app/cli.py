@@ -10,6 +10,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from alembic.config import Config
+
 from app.settings import ConfigError, get_settings
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -26,9 +28,7 @@ def _setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def alembic_config(database_url: str) -> object:
-    from alembic.config import Config
-
+def alembic_config(database_url: str) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     # '%' would be read as interpolation by configparser.
@@ -40,7 +40,7 @@ def cmd_migrate(_: argparse.Namespace) -> int:
     settings = get_settings()
     from alembic import command
 
-    command.upgrade(alembic_config(settings.database_url), "head")  # type: ignore[arg-type]
+    command.upgrade(alembic_config(settings.database_url), "head")
     print("database is at the latest schema")
     return 0
 
