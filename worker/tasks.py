@@ -49,11 +49,11 @@ def call_upstream(claim: execution.Claim) -> tuple[GenerationResult, ImageInfo] 
         return UpstreamError(
             "upstream_bad_response", f"Workers AI returned {error}", retryable=True, http_status=200
         )
-    if (info.width, info.height) != (claim.width, claim.height):
+    asked = (claim.request.width, claim.request.height)
+    if (info.width, info.height) != asked:
         return UpstreamError(
             "upstream_bad_response",
-            f"Workers AI returned {info.width}x{info.height}, "
-            f"asked for {claim.width}x{claim.height}",
+            f"Workers AI returned {info.width}x{info.height}, asked for {asked[0]}x{asked[1]}",
             retryable=True,
             http_status=200,
             duration_ms=result.duration_ms,

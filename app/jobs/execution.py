@@ -11,12 +11,12 @@ import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app import catalog
 from app.billing.service import record_charge
-from app.db import utcnow
+from app.db import rows_affected, utcnow
 from app.images import ImageInfo
 from app.jobs.models import Job, JobImage, JobStatus
 from app.workers_ai import GenerationRequest, UpstreamError
@@ -27,8 +27,6 @@ class Claim:
     job_id: str
     attempt: int
     request: GenerationRequest
-    width: int
-    height: int
 
 
 def claim(session: Session, *, job_id: str, lease_seconds: float) -> Claim | None:
@@ -54,13 +52,10 @@ def claim(session: Session, *, job_id: str, lease_seconds: float) -> Claim | Non
     if claimed is None:
         return None
     job = session.get_one(Job, job_id)
-    session.refresh(job)
     spec = catalog.MODELS[job.model]
     return Claim(
         job_id=job.id,
         attempt=claimed,
-        width=job.width,
-        height=job.height,
         request=GenerationRequest(
             upstream_model=spec.upstream_id,
             prompt=job.prompt,
@@ -73,8 +68,13 @@ def claim(session: Session, *, job_id: str, lease_seconds: float) -> Claim | Non
     )
 
 
-def _running(job_id: str, attempt: int) -> tuple[object, ...]:
-    return (Job.id == job_id, Job.status == JobStatus.RUNNING, Job.attempts == attempt)
+def _still_running(claim: Claim) -> tuple[ColumnElement[bool], ...]:
+    """The job is still in the attempt this claim made: nobody swept or finished it since."""
+    return (
+        Job.id == claim.job_id,
+        Job.status == JobStatus.RUNNING,
+        Job.attempts == claim.attempt,
+    )
 
 
 def finish_succeeded(
@@ -90,7 +90,7 @@ def finish_succeeded(
     now = utcnow()
     result = session.execute(
         update(Job)
-        .where(*_running(claim.job_id, claim.attempt))  # type: ignore[arg-type]
+        .where(*_still_running(claim))
         .values(
             status=JobStatus.SUCCEEDED,
             completed_at=now,
@@ -104,10 +104,9 @@ def finish_succeeded(
         )
         .execution_options(synchronize_session=False)
     )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    if rows_affected(result) != 1:
         return False
     job = session.get_one(Job, claim.job_id)
-    session.refresh(job)
     session.add(
         JobImage(
             job_id=job.id,
@@ -139,7 +138,7 @@ def schedule_retry(
     now = utcnow()
     result = session.execute(
         update(Job)
-        .where(*_running(claim.job_id, claim.attempt))  # type: ignore[arg-type]
+        .where(*_still_running(claim))
         .values(
             status=JobStatus.QUEUED,
             lease_expires_at=None,
@@ -153,14 +152,14 @@ def schedule_retry(
         )
         .execution_options(synchronize_session=False)
     )
-    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+    return rows_affected(result) == 1
 
 
 def finish_failed(session: Session, *, claim: Claim, error: UpstreamError) -> bool:
     """A final failure costs nothing."""
     result = session.execute(
         update(Job)
-        .where(*_running(claim.job_id, claim.attempt))  # type: ignore[arg-type]
+        .where(*_still_running(claim))
         .values(
             status=JobStatus.FAILED,
             completed_at=utcnow(),
@@ -173,7 +172,7 @@ def finish_failed(session: Session, *, claim: Claim, error: UpstreamError) -> bo
         )
         .execution_options(synchronize_session=False)
     )
-    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+    return rows_affected(result) == 1
 
 
 def backoff_seconds(
@@ -244,7 +243,7 @@ def sweep(
             )
             .execution_options(synchronize_session=False)
         )
-        if exhausted.rowcount == 1:  # type: ignore[attr-defined]
+        if rows_affected(exhausted) == 1:
             failed.append(job_id)
             continue
         back = session.execute(
@@ -255,7 +254,7 @@ def sweep(
             )
             .execution_options(synchronize_session=False)
         )
-        if back.rowcount == 1:  # type: ignore[attr-defined]
+        if rows_affected(back) == 1:
             requeued.append(job_id)
 
     stale_before = now - timedelta(seconds=requeue_after_seconds)

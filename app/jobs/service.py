@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, load_only
 
 from app.billing.rules import Cost
 from app.billing.service import estimate, price_in_force
-from app.db import utcnow
+from app.db import rows_affected, utcnow
 from app.errors import Conflict, InvalidParameter, NotFound
 from app.ids import new_id
 from app.jobs.models import Job, JobImage, JobStatus
@@ -130,12 +130,11 @@ def cancel_job(session: Session, *, api_key: ApiKey, job_id: str) -> Job:
         .execution_options(synchronize_session=False)
     )
     job = get_job(session, api_key=api_key, job_id=job_id)
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    if rows_affected(result) != 1:
         raise Conflict(
             f"job {job_id} is {job.status}; only queued jobs can be canceled",
             code="job_not_cancelable",
         )
-    session.refresh(job)
     return job
 
 
