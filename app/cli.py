@@ -10,11 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from alembic.config import Config
-
 from app.settings import ConfigError, get_settings
-
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
 def _setup_logging() -> None:
@@ -28,21 +24,19 @@ def _setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def alembic_config(database_url: str) -> Config:
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    # '%' would be read as interpolation by configparser.
-    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
-    return config
-
-
 def cmd_migrate(_: argparse.Namespace) -> int:
     settings = get_settings()
-    from alembic import command
+    from app.migrate import upgrade_to_head
 
-    command.upgrade(alembic_config(settings.database_url), "head")
+    upgrade_to_head(settings.database_url)
     print("database is at the latest schema")
     return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from app.embedded import run_dev
+
+    return run_dev(port=args.port, data_dir=Path(args.data_dir))
 
 
 def cmd_api(args: argparse.Namespace) -> int:
@@ -135,6 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.set_defaults(handler=handler)
         return sub
+
+    dev = add(
+        "dev",
+        cmd_dev,
+        "Run the whole gateway on this machine with nothing else installed "
+        "(SQLite, an embedded broker, the simulator unless Cloudflare credentials are set)",
+    )
+    dev.add_argument("--port", type=int, default=8000)
+    dev.add_argument("--data-dir", default=".fluxgate", help="where all state lives")
 
     add("migrate", cmd_migrate, "Upgrade the database schema to the latest migration")
 

@@ -12,6 +12,8 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_CF_BASE_URL = "https://api.cloudflare.com/client/v4"
+# filesystem:///path/to/dir is kombu's filesystem transport: the embedded default's broker.
+BROKER_SCHEMES = ("redis://", "rediss://", "filesystem://")
 
 
 class ConfigError(Exception):
@@ -69,6 +71,13 @@ class Settings(BaseSettings):
             raise ValueError("must be a postgresql:// or sqlite:/// URL")
         return value
 
+    @field_validator("broker_url", "redis_url")
+    @classmethod
+    def _broker_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(BROKER_SCHEMES):
+            raise ValueError("must be a redis://, rediss:// or filesystem:/// URL")
+        return value
+
     @field_validator("cf_base_url")
     @classmethod
     def _cf_base_url(cls, value: str) -> str:
@@ -110,6 +119,12 @@ class Settings(BaseSettings):
         url = self.broker_url or self.redis_url
         assert url is not None  # guaranteed by _consistent
         return url
+
+    @property
+    def broker_folder(self) -> str | None:
+        """The directory of a ``filesystem://`` broker, else ``None``."""
+        url = self.effective_broker_url
+        return url.removeprefix("filesystem://") if url.startswith("filesystem://") else None
 
     def require_upstream(self) -> tuple[str, str]:
         """The Cloudflare credentials; workers cannot run without them."""

@@ -13,8 +13,8 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 
 import app.models  # noqa: F401  # every table on the metadata
-from app.cli import alembic_config
 from app.db import Base, make_engine
+from app.migrate import alembic_config
 from app.settings import normalize_database_url
 from tests.stack import postgres_database
 
