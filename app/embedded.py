@@ -1,0 +1,194 @@
+"""``fluxgate dev``: the whole gateway on one machine with no server installed.
+
+SQLite file + kombu's filesystem broker + API + worker + beat (+ the upstream simulator unless
+Cloudflare credentials are set), all under one data directory, as child processes of this one.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import httpx
+
+from app.migrate import upgrade_to_head
+from app.settings import get_settings
+
+ADMIN_KEY_FILE = "admin-key"
+STOP_TIMEOUT_SECONDS = 30.0
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen[bytes]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def embedded_environment(data_dir: Path, *, simulator_port: int | None) -> dict[str, str]:
+    """The settings every child gets: state under ``data_dir``; the operator's own
+    ``FLUXGATE_*`` variables still apply where the embedded default does not decide."""
+    env = dict(os.environ)
+    env["FLUXGATE_DATABASE_URL"] = f"sqlite:///{data_dir / 'fluxgate.db'}"
+    env["FLUXGATE_BROKER_URL"] = f"filesystem://{data_dir / 'broker'}"
+    env.pop("FLUXGATE_REDIS_URL", None)
+    # The broker moves each message into the temp dir before reading it: on the same file
+    # system as the broker folder that move is an atomic rename.
+    env["TMPDIR"] = str(data_dir / "tmp")
+    if simulator_port is not None:
+        env["FLUXGATE_CF_ACCOUNT_ID"] = "local-simulator"
+        env["FLUXGATE_CF_API_TOKEN"] = secrets.token_urlsafe(24)
+        env["FLUXGATE_CF_BASE_URL"] = f"http://127.0.0.1:{simulator_port}/client/v4"
+    return env
+
+
+def _fluxgate(*args: str) -> list[str]:
+    return [sys.executable, "-m", "app.cli", *args]
+
+
+def _admin_key(data_dir: Path) -> str:
+    """The admin key kept in ``data_dir/admin-key`` (mode 0600): created on first start, and
+    again only if the database no longer knows it."""
+    import app.models  # noqa: F401  # every table, for foreign keys across domains
+    from app.db import session_scope
+    from app.keys.service import authenticate, create_key
+
+    path = data_dir / ADMIN_KEY_FILE
+    with session_scope() as session:
+        if path.exists():
+            key = path.read_text().strip()
+            if authenticate(session, presented=key) is not None:
+                return key
+            path.unlink()
+        key = create_key(session, name="dev admin", is_admin=True).key
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key + "\n")
+    return key
+
+
+def _wait_for(url: str, children: list[Child], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for child in children:
+            if child.process.poll() is not None:
+                raise RuntimeError(f"{child.name} exited with code {child.process.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")
+
+
+def _stop(children: list[Child]) -> None:
+    """SIGTERM everyone (workers finish their in-flight jobs), then SIGKILL stragglers."""
+    for child in reversed(children):
+        if child.process.poll() is None:
+            child.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+    for child in reversed(children):
+        remaining = max(0.1, deadline - time.monotonic())
+        try:
+            child.process.wait(remaining)
+        except subprocess.TimeoutExpired:
+            child.process.kill()
+            child.process.wait()
+
+
+def run_dev(*, port: int, data_dir: Path, host: str = "127.0.0.1") -> int:
+    data_dir = data_dir.resolve()
+    for folder in (data_dir, data_dir / "tmp", data_dir / "logs"):
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    use_cloudflare = bool(os.environ.get("FLUXGATE_CF_ACCOUNT_ID")) and bool(
+        os.environ.get("FLUXGATE_CF_API_TOKEN")
+    )
+    simulator_port = None if use_cloudflare else _free_port()
+    env = embedded_environment(data_dir, simulator_port=simulator_port)
+    # This process uses the same settings as its children (migrations, the admin key).
+    os.environ.update(env)
+    get_settings.cache_clear()
+    settings = get_settings()
+    upgrade_to_head(settings.database_url)
+    key = _admin_key(data_dir)
+
+    children: list[Child] = []
+    stopping = False
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+
+    def start(name: str, argv: list[str]) -> None:
+        log = (data_dir / "logs" / f"{name}.log").open("ab")
+        # A session of its own: Ctrl-C reaches only this process, which then stops the
+        # children in order, once.
+        process = subprocess.Popen(
+            argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        children.append(Child(name, process))
+
+    try:
+        if simulator_port is not None:
+            start(
+                "simulator",
+                _fluxgate(
+                    "simulate-upstream",
+                    "--port",
+                    str(simulator_port),
+                    "--token",
+                    env["FLUXGATE_CF_API_TOKEN"],
+                    "--latency",
+                    os.environ.get("FLUXGATE_DEV_SIMULATOR_LATENCY", "1.0"),
+                ),
+            )
+        start("worker", _fluxgate("worker"))
+        start("beat", _fluxgate("beat"))
+        start("api", _fluxgate("api", "--host", host, "--port", str(port)))
+        url = f"http://{host}:{port}"
+        _wait_for(f"{url}/readyz", children, timeout=60)
+        upstream = "Cloudflare Workers AI" if use_cloudflare else "the local upstream simulator"
+        auth = f"-H 'Authorization: Bearer {key}'"
+        print(
+            f"Fluxgate is running at {url} (state in {data_dir}, logs in {data_dir / 'logs'})\n"
+            f"Images come from {upstream}.\n"
+            f"Admin key: {key}\n\n"
+            f"Try it:\n"
+            f"  curl -s -X POST {url}/v1/jobs {auth} \\\n"
+            f"       -H 'Content-Type: application/json' -d '{{\"prompt\": \"a lighthouse\"}}'\n"
+            f"  curl -s {url}/v1/jobs/JOB_ID {auth}\n"
+            f"  curl -s {url}/v1/jobs/JOB_ID/image {auth} -o image.png\n\n"
+            f"Press Ctrl-C to stop.",
+            flush=True,
+        )
+        while not stopping:
+            for child in children:
+                if child.process.poll() is not None:
+                    print(
+                        f"fluxgate dev: {child.name} exited with code "
+                        f"{child.process.returncode}; see {data_dir / 'logs' / child.name}.log",
+                        file=sys.stderr,
+                    )
+                    return 1
+            time.sleep(0.2)
+        print("stopping...", flush=True)
+        return 0
+    finally:
+        _stop(children)
