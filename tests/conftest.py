@@ -14,10 +14,11 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("logs")
 
 
-@pytest.fixture(scope="session")
-def stack(log_dir: Path) -> Iterator[Stack]:
-    """The shared gateway: API, two workers and beat against PostgreSQL, Redis and the simulator."""
-    gateway = Stack(log_dir, latency=0.05)
+@pytest.fixture(scope="session", params=["postgres", "embedded"])
+def stack(log_dir: Path, request: pytest.FixtureRequest) -> Iterator[Stack]:
+    """The shared gateway (API, a worker and beat against the simulator), once on PostgreSQL
+    + Redis and once on the embedded default (SQLite + the filesystem broker)."""
+    gateway = Stack(log_dir, backend=request.param, latency=0.05)
     try:
         gateway.start_api()
         gateway.start_worker()

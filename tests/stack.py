@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,6 +21,10 @@ from typing import Any
 import httpx
 import psycopg
 import redis
+import sqlalchemy as sa
+
+from app.db import make_engine
+from app.settings import normalize_database_url
 
 PG_ADMIN_URL = os.environ.get(
     "FLUXGATE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -151,19 +157,42 @@ class Simulator:
 class Stack:
     """One gateway: its database, Redis db, simulator, and the processes started on demand."""
 
-    def __init__(self, log_dir: Path, *, latency: float = 0.05, **settings: str) -> None:
+    def __init__(
+        self, log_dir: Path, *, backend: str = "postgres", latency: float = 0.05, **settings: str
+    ) -> None:
         self.log_dir = log_dir
+        self.backend = backend
         self.processes: list[Process] = []
-        self._db = postgres_database()
-        self.database_url = self._db.__enter__()
-        self.redis_db = redis_db()
-        self.redis_url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{self.redis_db}"
+        self._cleanup: list[Callable[[], None]] = []
+        if backend == "postgres":
+            database = postgres_database()
+            self.database_url = database.__enter__()
+            self._cleanup.append(lambda: database.__exit__(None, None, None))
+            number = redis_db()
+            self._cleanup.append(lambda: release_redis_db(number))
+            self.redis_db: int | None = number
+            broker = {"FLUXGATE_REDIS_URL": f"redis://{REDIS_HOST}:{REDIS_PORT}/{number}"}
+        elif backend == "embedded":
+            # The embedded default: a SQLite file and kombu's filesystem broker, no servers.
+            self.data_dir = Path(tempfile.mkdtemp(prefix="fluxgate-embedded-"))
+            self._cleanup.append(lambda: shutil.rmtree(self.data_dir, ignore_errors=True))
+            (self.data_dir / "tmp").mkdir()
+            self.database_url = f"sqlite:///{self.data_dir / 'fluxgate.db'}"
+            self.redis_db = None
+            broker = {
+                "FLUXGATE_BROKER_URL": f"filesystem://{self.data_dir / 'broker'}",
+                "TMPDIR": str(self.data_dir / "tmp"),
+            }
+        else:
+            raise ValueError(backend)
+        self._engine = make_engine(normalize_database_url(self.database_url))
+        self._cleanup.append(self._engine.dispose)
         sim_port = free_port()
         self.simulator = Simulator(sim_port)
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("FLUXGATE_")},
             "FLUXGATE_DATABASE_URL": self.database_url,
-            "FLUXGATE_REDIS_URL": self.redis_url,
+            **broker,
             "FLUXGATE_CF_ACCOUNT_ID": "test-account",
             "FLUXGATE_CF_API_TOKEN": SIM_TOKEN,
             "FLUXGATE_CF_BASE_URL": f"{self.simulator.url}/client/v4",
@@ -245,18 +274,34 @@ class Stack:
             base_url=self.api_url, headers={"Authorization": f"Bearer {key}"}, timeout=30
         )
 
-    def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
-        with psycopg.connect(self.database_url) as conn:
-            return conn.execute(query, params).fetchall()  # type: ignore[arg-type]
+    def sql(self, query: str, **params: Any) -> list[tuple[Any, ...]]:
+        with self._engine.connect() as connection:
+            return [tuple(row) for row in connection.execute(sa.text(query), params)]
 
     def flush_broker(self) -> None:
-        redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=self.redis_db).flushdb()
+        """Lose every message the broker holds."""
+        if self.redis_db is not None:
+            redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=self.redis_db).flushdb()
+        else:
+            for message in (self.data_dir / "broker" / "messages").iterdir():
+                message.unlink()
+
+    def send_duplicates(self, job_id: str, count: int) -> None:
+        """Publish ``count`` more forward messages for ``job_id``, as redeliveries would."""
+        script = (
+            "from app.settings import get_settings; from worker.celery_app import configure; "
+            "from worker.dispatch import enqueue_forward; configure(get_settings()); "
+            f"[enqueue_forward({job_id!r}) for _ in range({count})]"
+        )
+        subprocess.run(
+            [sys.executable, "-c", script], env=self.env, cwd=ROOT, check=True, timeout=60
+        )
 
     def close(self) -> None:
         for process in reversed(self.processes):
             process.stop()
-        release_redis_db(self.redis_db)
-        self._db.__exit__(None, None, None)
+        for cleanup in reversed(self._cleanup):
+            cleanup()
 
 
 def wait_for_job(

@@ -81,9 +81,9 @@ def test_submit_poll_download(stack: Stack, client: httpx.Client) -> None:
     assert sent["fields"] == {"prompt": prompt, "width": "1024", "height": "768", "seed": "7"}
     assert sent["files"] == {}
     # One ledger row, equal to the estimate.
-    assert stack.sql("SELECT amount_nanos FROM charges WHERE job_id = %s", job["id"]) == [
-        (1_148_000,)
-    ]
+    assert stack.sql(
+        "SELECT amount_nanos FROM charges WHERE job_id = :job_id", job_id=job["id"]
+    ) == [(1_148_000,)]
 
 
 @pytest.mark.parametrize(
@@ -186,7 +186,9 @@ def test_costs_for_every_model(
     done = wait_for_job(client, job["id"], statuses=FINAL)
     assert done["status"] == "succeeded"
     assert done["cost"]["charged"] == estimated
-    [(amount,)] = stack.sql("SELECT amount_nanos FROM charges WHERE job_id = %s", job["id"])
+    [(amount,)] = stack.sql(
+        "SELECT amount_nanos FROM charges WHERE job_id = :job_id", job_id=job["id"]
+    )
     assert f"{amount / 1e9:.9f}".rstrip("0").rstrip(".") == estimated
 
 

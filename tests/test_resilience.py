@@ -12,7 +12,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from celery import Celery
 
 from tests.stack import FINAL, Process, Stack, wait_for_job, wait_until
 from tests.test_validation import assert_error
@@ -20,9 +19,9 @@ from tests.test_validation import assert_error
 LATENCY = 2.0  # seconds per upstream call: long enough to act while a job is in flight
 
 
-@pytest.fixture(scope="module")
-def slow_stack(log_dir: Path) -> Iterator[Stack]:
-    gateway = Stack(log_dir, latency=LATENCY)
+@pytest.fixture(scope="module", params=["postgres", "embedded"])
+def slow_stack(log_dir: Path, request: pytest.FixtureRequest) -> Iterator[Stack]:
+    gateway = Stack(log_dir, backend=request.param, latency=LATENCY)
     try:
         gateway.start_api()
         gateway.start_beat()
@@ -58,7 +57,7 @@ def submit(client: httpx.Client, prompt: str) -> dict:
 
 
 def ledger(stack: Stack, job_id: str) -> list[tuple]:
-    return stack.sql("SELECT amount_nanos FROM charges WHERE job_id = %s", job_id)
+    return stack.sql("SELECT amount_nanos FROM charges WHERE job_id = :job_id", job_id=job_id)
 
 
 def test_worker_killed_mid_job_still_completes_charged_once(
@@ -81,7 +80,9 @@ def test_worker_killed_mid_job_still_completes_charged_once(
     assert done["attempts"] == 2
     assert done["cost"]["charged"] == "0.000287"
     assert ledger(slow_stack, job["id"]) == [(287_000,)]
-    assert slow_stack.sql("SELECT count(*) FROM job_images WHERE job_id = %s", job["id"]) == [(1,)]
+    assert slow_stack.sql(
+        "SELECT count(*) FROM job_images WHERE job_id = :job_id", job_id=job["id"]
+    ) == [(1,)]
     # The killed call did reach the upstream; the sweeper then re-sent the job once.
     wait_until(
         lambda: slow_stack.simulator.count(prompt) == 2, timeout=10, what="both upstream calls"
@@ -144,9 +145,7 @@ def test_duplicate_deliveries_run_the_job_once(
 ) -> None:
     prompt = f"delivered six times {uuid.uuid4().hex[:8]}"
     job = submit(client, prompt)
-    producer = Celery(broker=slow_stack.redis_url)
-    for _ in range(5):
-        producer.send_task("fluxgate.forward_job", args=[job["id"]], queue="fluxgate.jobs")
+    slow_stack.send_duplicates(job["id"], 5)
     workers.append(slow_stack.start_worker(concurrency=16))
     done = wait_for_job(client, job["id"], statuses=FINAL, timeout=30)
     assert done["status"] == "succeeded"

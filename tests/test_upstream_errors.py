@@ -20,7 +20,7 @@ def run_with_script(
 
 
 def charges(stack: Stack, job_id: str) -> list[tuple[int]]:
-    return stack.sql("SELECT amount_nanos FROM charges WHERE job_id = %s", job_id)  # type: ignore[return-value]
+    return stack.sql("SELECT amount_nanos FROM charges WHERE job_id = :job_id", job_id=job_id)  # type: ignore[return-value]
 
 
 @pytest.mark.parametrize(
