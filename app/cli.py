@@ -36,7 +36,9 @@ def cmd_migrate(_: argparse.Namespace) -> int:
 def cmd_dev(args: argparse.Namespace) -> int:
     from app.embedded import run_dev
 
-    return run_dev(port=args.port, data_dir=Path(args.data_dir))
+    return run_dev(
+        port=args.port, data_dir=Path(args.data_dir), simulator_latency=args.simulator_latency
+    )
 
 
 def cmd_api(args: argparse.Namespace) -> int:
@@ -138,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dev.add_argument("--port", type=int, default=8000)
     dev.add_argument("--data-dir", default=".fluxgate", help="where all state lives")
+    dev.add_argument(
+        "--simulator-latency", type=float, default=1.0, help="seconds per simulated image"
+    )
 
     add("migrate", cmd_migrate, "Upgrade the database schema to the latest migration")
 

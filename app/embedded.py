@@ -110,7 +110,9 @@ def _stop(children: list[Child]) -> None:
             child.process.wait()
 
 
-def run_dev(*, port: int, data_dir: Path, host: str = "127.0.0.1") -> int:
+def run_dev(
+    *, port: int, data_dir: Path, host: str = "127.0.0.1", simulator_latency: float = 1.0
+) -> int:
     data_dir = data_dir.resolve()
     for folder in (data_dir, data_dir / "tmp", data_dir / "logs"):
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -156,7 +158,7 @@ def run_dev(*, port: int, data_dir: Path, host: str = "127.0.0.1") -> int:
                     "--token",
                     env["FLUXGATE_CF_API_TOKEN"],
                     "--latency",
-                    os.environ.get("FLUXGATE_DEV_SIMULATOR_LATENCY", "1.0"),
+                    str(simulator_latency),
                 ),
             )
         start("worker", _fluxgate("worker"))

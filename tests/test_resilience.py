@@ -5,6 +5,7 @@ workers here never disturbs the other tests."""
 from __future__ import annotations
 
 import signal
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -166,3 +167,56 @@ def test_one_worker_keeps_64_calls_in_flight(
     for job in jobs:
         assert wait_for_job(client, job["id"], statuses=FINAL, timeout=60)["status"] == "succeeded"
     assert slow_stack.simulator.stats()["max_in_flight"] >= 64
+
+
+def test_sigterm_worker_finishes_in_flight_and_returns_the_rest(
+    slow_stack: Stack, client: httpx.Client, workers: list[Process]
+) -> None:
+    first = slow_stack.start_worker(concurrency=2)
+    jobs = [submit(client, f"graceful {i} {uuid.uuid4().hex[:6]}") for i in range(8)]
+    wait_until(
+        lambda: slow_stack.simulator.stats()["in_flight"] >= 2,
+        timeout=15,
+        what="two calls in flight",
+    )
+    first.signal(signal.SIGTERM)
+    assert first.popen.wait(30) == 0
+    statuses = [client.get(f"/v1/jobs/{job['id']}").json()["status"] for job in jobs]
+    # The two in flight were finished before the worker exited; nothing is left running.
+    assert statuses.count("succeeded") >= 2
+    assert "running" not in statuses
+
+    workers.append(slow_stack.start_worker(concurrency=8))
+    for job in jobs:
+        done = wait_for_job(client, job["id"], statuses=FINAL, timeout=60)
+        assert done["status"] == "succeeded", done
+        assert done["attempts"] == 1
+        assert ledger(slow_stack, job["id"]) == [(287_000,)]
+
+
+def test_sigterm_api_drains_open_requests(slow_stack: Stack, key: str) -> None:
+    api = slow_stack.start_api()
+    prompt = f"drained {uuid.uuid4().hex[:6]}"
+    body = f'{{"prompt": "{prompt}", "width": 512, "height": 512}}'.encode()
+    signalled = False
+
+    def slow_body() -> Iterator[bytes]:
+        nonlocal signalled
+        yield body[:10]
+        api.signal(signal.SIGTERM)  # shutdown starts while this request is open
+        signalled = True
+        time.sleep(1.0)
+        yield body[10:]
+
+    with httpx.Client(base_url=slow_stack.api_url, timeout=30) as http:
+        response = http.post(
+            "/v1/jobs",
+            content=slow_body(),
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        )
+    assert signalled
+    assert response.status_code == 202, response.text
+    # uvicorn re-raises the signal once it has drained, so it ends "killed by SIGTERM".
+    assert api.popen.wait(30) in (0, -signal.SIGTERM)
+    job_id = response.json()["id"]
+    assert slow_stack.sql("SELECT status FROM jobs WHERE id = :id", id=job_id) == [("queued",)]
