@@ -6,6 +6,7 @@ Cloudflare credentials are set), all under one data directory, as child processe
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import signal
@@ -125,6 +126,7 @@ def run_dev(
     os.environ.update(env)
     get_settings.cache_clear()
     settings = get_settings()
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # the banner says what matters
     upgrade_to_head(settings.database_url)
     key = _admin_key(data_dir)
 
