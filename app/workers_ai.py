@@ -107,6 +107,19 @@ class UpstreamError(Exception):
         self.retry_after = retry_after
         self.duration_ms = duration_ms
 
+    @classmethod
+    def bad_response(
+        cls, message: str, *, duration_ms: int | None = None, http_status: int = 200
+    ) -> UpstreamError:
+        """An answer we cannot use (garbled, not an image, wrong size): worth another try."""
+        return cls(
+            "upstream_bad_response",
+            message,
+            retryable=True,
+            http_status=http_status,
+            duration_ms=duration_ms,
+        )
+
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
     """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
@@ -227,12 +240,8 @@ class WorkersAIClient:
             or body.get("success") is not True
         ):
             if response.status_code == 200:
-                raise UpstreamError(
-                    "upstream_bad_response",
-                    "Workers AI answered 200 without a success envelope",
-                    retryable=True,
-                    http_status=200,
-                    duration_ms=duration_ms,
+                raise UpstreamError.bad_response(
+                    "Workers AI answered 200 without a success envelope", duration_ms=duration_ms
                 )
             raise classify_failure(
                 response.status_code,
@@ -244,22 +253,14 @@ class WorkersAIClient:
         result = body.get("result")
         encoded = result.get("image") if isinstance(result, dict) else None
         if not isinstance(encoded, str):
-            raise UpstreamError(
-                "upstream_bad_response",
-                "Workers AI success envelope carried no image",
-                retryable=True,
-                http_status=200,
-                duration_ms=duration_ms,
+            raise UpstreamError.bad_response(
+                "Workers AI success envelope carried no image", duration_ms=duration_ms
             )
         try:
             image = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
-            raise UpstreamError(
-                "upstream_bad_response",
-                "Workers AI returned an image that is not valid base64",
-                retryable=True,
-                http_status=200,
-                duration_ms=duration_ms,
+            raise UpstreamError.bad_response(
+                "Workers AI returned an image that is not valid base64", duration_ms=duration_ms
             ) from None
         neurons = response.headers.get("cf-ai-neurons")
         return GenerationResult(
@@ -273,11 +274,8 @@ def _read_capped(response: httpx.Response) -> bytes:
     for chunk in response.iter_bytes():
         total += len(chunk)
         if total > MAX_RESPONSE_BYTES:
-            raise UpstreamError(
-                "upstream_bad_response",
-                "Workers AI answer exceeded the size limit",
-                retryable=True,
-                http_status=response.status_code,
+            raise UpstreamError.bad_response(
+                "Workers AI answer exceeded the size limit", http_status=response.status_code
             )
         chunks.append(chunk)
     return b"".join(chunks)

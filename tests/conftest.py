@@ -6,7 +6,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.stack import Stack
+from tests.stack import Stack, running_gateway
 
 
 @pytest.fixture(scope="session")
@@ -18,14 +18,8 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def stack(log_dir: Path, request: pytest.FixtureRequest) -> Iterator[Stack]:
     """The shared gateway (API, a worker and beat against the simulator), once on PostgreSQL
     + Redis and once on the embedded default (SQLite + the filesystem broker)."""
-    gateway = Stack(log_dir, backend=request.param, latency=0.05)
-    try:
-        gateway.start_api()
-        gateway.start_worker()
-        gateway.start_beat()
+    with running_gateway(log_dir, backend=request.param, latency=0.05, worker=True) as gateway:
         yield gateway
-    finally:
-        gateway.close()
 
 
 @pytest.fixture(scope="session")

@@ -319,3 +319,19 @@ def wait_for_job(
 
 
 FINAL = {"succeeded", "failed", "canceled"}
+
+
+@contextmanager
+def running_gateway(
+    log_dir: Path, *, backend: str, latency: float, worker: bool
+) -> Iterator[Stack]:
+    """A gateway with its API and beat started (and a worker, unless the test runs its own)."""
+    gateway = Stack(log_dir, backend=backend, latency=latency)
+    try:
+        gateway.start_api()
+        if worker:
+            gateway.start_worker()
+        gateway.start_beat()
+        yield gateway
+    finally:
+        gateway.close()

@@ -3,9 +3,11 @@ on SQLite as well as PostgreSQL (the embedded default uses the same files)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -62,21 +64,17 @@ EXPECTED_PRICES = [
 ]
 
 
-def test_postgres_migrations_match_the_models_and_round_trip() -> None:
-    with postgres_database() as url:
-        config = _config(url)
-        command.upgrade(config, "head")
-        assert _tables(url) == TABLES
-        assert _diff(url) == []
-        assert _prices(url) == EXPECTED_PRICES
-        command.downgrade(config, "base")
-        assert _tables(url) == {"alembic_version"}
-        command.upgrade(config, "head")
-        assert _tables(url) == TABLES
+@pytest.fixture(params=["postgres", "sqlite"])
+def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'fluxgate.db'}"
+    else:
+        with postgres_database() as url:
+            yield url
 
 
-def test_sqlite_runs_the_same_migrations(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'fluxgate.db'}"
+def test_migrations_match_the_models_and_round_trip(empty_database: str) -> None:
+    url = empty_database
     config = _config(url)
     command.upgrade(config, "head")
     assert _tables(url) == TABLES
@@ -84,3 +82,5 @@ def test_sqlite_runs_the_same_migrations(tmp_path: Path) -> None:
     assert _prices(url) == EXPECTED_PRICES
     command.downgrade(config, "base")
     assert _tables(url) == {"alembic_version"}
+    command.upgrade(config, "head")
+    assert _tables(url) == TABLES

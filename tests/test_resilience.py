@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.stack import FINAL, Process, Stack, wait_for_job, wait_until
+from tests.stack import FINAL, Process, Stack, running_gateway, wait_for_job, wait_until
 from tests.test_validation import assert_error
 
 LATENCY = 2.0  # seconds per upstream call: long enough to act while a job is in flight
@@ -22,13 +22,9 @@ LATENCY = 2.0  # seconds per upstream call: long enough to act while a job is in
 
 @pytest.fixture(scope="module", params=["postgres", "embedded"])
 def slow_stack(log_dir: Path, request: pytest.FixtureRequest) -> Iterator[Stack]:
-    gateway = Stack(log_dir, backend=request.param, latency=LATENCY)
-    try:
-        gateway.start_api()
-        gateway.start_beat()
+    # No worker: each test starts (and kills) its own.
+    with running_gateway(log_dir, backend=request.param, latency=LATENCY, worker=False) as gateway:
         yield gateway
-    finally:
-        gateway.close()
 
 
 @pytest.fixture(scope="module")

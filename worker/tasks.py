@@ -42,20 +42,18 @@ def call_upstream(claim: execution.Claim) -> tuple[GenerationResult, ImageInfo] 
     """One upstream call, its image checked; every failure comes back as an UpstreamError."""
     try:
         result = upstream_client().generate(claim.request)
-        info = inspect_image(result.image)
     except UpstreamError as error:
         return error
+    try:
+        info = inspect_image(result.image)
     except ImageError as error:
-        return UpstreamError(
-            "upstream_bad_response", f"Workers AI returned {error}", retryable=True, http_status=200
+        return UpstreamError.bad_response(
+            f"Workers AI returned {error}", duration_ms=result.duration_ms
         )
     asked = (claim.request.width, claim.request.height)
     if (info.width, info.height) != asked:
-        return UpstreamError(
-            "upstream_bad_response",
+        return UpstreamError.bad_response(
             f"Workers AI returned {info.width}x{info.height}, asked for {asked[0]}x{asked[1]}",
-            retryable=True,
-            http_status=200,
             duration_ms=result.duration_ms,
         )
     return result, info

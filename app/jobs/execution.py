@@ -131,6 +131,16 @@ def finish_succeeded(
     return True
 
 
+def _attempt_error(error: UpstreamError) -> dict[str, object]:
+    """What a failed attempt records on the job."""
+    return {
+        "upstream_ms": error.duration_ms,
+        "error_code": error.code,
+        "error_message": error.message[:1000],
+        "error_upstream_code": error.upstream_code,
+    }
+
+
 def schedule_retry(
     session: Session, *, claim: Claim, error: UpstreamError, delay_seconds: float
 ) -> bool:
@@ -144,11 +154,8 @@ def schedule_retry(
             lease_expires_at=None,
             not_before=now + timedelta(seconds=delay_seconds),
             enqueued_at=now,
-            upstream_ms=error.duration_ms,
             # Kept for operators; the Job shows an error only once it has failed.
-            error_code=error.code,
-            error_message=error.message[:1000],
-            error_upstream_code=error.upstream_code,
+            **_attempt_error(error),
         )
         .execution_options(synchronize_session=False)
     )
@@ -165,10 +172,7 @@ def finish_failed(session: Session, *, claim: Claim, error: UpstreamError) -> bo
             completed_at=utcnow(),
             charged_nanos=0,
             lease_expires_at=None,
-            upstream_ms=error.duration_ms,
-            error_code=error.code,
-            error_message=error.message[:1000],
-            error_upstream_code=error.upstream_code,
+            **_attempt_error(error),
         )
         .execution_options(synchronize_session=False)
     )
