@@ -44,7 +44,12 @@ class Settings(BaseSettings):
 
     # Request limits.
     prompt_max_chars: int = Field(default=4096, ge=1)
-    max_json_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # A whole request, enforced while it streams in: four 10 MB images in base64 fit.
+    max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)
+    input_image_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    input_image_max_pixels: int = Field(default=40_000_000, ge=256 * 256)
+    # Inputs are downscaled to fit INPUT_MAX_SIDE x INPUT_MAX_SIDE before forwarding.
+    input_max_side: int = Field(default=512, ge=64, le=4096)
 
     # Upstream calls.
     upstream_connect_timeout_seconds: PositiveSeconds = 10.0

@@ -205,6 +205,10 @@ class Stack:
             "FLUXGATE_SWEEP_INTERVAL_SECONDS": "1",
             "FLUXGATE_REQUEUE_AFTER_SECONDS": "3",
             "FLUXGATE_WORKER_CONCURRENCY": "16",
+            # Small upload limits keep the hostile-upload tests cheap.
+            "FLUXGATE_MAX_REQUEST_BYTES": str(4 * 1024 * 1024),
+            "FLUXGATE_INPUT_IMAGE_MAX_BYTES": str(1024 * 1024),
+            "FLUXGATE_INPUT_IMAGE_MAX_PIXELS": str(16_000_000),
             **{f"FLUXGATE_{k.upper()}": v for k, v in settings.items()},
         }
         self.cli("migrate")

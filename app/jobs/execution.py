@@ -19,7 +19,7 @@ from app.billing.service import record_charge
 from app.db import rows_affected, utcnow
 from app.images import ImageInfo
 from app.jobs.models import Job, JobImage, JobStatus
-from app.workers_ai import GenerationRequest, UpstreamError
+from app.workers_ai import GenerationRequest, InputImage, UpstreamError
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,11 @@ def claim(session: Session, *, job_id: str, lease_seconds: float) -> Claim | Non
         return None
     job = session.get_one(Job, job_id)
     spec = catalog.MODELS[job.model]
+    inputs = session.scalars(
+        select(JobImage)
+        .where(JobImage.job_id == job_id, JobImage.role == "input")
+        .order_by(JobImage.position)
+    )
     return Claim(
         job_id=job.id,
         attempt=claimed,
@@ -64,6 +69,9 @@ def claim(session: Session, *, job_id: str, lease_seconds: float) -> Claim | Non
             seed=job.seed,
             guidance=job.guidance,
             steps=job.steps if spec.steps_configurable else None,
+            input_images=tuple(
+                InputImage(data=image.data, content_type=image.content_type) for image in inputs
+            ),
         ),
     )
 

@@ -6,12 +6,14 @@ import logging
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from app.deps import ApiKeyDep, SessionDep
-from app.http_body import read_fields, reject_files
+from app.http_body import read_body
 from app.images import convert_image
 from app.jobs import service
-from app.jobs.schemas import JobCost, JobCreate, JobList, JobOut, parse_job_create
+from app.jobs.schemas import JobCost, JobList, JobOut
+from app.jobs.service import JobSubmission, parse_submission
 from app.settings import get_settings
 from worker.dispatch import enqueue_forward
 
@@ -30,15 +32,18 @@ _JOB_BODY_DOC: dict[str, Any] = {
 }
 
 
-async def job_body(request: Request) -> JobCreate:
+async def job_body(request: Request) -> JobSubmission:
     settings = get_settings()
-    fields, from_form = await read_fields(request, max_bytes=settings.max_json_body_bytes)
-    if from_form:
-        reject_files(fields)
-    return parse_job_create(fields, from_form=from_form, prompt_max_chars=settings.prompt_max_chars)
+    body = await read_body(
+        request,
+        max_bytes=settings.max_request_bytes,
+        max_file_bytes=settings.input_image_max_bytes,
+    )
+    # Validation and image decoding are CPU work on untrusted bytes: off the event loop.
+    return await run_in_threadpool(parse_submission, body, settings)
 
 
-JobBodyDep = Annotated[JobCreate, Depends(job_body)]
+JobBodyDep = Annotated[JobSubmission, Depends(job_body)]
 
 
 @router.post(
@@ -52,7 +57,7 @@ JobBodyDep = Annotated[JobCreate, Depends(job_body)]
 def submit_job(
     api_key: ApiKeyDep, body: JobBodyDep, session: SessionDep, response: Response
 ) -> JobOut:
-    job = service.create_job(session, api_key=api_key, request=body)
+    job = service.create_job(session, api_key=api_key, submission=body)
     session.commit()
     try:
         enqueue_forward(job.id)
@@ -129,5 +134,5 @@ def get_image(
     tags=["billing"],
 )
 def quote(api_key: ApiKeyDep, body: JobBodyDep, session: SessionDep) -> JobCost:
-    priced = service.quote(session, request=body)
+    priced = service.quote(session, submission=body)
     return service.cost_out(priced.cost)

@@ -62,7 +62,14 @@ class JobCreate(BaseModel):
     )
     webhook_url: str | None = Field(default=None, description="not available yet")
     metadata: dict[str, str] = Field(default_factory=dict, description="at most 16 string values")
-    input_images: list[str] | None = Field(default=None, description="not available yet")
+    input_images: list[str] | None = Field(
+        default=None,
+        max_length=catalog.MAX_INPUT_IMAGES,
+        description=(
+            "JSON only: up to 4 base64 PNG, JPEG or WebP images (a data: URL prefix is fine); "
+            "multipart sends files input_image_0..input_image_3 instead"
+        ),
+    )
 
     @field_validator("model")
     @classmethod
@@ -92,13 +99,6 @@ class JobCreate(BaseModel):
             raise ValueError("webhook delivery is not available in this version of Fluxgate")
         return value
 
-    @field_validator("input_images")
-    @classmethod
-    def _input_images(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None:
-            raise ValueError("input images are not available in this version of Fluxgate")
-        return value
-
     @model_validator(mode="after")
     def _steps_for_model(self) -> Self:
         spec = catalog.MODELS[self.model]
@@ -123,7 +123,7 @@ class _StepsError(ValueError):
     pass
 
 
-_FORM_JSON_FIELDS = ("metadata", "input_images")
+_FORM_JSON_FIELDS = ("metadata",)
 
 
 def parse_job_create(data: Any, *, from_form: bool, prompt_max_chars: int) -> JobCreate:

@@ -12,7 +12,10 @@ from app.billing.rules import Cost
 from app.billing.service import estimate, price_in_force
 from app.db import rows_affected, utcnow
 from app.errors import Conflict, InvalidParameter, NotFound
+from app.http_body import RequestBody
 from app.ids import new_id
+from app.images import InputLimits, PreparedInput
+from app.jobs.inputs import collect_input_images
 from app.jobs.models import Job, JobImage, JobStatus
 from app.jobs.schemas import (
     JobCost,
@@ -21,12 +24,44 @@ from app.jobs.schemas import (
     JobOut,
     JobOutput,
     JobParams,
+    parse_job_create,
 )
 from app.keys.models import ApiKey
 from app.money import format_usd
+from app.settings import Settings
 
 MAX_PAGE_SIZE = 100
 _ID_CHARS = 26
+
+
+@dataclass(frozen=True)
+class JobSubmission:
+    """A validated job request and its input images, ready to price and store."""
+
+    request: JobCreate
+    inputs: list[PreparedInput]
+
+
+def parse_submission(body: RequestBody, settings: Settings) -> JobSubmission:
+    fields = dict(body.fields)
+    if body.is_form and "input_images" in fields:
+        raise InvalidParameter(
+            "multipart requests send images as files input_image_0..input_image_3",
+            param="input_images",
+        )
+    request = parse_job_create(
+        fields, from_form=body.is_form, prompt_max_chars=settings.prompt_max_chars
+    )
+    inputs = collect_input_images(
+        body,
+        request.input_images,
+        limits=InputLimits(
+            max_bytes=settings.input_image_max_bytes,
+            max_pixels=settings.input_image_max_pixels,
+            max_side=settings.input_max_side,
+        ),
+    )
+    return JobSubmission(request=request, inputs=inputs)
 
 
 @dataclass(frozen=True)
@@ -35,15 +70,24 @@ class Quote:
     price_id: int
 
 
-def quote(session: Session, *, request: JobCreate) -> Quote:
+def quote(session: Session, *, submission: JobSubmission) -> Quote:
+    request = submission.request
     price = price_in_force(session, model=request.model)
-    cost = estimate(price, width=request.width, height=request.height, steps=request.resolved_steps)
+    cost = estimate(
+        price,
+        width=request.width,
+        height=request.height,
+        steps=request.resolved_steps,
+        input_sizes=[(image.info.width, image.info.height) for image in submission.inputs],
+    )
     return Quote(cost=cost, price_id=price.id)
 
 
-def create_job(session: Session, *, api_key: ApiKey, request: JobCreate) -> Job:
-    """Store a queued job with its exact price; the caller commits, then enqueues it."""
-    priced = quote(session, request=request)
+def create_job(session: Session, *, api_key: ApiKey, submission: JobSubmission) -> Job:
+    """Store a queued job, its input images and its exact price; the caller commits, then
+    enqueues it (the broker only ever carries the id)."""
+    request = submission.request
+    priced = quote(session, submission=submission)
     now = utcnow()
     job = Job(
         id=new_id("job"),
@@ -56,7 +100,7 @@ def create_job(session: Session, *, api_key: ApiKey, request: JobCreate) -> Job:
         seed=request.seed,
         guidance=request.guidance,
         steps=request.resolved_steps,
-        input_image_count=0,
+        input_image_count=len(submission.inputs),
         metadata_=request.metadata,
         webhook_url=request.webhook_url,
         price_id=priced.price_id,
@@ -68,6 +112,20 @@ def create_job(session: Session, *, api_key: ApiKey, request: JobCreate) -> Job:
         enqueued_at=now,
     )
     session.add(job)
+    session.add_all(
+        JobImage(
+            job_id=job.id,
+            role="input",
+            position=position,
+            content_type=image.info.content_type,
+            width=image.info.width,
+            height=image.info.height,
+            size_bytes=image.info.size_bytes,
+            sha256=image.info.sha256,
+            data=image.data,
+        )
+        for position, image in enumerate(submission.inputs)
+    )
     session.flush()
     return job
 

@@ -1,0 +1,75 @@
+"""Input images of a job request (editing, multi-reference): found, checked, normalised.
+
+CPU-bound and fed untrusted bytes: the API runs it in a worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Sequence
+
+from app import catalog
+from app.errors import FluxgateError, InvalidParameter, PayloadTooLarge, UnsupportedMediaType
+from app.http_body import RequestBody
+from app.images import InputImageError, InputLimits, PreparedInput, prepare_input_image
+
+_FILE_FIELD = re.compile(r"input_image_([0-3])")
+_DATA_URL = re.compile(r"data:image/[a-z]+;base64,", re.IGNORECASE)
+
+
+def _refusal(error: InputImageError, label: str, param: str) -> FluxgateError:
+    message = f"{label} {error}"
+    if error.kind == "too_large":
+        return PayloadTooLarge(message, code="image_too_large", param=param)
+    if error.kind == "unsupported":
+        return UnsupportedMediaType(message, code="unsupported_image_type", param=param)
+    return InvalidParameter(message, code="invalid_image", param=param)
+
+
+def _decode_base64(text: str, *, label: str, max_bytes: int) -> bytes:
+    text = _DATA_URL.sub("", text, count=1).strip()
+    # Refuse by length before decoding anything.
+    if len(text) * 3 // 4 > max_bytes + 2:
+        raise PayloadTooLarge(
+            f"{label} is larger than {max_bytes} bytes",
+            code="image_too_large",
+            param="input_images",
+        )
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidParameter(
+            f"{label} is not valid base64", code="invalid_image", param="input_images"
+        ) from None
+
+
+def collect_input_images(
+    body: RequestBody, encoded: Sequence[str] | None, *, limits: InputLimits
+) -> list[PreparedInput]:
+    """The request's input images in upstream order (``input_image_0`` first)."""
+    sources: list[tuple[str, str, bytes]] = []  # (label in messages, param, bytes)
+    if body.is_form:
+        for name in body.files:
+            if not _FILE_FIELD.fullmatch(name):
+                raise InvalidParameter(
+                    f"unexpected file part {name}; send input_image_0..input_image_3",
+                    code="unknown_parameter",
+                    param=name,
+                )
+        sources = [(name, name, body.files[name]) for name in sorted(body.files)]
+    elif encoded:
+        for index, text in enumerate(encoded):
+            label = f"input_images[{index}]"
+            data = _decode_base64(text, label=label, max_bytes=limits.max_bytes)
+            sources.append((label, "input_images", data))
+    if len(sources) > catalog.MAX_INPUT_IMAGES:  # the schema and field names already bound it
+        raise InvalidParameter("at most 4 input images", param="input_images")
+    prepared = []
+    for label, param, data in sources:
+        try:
+            prepared.append(prepare_input_image(data, limits=limits))
+        except InputImageError as error:
+            raise _refusal(error, label, param) from None
+    return prepared
