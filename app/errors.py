@@ -69,3 +69,13 @@ class UnsupportedMediaType(FluxgateError):
 class DependencyUnavailable(FluxgateError):
     status_code = 503
     code = "dependency_unavailable"
+
+
+class UpstreamFailed(FluxgateError):
+    status_code = 502
+    code = "upstream_failed"
+
+
+class WaitTimeout(FluxgateError):
+    status_code = 504
+    code = "timeout"

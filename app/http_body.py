@@ -25,8 +25,13 @@ MAX_TEXT_PART_BYTES = 256 * 1024  # a prompt or a metadata object, never more
 @dataclass
 class RequestBody:
     fields: dict[str, Any]
-    files: dict[str, bytes] = field(default_factory=dict)
+    # File parts in the order sent; a name may repeat only in the ``name[]`` form.
+    files: list[tuple[str, bytes]] = field(default_factory=list)
     is_form: bool = False
+
+    @property
+    def file_names(self) -> list[str]:
+        return [name for name, _ in self.files]
 
 
 def _too_large(max_bytes: int) -> PayloadTooLarge:
@@ -94,7 +99,8 @@ async def read_body(request: Request, *, max_bytes: int, max_file_bytes: int) ->
     body = RequestBody(fields={}, is_form=True)
     try:
         for name, value in form.multi_items():
-            if name in body.fields or name in body.files:
+            repeatable = name.endswith("[]") and isinstance(value, UploadFile)
+            if name in body.fields or (name in body.file_names and not repeatable):
                 raise InvalidParameter(f"{name} given more than once", param=name)
             if isinstance(value, UploadFile):
                 if value.size is not None and value.size > max_file_bytes:
@@ -103,7 +109,7 @@ async def read_body(request: Request, *, max_bytes: int, max_file_bytes: int) ->
                         code="image_too_large",
                         param=name,
                     )
-                body.files[name] = await value.read()
+                body.files.append((name, await value.read()))
             else:
                 body.fields[name] = value
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -19,6 +20,8 @@ from app.billing.service import NoPriceError
 from app.errors import FluxgateError
 from app.jobs import routes as job_routes
 from app.jobs.schemas import JobCreate
+from app.openai_compat import routes as openai_routes
+from app.openai_compat.service import OPENAI_PARAMS
 from app.settings import Settings, get_settings
 from worker.celery_app import configure
 
@@ -35,47 +38,84 @@ _HTTP_CODES = {
 }
 
 
-def _envelope(
-    status: int, code: str, message: str, param: str | None = None, **kw: Any
+OPENAI_PREFIX = "/v1/images/"
+_OPENAI_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    429: "rate_limit_error",
+}
+
+
+def error_response(
+    request: Request,
+    status: int,
+    code: str,
+    message: str,
+    param: str | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
+    """Every error answer: the contract's envelope, or OpenAI's on its compatible routes (where
+    invalid input is a 400, so the official client raises BadRequestError)."""
+    if request.url.path.startswith(OPENAI_PREFIX):
+        if status == 422:
+            status = 400
+        kind = "invalid_request_error" if status < 500 else "server_error"
+        body = {
+            "error": {
+                "message": message,
+                "type": _OPENAI_TYPES.get(status, kind),
+                "param": OPENAI_PARAMS.get(param, param) if param else None,
+                "code": code,
+            }
+        }
+        return JSONResponse(body, status_code=status, headers=headers)
     return JSONResponse(
-        {"error": {"code": code, "message": message, "param": param}}, status_code=status, **kw
+        {"error": {"code": code, "message": message, "param": param}},
+        status_code=status,
+        headers=headers,
     )
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(FluxgateError)
-    async def fluxgate_error(_: Request, error: FluxgateError) -> JSONResponse:
-        return JSONResponse(error.to_body(), status_code=error.status_code, headers=error.headers)
+    async def fluxgate_error(request: Request, error: FluxgateError) -> JSONResponse:
+        return error_response(
+            request, error.status_code, error.code, error.message, error.param, error.headers
+        )
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
         first = error.errors()[0]
         loc = [str(part) for part in first.get("loc", ())]
         param = loc[-1] if len(loc) > 1 else None
-        return _envelope(
-            422, "invalid_parameter", f"{param or 'request'}: {first.get('msg')}", param
-        )
+        message = f"{param or 'request'}: {first.get('msg')}"
+        return error_response(request, 422, "invalid_parameter", message, param)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(error.status_code, "http_error")
-        return _envelope(error.status_code, code, str(error.detail), headers=error.headers)
+        return error_response(
+            request, error.status_code, code, str(error.detail), headers=error.headers
+        )
 
     @app.exception_handler(NoPriceError)
-    async def no_price(_: Request, error: NoPriceError) -> JSONResponse:
+    async def no_price(request: Request, error: NoPriceError) -> JSONResponse:
         logger.error("%s: add a price row (fluxgate migrate seeds the defaults)", error)
-        return _envelope(503, "price_unavailable", str(error))
+        return error_response(request, 503, "price_unavailable", str(error))
 
     @app.exception_handler(OperationalError)
-    async def database_down(_: Request, error: OperationalError) -> JSONResponse:
+    async def database_down(request: Request, error: OperationalError) -> JSONResponse:
         logger.error("database error: %s", error.__class__.__name__)
-        return _envelope(503, "database_unavailable", "the database is not reachable")
+        return error_response(request, 503, "database_unavailable", "the database is not reachable")
 
     @app.exception_handler(Exception)
-    async def unexpected(_: Request, error: Exception) -> JSONResponse:
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
         logger.exception("unhandled error")
-        return _envelope(500, "internal_error", "an unexpected error occurred; it has been logged")
+        return error_response(
+            request, 500, "internal_error", "an unexpected error occurred; it has been logged"
+        )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -94,6 +134,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ops.router)
     app.include_router(job_routes.router)
     app.include_router(billing_routes.router)
+    app.include_router(openai_routes.router)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     # Inputs are downscaled to fit INPUT_MAX_SIDE x INPUT_MAX_SIDE before forwarding.
     input_max_side: int = Field(default=512, ge=64, le=4096)
 
+    # OpenAI-compatible endpoints: how long they wait for the jobs, how long url links live.
+    openai_wait_seconds: PositiveSeconds = 300.0
+    image_url_ttl_seconds: int = Field(default=3600, ge=60)
+    # The gateway's external URL for absolute links (default: the URL the request came to).
+    public_url: str | None = None
+
     # Upstream calls.
     upstream_connect_timeout_seconds: PositiveSeconds = 10.0
     upstream_timeout_seconds: PositiveSeconds = 120.0

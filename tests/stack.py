@@ -282,6 +282,10 @@ class Stack:
         with self._engine.connect() as connection:
             return [tuple(row) for row in connection.execute(sa.text(query), params)]
 
+    def execute(self, statement: str, **params: Any) -> None:
+        with self._engine.begin() as connection:
+            connection.execute(sa.text(statement), params)
+
     def flush_broker(self) -> None:
         """Lose every message the broker holds."""
         if self.redis_db is not None:

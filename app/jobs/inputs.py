@@ -51,25 +51,34 @@ def collect_input_images(
     """The request's input images in upstream order (``input_image_0`` first)."""
     sources: list[tuple[str, str, bytes]] = []  # (label in messages, param, bytes)
     if body.is_form:
-        for name in body.files:
+        for name in body.file_names:
             if not _FILE_FIELD.fullmatch(name):
                 raise InvalidParameter(
                     f"unexpected file part {name}; send input_image_0..input_image_3",
                     code="unknown_parameter",
                     param=name,
                 )
-        sources = [(name, name, body.files[name]) for name in sorted(body.files)]
+        sources = [(name, name, data) for name, data in sorted(body.files)]
     elif encoded:
         for index, text in enumerate(encoded):
             label = f"input_images[{index}]"
             data = _decode_base64(text, label=label, max_bytes=limits.max_bytes)
             sources.append((label, "input_images", data))
-    if len(sources) > catalog.MAX_INPUT_IMAGES:  # the schema and field names already bound it
-        raise InvalidParameter("at most 4 input images", param="input_images")
+    return prepare_all(sources, limits=limits, param="input_images")
+
+
+def prepare_all(
+    sources: Sequence[tuple[str, str, bytes]], *, limits: InputLimits, param: str
+) -> list[PreparedInput]:
+    """Check and normalise ``(label, param, bytes)`` sources, at most four of them."""
+    if len(sources) > catalog.MAX_INPUT_IMAGES:
+        raise InvalidParameter(
+            f"at most {catalog.MAX_INPUT_IMAGES} input images", code="too_many_images", param=param
+        )
     prepared = []
-    for label, param, data in sources:
+    for label, source_param, data in sources:
         try:
             prepared.append(prepare_input_image(data, limits=limits))
         except InputImageError as error:
-            raise _refusal(error, label, param) from None
+            raise _refusal(error, label, source_param) from None
     return prepared

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import ApiKeyDep, SessionDep
@@ -30,6 +32,19 @@ _JOB_BODY_DOC: dict[str, Any] = {
         },
     }
 }
+
+
+def commit_and_enqueue(session: Session, job_ids: Sequence[str]) -> None:
+    """Commit the new jobs, then send their ids to the broker (never before the commit)."""
+    session.commit()
+    for job_id in job_ids:
+        try:
+            enqueue_forward(job_id)
+        except Exception:
+            # The job is committed, so it is not lost: the sweeper sends it at its next pass.
+            logger.warning("broker unavailable; job %s left for the sweeper", job_id, exc_info=True)
+            service.mark_not_enqueued(session, job_id=job_id)
+            session.commit()
 
 
 async def job_body(request: Request) -> JobSubmission:
@@ -58,14 +73,7 @@ def submit_job(
     api_key: ApiKeyDep, body: JobBodyDep, session: SessionDep, response: Response
 ) -> JobOut:
     job = service.create_job(session, api_key=api_key, submission=body)
-    session.commit()
-    try:
-        enqueue_forward(job.id)
-    except Exception:
-        # The job is committed, so it is not lost: the sweeper sends it at its next pass.
-        logger.warning("broker unavailable; job %s left for the sweeper", job.id, exc_info=True)
-        service.mark_not_enqueued(session, job_id=job.id)
-        session.commit()
+    commit_and_enqueue(session, [job.id])
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return service.to_job_out(session, [job])[0]
 

@@ -1,0 +1,159 @@
+"""``POST /v1/images/generations`` and ``/v1/images/edits`` in OpenAI's shape, so the official
+client works unchanged; plus the expiring links that ``response_format: url`` hands out."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from app.deps import ApiKeyDep, SessionDep
+from app.errors import InvalidParameter, UpstreamFailed, WaitTimeout
+from app.http_body import RequestBody, read_body
+from app.images import convert_image
+from app.jobs import service as job_service
+from app.jobs.models import FINAL_STATUSES, Job, JobStatus
+from app.jobs.routes import commit_and_enqueue
+from app.keys.models import ApiKey
+from app.openai_compat import service
+from app.settings import Settings, get_settings
+
+router = APIRouter(prefix="/v1/images", tags=["openai-compatible"])
+
+
+async def _read(request: Request, settings: Settings) -> RequestBody:
+    return await read_body(
+        request,
+        max_bytes=settings.max_request_bytes,
+        max_file_bytes=settings.input_image_max_bytes,
+    )
+
+
+def _create_jobs(session: Session, api_key: ApiKey, parsed: service.ImagesRequest) -> list[str]:
+    jobs = [
+        job_service.create_job(session, api_key=api_key, submission=submission)
+        for submission in parsed.submissions
+    ]
+    job_ids = [job.id for job in jobs]
+    commit_and_enqueue(session, job_ids)
+    return job_ids
+
+
+def _poll(session: Session, job_ids: Sequence[str]) -> dict[str, Job]:
+    states = service.job_states(session, job_ids=job_ids)
+    session.rollback()  # end the read, so the next poll sees new commits
+    return states
+
+
+async def _wait(session: Session, job_ids: Sequence[str], timeout: float) -> list[Job]:
+    deadline = time.monotonic() + timeout
+    delay = 0.1
+    while True:
+        states = await run_in_threadpool(_poll, session, job_ids)
+        if all(states[job_id].status in FINAL_STATUSES for job_id in job_ids):
+            return [states[job_id] for job_id in job_ids]
+        if time.monotonic() > deadline:
+            raise WaitTimeout(
+                f"the images are not ready after {timeout:.0f}s; they are still being made as "
+                f"jobs {', '.join(job_ids)} (GET /v1/jobs/{{id}})"
+            )
+        await asyncio.sleep(delay)
+        delay = min(1.0, delay * 1.5)
+
+
+async def _run(
+    request: Request,
+    session: Session,
+    api_key: ApiKey,
+    settings: Settings,
+    parsed: service.ImagesRequest,
+) -> dict[str, Any]:
+    job_ids = await run_in_threadpool(_create_jobs, session, api_key, parsed)
+    jobs = await _wait(session, job_ids, settings.openai_wait_seconds)
+    if not any(job.status == JobStatus.SUCCEEDED for job in jobs):
+        failed = jobs[0]
+        raise UpstreamFailed(
+            failed.error_message or f"the job ended {failed.status}",
+            code=failed.error_code or "upstream_failed",
+        )
+    base_url = (settings.public_url or str(request.base_url)).rstrip("/")
+
+    def respond() -> dict[str, Any]:
+        body = service.images_response(
+            session,
+            jobs=jobs,
+            response_format=parsed.response_format,
+            output_format=parsed.output_format,
+            base_url=base_url,
+            ttl_seconds=settings.image_url_ttl_seconds,
+        )
+        session.commit()  # the links
+        return body
+
+    return await run_in_threadpool(respond)
+
+
+@router.post("/generations", summary="OpenAI-compatible image generation")
+async def generations(request: Request, api_key: ApiKeyDep, session: SessionDep) -> dict[str, Any]:
+    settings = get_settings()
+    body = await _read(request, settings)
+    if body.files:
+        raise InvalidParameter("generations take no images; use /v1/images/edits", param="image")
+    parsed = await run_in_threadpool(
+        lambda: service.parse_images_request(
+            body.fields, is_form=body.is_form, images=[], settings=settings
+        )
+    )
+    return await _run(request, session, api_key, settings, parsed)
+
+
+@router.post("/edits", summary="OpenAI-compatible image edits (multipart image / image[])")
+async def edits(request: Request, api_key: ApiKeyDep, session: SessionDep) -> dict[str, Any]:
+    settings = get_settings()
+    body = await _read(request, settings)
+    if "mask" in body.file_names or "mask" in body.fields:
+        raise InvalidParameter(
+            "mask is not supported: FLUX.2 on Workers AI edits from the prompt and the reference "
+            "images, without masks",
+            param="mask",
+        )
+    images: list[tuple[str, bytes]] = []
+    for index, (name, data) in enumerate(body.files):
+        if name not in ("image", "image[]"):
+            raise InvalidParameter(
+                f"unexpected file part {name}", code="unknown_parameter", param=name
+            )
+        images.append((f"image[{index}]", data))
+    if not images:
+        raise InvalidParameter("image is required", code="missing_parameter", param="image")
+    parsed = await run_in_threadpool(
+        lambda: service.parse_images_request(
+            body.fields, is_form=body.is_form, images=images, settings=settings
+        )
+    )
+    return await _run(request, session, api_key, settings, parsed)
+
+
+@router.get(
+    "/shared/{token}",
+    summary="An image behind an expiring link (no API key needed)",
+    response_class=Response,
+)
+def shared_image(token: str, session: SessionDep, format: str | None = None) -> Response:
+    image, seconds_left = service.linked_image(session, token=token)
+    data, content_type = image.data, image.content_type
+    if format is not None:
+        if format not in ("png", "jpeg", "webp"):
+            raise InvalidParameter("format must be png, jpeg or webp", param="format")
+        if content_type != f"image/{format}":
+            data, content_type = convert_image(data, format)
+    return Response(
+        content=data,
+        media_type=content_type,
+        headers={"Cache-Control": f"private, max-age={max(0, seconds_left)}"},
+    )
