@@ -6,18 +6,25 @@ commits.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import CursorResult, DateTime, Engine, MetaData, Result, create_engine, event
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 from app.settings import get_settings
+
+logger = logging.getLogger("fluxgate.db")
+T = TypeVar("T")
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -97,9 +104,9 @@ def get_sessionmaker() -> sessionmaker[Session]:
 
 
 @contextmanager
-def session_scope() -> Iterator[Session]:
+def session_scope(sessions: Callable[[], Session] | None = None) -> Iterator[Session]:
     """A unit of work for tasks and commands: commit on success, roll back on error."""
-    session = get_sessionmaker()()
+    session = (sessions or get_sessionmaker())()
     try:
         yield session
         session.commit()
@@ -108,3 +115,26 @@ def session_scope() -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def with_transaction(
+    work: Callable[[Session], T],
+    *,
+    attempts: int = 5,
+    backoff_seconds: float = 0.2,
+    sessions: Callable[[], Session] | None = None,
+) -> T:
+    """Run ``work`` in a transaction of its own, again when the database is briefly out of
+    reach (too many clients, a dropped connection, SQLite busy). ``work`` must be safe to
+    repeat: in the worker it is a conditional update, which changes nothing the second time.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            with session_scope(sessions) as session:
+                return work(session)
+        except OperationalError:
+            if attempt == attempts:
+                raise
+            logger.warning("database unavailable (attempt %d of %d); retrying", attempt, attempts)
+            time.sleep(backoff_seconds * 2 ** (attempt - 1) * random.uniform(0.5, 1.0))
+    raise AssertionError("unreachable")

@@ -69,8 +69,9 @@ class Settings(BaseSettings):
     job_lease_seconds: PositiveSeconds = 300.0
     sweep_interval_seconds: PositiveSeconds = 30.0
     requeue_after_seconds: PositiveSeconds = 300.0
-    db_pool_size: int = Field(default=10, ge=1)
-    db_max_overflow: int = Field(default=20, ge=0)
+    # Per process. Keep processes x (pool + overflow) below PostgreSQL's max_connections.
+    db_pool_size: int = Field(default=15, ge=1)
+    db_max_overflow: int = Field(default=5, ge=0)
 
     log_level: str = "INFO"
 

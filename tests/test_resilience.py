@@ -216,3 +216,24 @@ def test_sigterm_api_drains_open_requests(slow_stack: Stack, key: str) -> None:
     assert api.popen.wait(30) in (0, -signal.SIGTERM)
     job_id = response.json()["id"]
     assert slow_stack.sql("SELECT status FROM jobs WHERE id = :id", id=job_id) == [("queued",)]
+
+
+def test_queue_positions_count_every_keys_jobs(slow_stack: Stack, client: httpx.Client) -> None:
+    # No worker runs here, so everything submitted stays queued.
+    with slow_stack.client(slow_stack.create_key("neighbour")) as other:
+        first = submit(client, "position a1")
+        theirs = submit(other, "position b1")
+        second = submit(client, "position a2")
+        base = first["queue_position"]
+        assert theirs["queue_position"] == base + 1
+        assert second["queue_position"] == base + 2
+        listed = client.get("/v1/jobs", params={"status": "queued"}).json()["data"]
+        positions = {job["id"]: job["queue_position"] for job in listed}
+        assert positions[first["id"]] == base
+        assert positions[second["id"]] == base + 2
+        # Canceling the head moves everyone behind it up by one.
+        assert client.post(f"/v1/jobs/{first['id']}/cancel").status_code == 200
+        assert other.get(f"/v1/jobs/{theirs['id']}").json()["queue_position"] == base
+        assert client.get(f"/v1/jobs/{second['id']}").json()["queue_position"] == base + 1
+        for job, owner in ((theirs, other), (second, client)):
+            assert owner.post(f"/v1/jobs/{job['id']}/cancel").status_code == 200

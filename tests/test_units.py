@@ -7,10 +7,15 @@ import random
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.billing.rules import PriceSchedule, job_cost, megapixels, tiles
+from app.db import make_engine, with_transaction
 from app.ids import new_id
 from app.jobs.execution import backoff_seconds
 from app.money import format_usd, parse_usd
@@ -273,3 +278,22 @@ def test_every_command_has_help(command: list[str]) -> None:
     )
     assert result.returncode == 0
     assert "usage: fluxgate" in result.stdout
+
+
+def test_with_transaction_retries_when_the_database_is_briefly_unavailable(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'retry.db'}")
+    sessions = sessionmaker(bind=engine)
+    calls = []
+
+    def work(session: Session) -> int:
+        calls.append(1)
+        if len(calls) < 3:
+            raise OperationalError("SELECT 1", {}, Exception("too many clients already"))
+        return int(session.execute(text("SELECT 41 + 1")).scalar_one())
+
+    assert with_transaction(work, backoff_seconds=0.001, sessions=sessions) == 42
+    assert len(calls) == 3
+    calls.clear()
+    with pytest.raises(OperationalError):
+        with_transaction(work, attempts=2, backoff_seconds=0.001, sessions=sessions)
+    assert len(calls) == 2

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
 
 import app.models  # noqa: F401  # every table, for foreign keys across domains
-from app.db import session_scope
+from app.db import with_transaction
 from app.images import ImageError, ImageInfo, inspect_image
 from app.jobs import execution
-from app.settings import get_settings
+from app.settings import Settings, get_settings
 from app.workers_ai import GenerationResult, UpstreamError, WorkersAIClient
 from worker.celery_app import FORWARD_TASK, SWEEP_TASK, celery_app
 from worker.dispatch import enqueue_forward
@@ -59,62 +62,83 @@ def call_upstream(claim: execution.Claim) -> tuple[GenerationResult, ImageInfo] 
     return result, info
 
 
+@dataclass(frozen=True)
+class Recorded:
+    done: bool  # False: the attempt had lost its lease; nothing was written
+    summary: str
+    retry_in: float | None = None
+
+
+def record_outcome(
+    session: Session,
+    *,
+    claim: execution.Claim,
+    outcome: tuple[GenerationResult, ImageInfo] | UpstreamError,
+    settings: Settings,
+) -> Recorded:
+    """Write what the attempt produced: the image and charge, a retry, or the failure."""
+    if not isinstance(outcome, UpstreamError):
+        result, info = outcome
+        done = execution.finish_succeeded(
+            session,
+            claim=claim,
+            image=result.image,
+            info=info,
+            neurons=result.neurons,
+            upstream_ms=result.duration_ms,
+        )
+        return Recorded(done, "succeeded")
+    if outcome.retryable and claim.attempt < settings.upstream_max_attempts:
+        retry_in = execution.backoff_seconds(
+            claim.attempt,
+            base=settings.retry_base_seconds,
+            cap=settings.retry_max_seconds,
+            retry_after=outcome.retry_after,
+        )
+        done = execution.schedule_retry(session, claim=claim, error=outcome, delay_seconds=retry_in)
+        return Recorded(done, f"retry in {retry_in:.1f}s after {outcome.code}", retry_in)
+    done = execution.finish_failed(session, claim=claim, error=outcome)
+    return Recorded(done, f"failed: {outcome.code}")
+
+
 @celery_app.task(name=FORWARD_TASK, ignore_result=True)
 def forward_job(job_id: str) -> None:
     """Run one attempt of a job. Safe to run any number of times for the same id."""
     settings = get_settings()
-    with session_scope() as session:
-        claim = execution.claim(session, job_id=job_id, lease_seconds=settings.job_lease_seconds)
+    claim = with_transaction(
+        lambda session: execution.claim(
+            session, job_id=job_id, lease_seconds=settings.job_lease_seconds
+        )
+    )
     if claim is None:
         logger.debug("job %s not claimable (done, canceled, running elsewhere or not due)", job_id)
         return
 
     outcome = call_upstream(claim)
-    retry_in: float | None = None
-    with session_scope() as session:
-        if not isinstance(outcome, UpstreamError):
-            result, info = outcome
-            done = execution.finish_succeeded(
-                session,
-                claim=claim,
-                image=result.image,
-                info=info,
-                neurons=result.neurons,
-                upstream_ms=result.duration_ms,
-            )
-            summary = "succeeded"
-        elif outcome.retryable and claim.attempt < settings.upstream_max_attempts:
-            retry_in = execution.backoff_seconds(
-                claim.attempt,
-                base=settings.retry_base_seconds,
-                cap=settings.retry_max_seconds,
-                retry_after=outcome.retry_after,
-            )
-            done = execution.schedule_retry(
-                session, claim=claim, error=outcome, delay_seconds=retry_in
-            )
-            summary = f"retry in {retry_in:.1f}s after {outcome.code}"
-        else:
-            done = execution.finish_failed(session, claim=claim, error=outcome)
-            summary = f"failed: {outcome.code}"
-    if not done:
+    # Retried if the database is briefly unavailable: an image already paid for upstream
+    # must not be lost to a full connection table.
+    recorded = with_transaction(
+        lambda session: record_outcome(session, claim=claim, outcome=outcome, settings=settings)
+    )
+    if not recorded.done:
         logger.warning("job %s attempt %s lost its lease; result dropped", job_id, claim.attempt)
         return
-    logger.info("job %s attempt %s %s", job_id, claim.attempt, summary)
-    if retry_in is not None:
-        enqueue_forward(job_id, countdown=retry_in)
+    logger.info("job %s attempt %s %s", job_id, claim.attempt, recorded.summary)
+    if recorded.retry_in is not None:
+        enqueue_forward(job_id, countdown=recorded.retry_in)
 
 
 @celery_app.task(name=SWEEP_TASK, ignore_result=True)
 def sweep() -> None:
     """Re-send jobs whose worker died or whose broker message was lost."""
     settings = get_settings()
-    with session_scope() as session:
-        result = execution.sweep(
+    result = with_transaction(
+        lambda session: execution.sweep(
             session,
             requeue_after_seconds=settings.requeue_after_seconds,
             max_attempts=settings.upstream_max_attempts,
         )
+    )
     for job_id in result.to_enqueue:
         enqueue_forward(job_id)
     if result.to_enqueue or result.failed_expired:
