@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -148,3 +149,17 @@ def test_console_script_is_declared() -> None:
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert 'fluxgate = "app.cli:main"' in pyproject
     assert Path(ROOT / "constraints.txt").exists()
+
+
+@pytest.mark.parametrize(
+    ("package", "floor"),
+    [("starlette", (1, 3, 1)), ("python-multipart", (0, 0, 32)), ("pillow", (13, 0))],
+)
+def test_upload_parsers_carry_the_security_fixes(package: str, floor: tuple[int, ...]) -> None:
+    installed = tuple(int(part) for part in version(package).split(".")[: len(floor)])
+    assert installed >= floor
+    pinned = re.search(
+        rf"^{package}==([\d.]+)$", (ROOT / "constraints.txt").read_text(), re.M | re.I
+    )
+    assert pinned is not None
+    assert tuple(int(part) for part in pinned.group(1).split(".")[: len(floor)]) >= floor
