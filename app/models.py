@@ -2,7 +2,7 @@
 
 from app.billing.models import Charge, Price
 from app.db import Base
-from app.jobs.models import ImageLink, Job, JobImage
+from app.jobs.models import IdempotencyKey, ImageLink, Job, JobImage
 from app.keys.models import ApiKey
 
-__all__ = ["ApiKey", "Base", "Charge", "ImageLink", "Job", "JobImage", "Price"]
+__all__ = ["ApiKey", "Base", "Charge", "IdempotencyKey", "ImageLink", "Job", "JobImage", "Price"]

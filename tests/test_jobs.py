@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import io
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -273,3 +275,77 @@ def test_health_readiness_and_docs(stack: Stack) -> None:
     assert set(body) == {"application/json", "multipart/form-data"}
     assert spec["components"]["schemas"]["JobCreate"]["examples"]
     assert "/v1/jobs/{job_id}/cancel" in spec["paths"]
+
+
+# ---- Idempotency-Key ---------------------------------------------------------------------
+
+
+def jobs_with_prompt(stack: Stack, prompt: str) -> int:
+    [(count,)] = stack.sql("SELECT count(*) FROM jobs WHERE prompt = :prompt", prompt=prompt)
+    return int(count)
+
+
+def test_idempotency_key_returns_the_same_job(stack: Stack, client: httpx.Client) -> None:
+    prompt = unique("exactly once")
+    body = {"prompt": prompt, "width": 512, "height": 512, "seed": 3}
+    headers = {"Idempotency-Key": f"order-{uuid.uuid4()}"}
+    first = client.post("/v1/jobs", json=body, headers=headers)
+    again = client.post("/v1/jobs", json=body, headers=headers)
+    assert first.status_code == again.status_code == 202
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers["idempotent-replayed"] == "true"
+    assert "idempotent-replayed" not in first.headers
+    # The same parameters as multipart are the same request.
+    as_form = {name: (None, str(value)) for name, value in body.items()}
+    assert (
+        client.post("/v1/jobs", files=as_form, headers=headers).json()["id"] == first.json()["id"]
+    )
+    assert jobs_with_prompt(stack, prompt) == 1
+
+    other_body = client.post("/v1/jobs", json={**body, "seed": 4}, headers=headers)
+    assert_error(other_body, 422, "idempotency_key_reused", "Idempotency-Key")
+
+    # Keys are per API key: another tenant's identical key is a different request.
+    with stack.client(stack.create_key("idempotent neighbour")) as other:
+        theirs = other.post("/v1/jobs", json=body, headers=headers)
+        assert theirs.status_code == 202
+        assert theirs.json()["id"] != first.json()["id"]
+    assert jobs_with_prompt(stack, prompt) == 2
+
+
+def test_concurrent_duplicates_make_one_job(stack: Stack, client: httpx.Client) -> None:
+    prompt = unique("raced")
+    body = {"prompt": prompt, "width": 256, "height": 256}
+    headers = {"Idempotency-Key": f"race-{uuid.uuid4()}"}
+    with ThreadPoolExecutor(10) as pool:
+        responses = list(
+            pool.map(lambda _: client.post("/v1/jobs", json=body, headers=headers), range(10))
+        )
+    accepted = {r.json()["id"] for r in responses if r.status_code == 202}
+    assert len(accepted) == 1
+    for response in responses:
+        if response.status_code != 202:
+            assert_error(response, 409, "idempotency_key_in_use", "Idempotency-Key")
+    assert jobs_with_prompt(stack, prompt) == 1
+
+
+def test_idempotency_keys_are_kept_24_hours(stack: Stack, client: httpx.Client) -> None:
+    prompt = unique("a day later")
+    key = f"daily-{uuid.uuid4()}"
+    first = client.post(
+        "/v1/jobs", json={"prompt": prompt}, headers={"Idempotency-Key": key}
+    ).json()
+    stack.execute(
+        "UPDATE idempotency_keys SET created_at = :old WHERE key = :key",
+        old=datetime.now(UTC) - timedelta(hours=25),
+        key=key,
+    )
+    later = client.post(
+        "/v1/jobs", json={"prompt": prompt}, headers={"Idempotency-Key": key}
+    ).json()
+    assert later["id"] != first["id"]
+
+
+def test_idempotency_key_must_be_sane(client: httpx.Client) -> None:
+    response = client.post("/v1/jobs", json={"prompt": "x"}, headers={"Idempotency-Key": "k" * 256})
+    assert_error(response, 422, "invalid_parameter", "Idempotency-Key")

@@ -20,7 +20,16 @@ from app.migrate import alembic_config
 from app.settings import normalize_database_url
 from tests.stack import postgres_database
 
-TABLES = {"api_keys", "prices", "jobs", "job_images", "charges", "image_links", "alembic_version"}
+TABLES = {
+    "api_keys",
+    "prices",
+    "jobs",
+    "job_images",
+    "charges",
+    "image_links",
+    "idempotency_keys",
+    "alembic_version",
+}
 
 
 def _config(url: str) -> Config:

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 import app.models  # noqa: F401  # every table, for foreign keys across domains
 from app.db import with_transaction
 from app.images import ImageError, ImageInfo, inspect_image
-from app.jobs import execution
+from app.jobs import execution, idempotency
 from app.settings import Settings, get_settings
 from app.workers_ai import GenerationResult, UpstreamError, WorkersAIClient
 from worker.celery_app import FORWARD_TASK, SWEEP_TASK, celery_app
@@ -139,6 +139,7 @@ def sweep() -> None:
             max_attempts=settings.upstream_max_attempts,
         )
     )
+    with_transaction(idempotency.purge_expired)
     for job_id in result.to_enqueue:
         enqueue_forward(job_id)
     if result.to_enqueue or result.failed_expired:

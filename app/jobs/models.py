@@ -121,3 +121,20 @@ class ImageLink(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class IdempotencyKey(Base):
+    """An ``Idempotency-Key`` of one API key: the request it stood for and the job it made.
+
+    ``job_id`` is empty while the first request is still being accepted (until
+    ``locked_until``, after which a retry may take over); rows live 24 hours.
+    """
+
+    __tablename__ = "idempotency_keys"
+
+    api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"))
+    locked_until: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)

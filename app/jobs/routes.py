@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from app.deps import ApiKeyDep, SessionDep
 from app.http_body import read_body
 from app.images import convert_image
-from app.jobs import service
+from app.jobs import idempotency, service
 from app.jobs.schemas import JobCost, JobList, JobOut
 from app.jobs.service import JobSubmission, parse_submission
 from app.settings import get_settings
@@ -70,10 +70,40 @@ JobBodyDep = Annotated[JobSubmission, Depends(job_body)]
     responses={422: {"description": "A field broke a rule; `param` names it"}},
 )
 def submit_job(
-    api_key: ApiKeyDep, body: JobBodyDep, session: SessionDep, response: Response
+    api_key: ApiKeyDep,
+    body: JobBodyDep,
+    session: SessionDep,
+    response: Response,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description="same key + same body within 24 h returns the same job",
+        ),
+    ] = None,
 ) -> JobOut:
-    job = service.create_job(session, api_key=api_key, submission=body)
-    commit_and_enqueue(session, [job.id])
+    if idempotency_key is None:
+        job = service.create_job(session, api_key=api_key, submission=body)
+        commit_and_enqueue(session, [job.id])
+    else:
+        key = idempotency.check_key(idempotency_key)
+        earlier = idempotency.reserve(
+            session, api_key_id=api_key.id, key=key, fingerprint=idempotency.fingerprint(body)
+        )
+        session.commit()  # the reservation is visible to concurrent duplicates from here on
+        if earlier is not None:
+            job = service.get_job(session, api_key=api_key, job_id=earlier)
+            response.headers["Idempotent-Replayed"] = "true"
+        else:
+            try:
+                job = service.create_job(session, api_key=api_key, submission=body)
+                idempotency.complete(session, api_key_id=api_key.id, key=key, job_id=job.id)
+                commit_and_enqueue(session, [job.id])
+            except BaseException:
+                session.rollback()
+                idempotency.release(session, api_key_id=api_key.id, key=key)
+                session.commit()
+                raise
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return service.to_job_out(session, [job])[0]
 
