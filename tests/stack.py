@@ -250,11 +250,17 @@ class Stack:
         )
 
     def start_api(self) -> Process:
+        """An API process; the first one started is the one ``api_url`` and clients use."""
+        api, url = self.start_extra_api()
+        self.api_url = self.api_url or url
+        return api
+
+    def start_extra_api(self) -> tuple[Process, str]:
         port = free_port()
         api = self.start("api", [*FLUXGATE, "api", "--port", str(port)])
-        self.api_url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: _answers(f"{self.api_url}/healthz"), timeout=20, what="api")
-        return api
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _answers(f"{url}/healthz"), timeout=20, what="api")
+        return api, url
 
     def start_worker(self, concurrency: int | None = 16) -> Process:
         """``concurrency=None`` runs the worker exactly as an operator would by default."""

@@ -191,7 +191,7 @@ def test_sigterm_worker_finishes_in_flight_and_returns_the_rest(
 
 
 def test_sigterm_api_drains_open_requests(slow_stack: Stack, key: str) -> None:
-    api = slow_stack.start_api()
+    api, api_url = slow_stack.start_extra_api()  # its own, so the module's API stays up
     prompt = f"drained {uuid.uuid4().hex[:6]}"
     body = f'{{"prompt": "{prompt}", "width": 512, "height": 512}}'.encode()
     signalled = False
@@ -204,7 +204,7 @@ def test_sigterm_api_drains_open_requests(slow_stack: Stack, key: str) -> None:
         time.sleep(1.0)
         yield body[10:]
 
-    with httpx.Client(base_url=slow_stack.api_url, timeout=30) as http:
+    with httpx.Client(base_url=api_url, timeout=30) as http:
         response = http.post(
             "/v1/jobs",
             content=slow_body(),

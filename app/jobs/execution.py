@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, func, or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app import catalog
@@ -76,13 +76,20 @@ def claim(session: Session, *, job_id: str, lease_seconds: float) -> Claim | Non
     )
 
 
-def _still_running(claim: Claim) -> tuple[ColumnElement[bool], ...]:
-    """The job is still in the attempt this claim made: nobody swept or finished it since."""
-    return (
-        Job.id == claim.job_id,
-        Job.status == JobStatus.RUNNING,
-        Job.attempts == claim.attempt,
+def _update_attempt(session: Session, claim: Claim, **values: object) -> bool:
+    """Apply ``values`` only if the job is still in the attempt this claim made (nobody swept
+    or finished it since); whether it was."""
+    result = session.execute(
+        update(Job)
+        .where(
+            Job.id == claim.job_id,
+            Job.status == JobStatus.RUNNING,
+            Job.attempts == claim.attempt,
+        )
+        .values(**values)
+        .execution_options(synchronize_session=False)
     )
+    return rows_affected(result) == 1
 
 
 def finish_succeeded(
@@ -95,24 +102,20 @@ def finish_succeeded(
     upstream_ms: int,
 ) -> bool:
     """Store the image, the charge and the status together; ``False`` if this attempt lost."""
-    now = utcnow()
-    result = session.execute(
-        update(Job)
-        .where(*_still_running(claim))
-        .values(
-            status=JobStatus.SUCCEEDED,
-            completed_at=now,
-            charged_nanos=Job.estimated_nanos,
-            lease_expires_at=None,
-            upstream_neurons=neurons,
-            upstream_ms=upstream_ms,
-            error_code=None,
-            error_message=None,
-            error_upstream_code=None,
-        )
-        .execution_options(synchronize_session=False)
+    won = _update_attempt(
+        session,
+        claim,
+        status=JobStatus.SUCCEEDED,
+        completed_at=utcnow(),
+        charged_nanos=Job.estimated_nanos,
+        lease_expires_at=None,
+        upstream_neurons=neurons,
+        upstream_ms=upstream_ms,
+        error_code=None,
+        error_message=None,
+        error_upstream_code=None,
     )
-    if rows_affected(result) != 1:
+    if not won:
         return False
     job = session.get_one(Job, claim.job_id)
     session.add(
@@ -154,37 +157,29 @@ def schedule_retry(
 ) -> bool:
     """Back to queued, due after ``delay_seconds``; cancelable again while it waits."""
     now = utcnow()
-    result = session.execute(
-        update(Job)
-        .where(*_still_running(claim))
-        .values(
-            status=JobStatus.QUEUED,
-            lease_expires_at=None,
-            not_before=now + timedelta(seconds=delay_seconds),
-            enqueued_at=now,
-            # Kept for operators; the Job shows an error only once it has failed.
-            **_attempt_error(error),
-        )
-        .execution_options(synchronize_session=False)
+    return _update_attempt(
+        session,
+        claim,
+        status=JobStatus.QUEUED,
+        lease_expires_at=None,
+        not_before=now + timedelta(seconds=delay_seconds),
+        enqueued_at=now,
+        # Kept for operators; the Job shows an error only once it has failed.
+        **_attempt_error(error),
     )
-    return rows_affected(result) == 1
 
 
 def finish_failed(session: Session, *, claim: Claim, error: UpstreamError) -> bool:
     """A final failure costs nothing."""
-    result = session.execute(
-        update(Job)
-        .where(*_still_running(claim))
-        .values(
-            status=JobStatus.FAILED,
-            completed_at=utcnow(),
-            charged_nanos=0,
-            lease_expires_at=None,
-            **_attempt_error(error),
-        )
-        .execution_options(synchronize_session=False)
+    return _update_attempt(
+        session,
+        claim,
+        status=JobStatus.FAILED,
+        completed_at=utcnow(),
+        charged_nanos=0,
+        lease_expires_at=None,
+        **_attempt_error(error),
     )
-    return rows_affected(result) == 1
 
 
 def backoff_seconds(
