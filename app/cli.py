@@ -103,10 +103,23 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     import app.models  # noqa: F401
     from app.db import session_scope
     from app.keys.service import create_key
+    from app.money import parse_usd
 
     get_settings()
+    budget = None
+    if args.budget_usd is not None:
+        try:
+            budget = parse_usd(args.budget_usd)
+        except ValueError as error:
+            raise ConfigError(f"--budget-usd: {error}") from None
     with session_scope() as session:
-        created = create_key(session, name=args.name, is_admin=args.admin)
+        created = create_key(
+            session,
+            name=args.name,
+            is_admin=args.admin,
+            budget_nanos=budget,
+            budget_period=args.budget_period,
+        )
         key_id, secret = created.api_key.id, created.api_key.webhook_secret
     if args.json:
         print(json.dumps({"id": key_id, "key": created.key, "webhook_secret": secret}))
@@ -115,6 +128,53 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
         print(f"key:            {created.key}")
         print(f"webhook secret: {secret}")
         print("Store both now: they are not shown again.")
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    import app.models  # noqa: F401
+    from app.db import session_scope
+    from app.keys.service import list_keys
+    from app.money import format_usd
+
+    get_settings()
+    with session_scope() as session:
+        rows = [
+            {
+                "id": key.id,
+                "name": key.name,
+                "prefix": key.display_prefix,
+                "admin": key.is_admin,
+                "budget_usd": None if key.budget_nanos is None else format_usd(key.budget_nanos),
+                "budget_period": key.budget_period,
+                "revoked": key.revoked_at is not None,
+            }
+            for key in list_keys(session)
+        ]
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        for row in rows:
+            state = "revoked" if row["revoked"] else ("admin" if row["admin"] else "key")
+            budget = f"${row['budget_usd']}/{row['budget_period']}" if row["budget_usd"] else "-"
+            print(f"{row['id']}  {row['prefix']}...  {state:7}  {budget:>16}  {row['name']}")
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    import app.models  # noqa: F401
+    from app.db import session_scope
+    from app.errors import NotFound
+    from app.keys.service import revoke_key
+
+    get_settings()
+    try:
+        with session_scope() as session:
+            revoke_key(session, key_id=args.id)
+    except NotFound as error:
+        print(f"fluxgate: {error.message}", file=sys.stderr)
+        return 1
+    print(f"revoked {args.id}")
     return 0
 
 
@@ -176,7 +236,23 @@ def build_parser() -> argparse.ArgumentParser:
     create.set_defaults(handler=cmd_keys_create)
     create.add_argument("--name", required=True)
     create.add_argument("--admin", action="store_true", help="may manage keys and read all usage")
+    create.add_argument(
+        "--budget-usd", default=None, help='spending limit in USD, e.g. "25" (default: none)'
+    )
+    create.add_argument(
+        "--budget-period", choices=["month", "total"], default="month", help="default: month"
+    )
     create.add_argument("--json", action="store_true", help="print one JSON object")
+
+    listing = key_commands.add_parser("list", help="List API keys", description="List API keys")
+    listing.set_defaults(handler=cmd_keys_list)
+    listing.add_argument("--json", action="store_true", help="print a JSON list")
+
+    revoke = key_commands.add_parser(
+        "revoke", help="Revoke an API key", description="Revoke an API key (by id)"
+    )
+    revoke.set_defaults(handler=cmd_keys_revoke)
+    revoke.add_argument("id")
     return parser
 
 

@@ -58,7 +58,7 @@ class Conflict(FluxgateError):
 
 class PayloadTooLarge(FluxgateError):
     status_code = 413
-    code = "payload_too_large"
+    code = "request_too_large"
 
 
 class UnsupportedMediaType(FluxgateError):

@@ -17,9 +17,11 @@ import app.models  # noqa: F401  # every table, for foreign keys across domains
 from app import ops
 from app.billing import routes as billing_routes
 from app.billing.service import NoPriceError
+from app.body_limit import BodySizeLimit
 from app.errors import FluxgateError
 from app.jobs import routes as job_routes
 from app.jobs.schemas import JobCreate
+from app.keys import routes as key_routes
 from app.openai_compat import routes as openai_routes
 from app.openai_compat.service import OPENAI_PARAMS
 from app.settings import Settings, get_settings
@@ -33,7 +35,7 @@ _HTTP_CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
-    413: "payload_too_large",
+    413: "request_too_large",
     415: "unsupported_media_type",
 }
 
@@ -131,10 +133,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ),
     )
     install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     app.include_router(ops.router)
     app.include_router(job_routes.router)
     app.include_router(billing_routes.router)
     app.include_router(openai_routes.router)
+    app.include_router(key_routes.router)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

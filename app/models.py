@@ -1,8 +1,18 @@
 """Every table, imported in one place so Alembic and the services see the whole schema."""
 
-from app.billing.models import Charge, Price
+from app.billing.models import BudgetPeriod, Charge, Price
 from app.db import Base
 from app.jobs.models import IdempotencyKey, ImageLink, Job, JobImage
 from app.keys.models import ApiKey
 
-__all__ = ["ApiKey", "Base", "Charge", "IdempotencyKey", "ImageLink", "Job", "JobImage", "Price"]
+__all__ = [
+    "ApiKey",
+    "Base",
+    "BudgetPeriod",
+    "Charge",
+    "IdempotencyKey",
+    "ImageLink",
+    "Job",
+    "JobImage",
+    "Price",
+]

@@ -275,8 +275,9 @@ class Stack:
     def start_beat(self) -> Process:
         return self.start("beat", [*FLUXGATE, "beat"])
 
-    def create_key(self, name: str = "test") -> str:
-        out = self.cli("keys", "create", "--name", name, "--json").stdout
+    def create_key(self, name: str = "test", *extra: str) -> str:
+        """A new key through the CLI (``extra``: e.g. ``"--admin"``, ``"--budget-usd", "1"``)."""
+        out = self.cli("keys", "create", "--name", name, "--json", *extra).stdout
         return str(json.loads(out)["key"])
 
     def client(self, key: str) -> httpx.Client:

@@ -28,6 +28,7 @@ TABLES = {
     "charges",
     "image_links",
     "idempotency_keys",
+    "budget_periods",
     "alembic_version",
 }
 

@@ -237,3 +237,17 @@ def test_queue_positions_count_every_keys_jobs(slow_stack: Stack, client: httpx.
         assert client.get(f"/v1/jobs/{second['id']}").json()["queue_position"] == base + 1
         for job, owner in ((theirs, other), (second, client)):
             assert owner.post(f"/v1/jobs/{job['id']}/cancel").status_code == 200
+
+
+def test_canceled_job_gives_its_hold_back(slow_stack: Stack) -> None:
+    # No worker runs here, so jobs stay queued until canceled.
+    key = slow_stack.create_key("one queued job", "--budget-usd", "0.000287")
+    body = {"prompt": "held", "width": 512, "height": 512}
+    with slow_stack.client(key) as client:
+        first = client.post("/v1/jobs", json=body)
+        assert first.status_code == 202
+        assert_error(client.post("/v1/jobs", json=body), 402, "budget_exceeded", None)
+        assert client.post(f"/v1/jobs/{first.json()['id']}/cancel").status_code == 200
+        second = client.post("/v1/jobs", json=body)
+        assert second.status_code == 202
+        assert client.post(f"/v1/jobs/{second.json()['id']}/cancel").status_code == 200

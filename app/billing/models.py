@@ -56,3 +56,16 @@ class Charge(Base):
     price_id: Mapped[int] = mapped_column(ForeignKey("prices.id"))
     amount_nanos: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class BudgetPeriod(Base):
+    """What a key has held (jobs accepted, not yet finished) and been charged in one budget
+    period. Submissions reserve against it atomically, so concurrent ones cannot overshoot."""
+
+    __tablename__ = "budget_periods"
+
+    api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"), primary_key=True)
+    # The first instant of the month (UTC), or the epoch for a "total" budget.
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    held_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
+    charged_nanos: Mapped[int] = mapped_column(BigInteger, default=0)

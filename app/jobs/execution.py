@@ -15,6 +15,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app import catalog
+from app.billing import budgets
 from app.billing.service import record_charge
 from app.db import rows_affected, utcnow
 from app.images import ImageInfo
@@ -117,7 +118,13 @@ def finish_succeeded(
     )
     if not won:
         return False
-    job = session.get_one(Job, claim.job_id)
+    job = session.get_one(Job, claim.job_id, populate_existing=True)
+    budgets.settle(
+        session,
+        api_key_id=job.api_key_id,
+        start=job.budget_period_start,
+        amount_nanos=job.estimated_nanos,
+    )
     session.add(
         JobImage(
             job_id=job.id,
@@ -171,7 +178,7 @@ def schedule_retry(
 
 def finish_failed(session: Session, *, claim: Claim, error: UpstreamError) -> bool:
     """A final failure costs nothing."""
-    return _update_attempt(
+    failed = _update_attempt(
         session,
         claim,
         status=JobStatus.FAILED,
@@ -179,6 +186,19 @@ def finish_failed(session: Session, *, claim: Claim, error: UpstreamError) -> bo
         charged_nanos=0,
         lease_expires_at=None,
         **_attempt_error(error),
+    )
+    if failed:
+        _release_hold(session, claim.job_id)
+    return failed
+
+
+def _release_hold(session: Session, job_id: str) -> None:
+    job = session.get_one(Job, job_id, populate_existing=True)
+    budgets.release(
+        session,
+        api_key_id=job.api_key_id,
+        start=job.budget_period_start,
+        amount_nanos=job.estimated_nanos,
     )
 
 
@@ -251,6 +271,7 @@ def sweep(
             .execution_options(synchronize_session=False)
         )
         if rows_affected(exhausted) == 1:
+            _release_hold(session, job_id)
             failed.append(job_id)
             continue
         back = session.execute(

@@ -72,6 +72,8 @@ class Job(Base):
     input_tiles: Mapped[int] = mapped_column(Integer)
     output_tiles: Mapped[int] = mapped_column(Integer)
     upstream_neurons: Mapped[str | None] = mapped_column(String(32))
+    # The budget period the estimate is held in until the job ends; null: no budget applied.
+    budget_period_start: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     # Execution bookkeeping.
     attempts: Mapped[int] = mapped_column(Integer, default=0)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, load_only
 
+from app.billing import budgets
 from app.billing.rules import Cost
 from app.billing.service import estimate, price_in_force
 from app.db import rows_affected, utcnow
@@ -89,6 +90,7 @@ def create_job(session: Session, *, api_key: ApiKey, submission: JobSubmission) 
     request = submission.request
     priced = quote(session, submission=submission)
     now = utcnow()
+    held_in = budgets.hold(session, api_key=api_key, amount_nanos=priced.cost.total_nanos, at=now)
     job = Job(
         id=new_id("job"),
         api_key_id=api_key.id,
@@ -107,6 +109,7 @@ def create_job(session: Session, *, api_key: ApiKey, submission: JobSubmission) 
         estimated_nanos=priced.cost.total_nanos,
         input_tiles=priced.cost.input_tiles,
         output_tiles=priced.cost.output_tiles,
+        budget_period_start=held_in,
         attempts=0,
         created_at=now,
         enqueued_at=now,
@@ -193,6 +196,12 @@ def cancel_job(session: Session, *, api_key: ApiKey, job_id: str) -> Job:
             f"job {job_id} is {job.status}; only queued jobs can be canceled",
             code="job_not_cancelable",
         )
+    budgets.release(
+        session,
+        api_key_id=job.api_key_id,
+        start=job.budget_period_start,
+        amount_nanos=job.estimated_nanos,
+    )
     return job
 
 

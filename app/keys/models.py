@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, String
+from sqlalchemy import BigInteger, Boolean, CheckConstraint, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, UTCDateTime, utcnow
@@ -10,6 +10,7 @@ from app.db import Base, UTCDateTime, utcnow
 
 class ApiKey(Base):
     __tablename__ = "api_keys"
+    __table_args__ = (CheckConstraint("budget_period IN ('month', 'total')", name="budget_period"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
@@ -20,5 +21,8 @@ class ApiKey(Base):
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     # Signing secret for this key's webhooks (the receiver needs the same value, so not hashed).
     webhook_secret: Mapped[str] = mapped_column(String(100))
+    # Spending limit in nano-USD per calendar month (UTC) or in total; none when null.
+    budget_nanos: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    budget_period: Mapped[str] = mapped_column(String(8), default="month")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.db import utcnow
+from app.errors import NotFound
 from app.ids import new_id
 from app.keys.models import ApiKey
 
@@ -33,7 +35,14 @@ class CreatedKey:
     key: str  # shown once, never stored
 
 
-def create_key(session: Session, *, name: str, is_admin: bool = False) -> CreatedKey:
+def create_key(
+    session: Session,
+    *,
+    name: str,
+    is_admin: bool = False,
+    budget_nanos: int | None = None,
+    budget_period: str = "month",
+) -> CreatedKey:
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     api_key = ApiKey(
         id=new_id("key"),
@@ -42,6 +51,8 @@ def create_key(session: Session, *, name: str, is_admin: bool = False) -> Create
         display_prefix=key[:DISPLAY_PREFIX_CHARS],
         is_admin=is_admin,
         webhook_secret=new_webhook_secret(),
+        budget_nanos=budget_nanos,
+        budget_period=budget_period,
     )
     session.add(api_key)
     session.flush()
@@ -59,4 +70,33 @@ def authenticate(session: Session, *, presented: str) -> ApiKey | None:
     # The lookup is by hash already; compare again in constant time as a second guard.
     if not hmac.compare_digest(api_key.key_hash, digest):
         return None
+    return api_key
+
+
+def list_keys(session: Session) -> list[ApiKey]:
+    return list(session.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)))
+
+
+def get_key(session: Session, *, key_id: str) -> ApiKey:
+    api_key = session.get(ApiKey, key_id)
+    if api_key is None:
+        raise NotFound(f"no API key {key_id}", code="key_not_found", param="id")
+    return api_key
+
+
+def update_key(session: Session, *, key_id: str, changes: dict[str, object]) -> ApiKey:
+    """Apply the given fields (name, budget_nanos, budget_period); others stay."""
+    api_key = get_key(session, key_id=key_id)
+    for field, value in changes.items():
+        setattr(api_key, field, value)
+    session.flush()
+    return api_key
+
+
+def revoke_key(session: Session, *, key_id: str) -> ApiKey:
+    """From the next request on, the key is refused (nothing caches keys)."""
+    api_key = get_key(session, key_id=key_id)
+    if api_key.revoked_at is None:
+        api_key.revoked_at = utcnow()
+        session.flush()
     return api_key

@@ -1,0 +1,84 @@
+"""``/v1/admin/keys``: create (key and webhook secret shown once), list, update, revoke."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from sqlalchemy.orm import Session
+
+from app.billing import budgets
+from app.db import utcnow
+from app.deps import ApiKeyDep, SessionDep
+from app.errors import Forbidden
+from app.keys import service
+from app.keys.models import ApiKey
+from app.keys.schemas import KeyCreate, KeyCreated, KeyList, KeyOut, KeyUpdate
+from app.money import format_usd
+
+
+def require_admin(api_key: ApiKeyDep) -> ApiKey:
+    if not api_key.is_admin:
+        raise Forbidden("this needs an admin key", code="admin_required")
+    return api_key
+
+
+AdminKeyDep = Annotated[ApiKey, Depends(require_admin)]
+
+router = APIRouter(prefix="/v1/admin/keys", tags=["admin"])
+
+
+def key_out(session: Session, api_key: ApiKey) -> KeyOut:
+    period = budgets.current_period(session, api_key=api_key, at=utcnow())
+    used = 0 if period is None else period.held_nanos + period.charged_nanos
+    return KeyOut(
+        id=api_key.id,
+        name=api_key.name,
+        prefix=api_key.display_prefix,
+        admin=api_key.is_admin,
+        budget_usd=None if api_key.budget_nanos is None else format_usd(api_key.budget_nanos),
+        budget_period="total" if api_key.budget_period == "total" else "month",
+        budget_used_usd=format_usd(used),
+        created_at=api_key.created_at,
+        revoked_at=api_key.revoked_at,
+    )
+
+
+@router.post("", status_code=201, response_model=KeyCreated, summary="Create an API key")
+def create_key(body: KeyCreate, _admin: AdminKeyDep, session: SessionDep) -> KeyCreated:
+    created = service.create_key(
+        session,
+        name=body.name,
+        is_admin=body.admin,
+        budget_nanos=body.budget_nanos,
+        budget_period=body.budget_period,
+    )
+    session.commit()
+    shown = key_out(session, created.api_key)
+    return KeyCreated(
+        **shown.model_dump(), key=created.key, webhook_secret=created.api_key.webhook_secret
+    )
+
+
+@router.get("", response_model=KeyList, summary="List API keys")
+def list_keys(_admin: AdminKeyDep, session: SessionDep) -> KeyList:
+    return KeyList(data=[key_out(session, key) for key in service.list_keys(session)])
+
+
+@router.get("/{key_id}", response_model=KeyOut, summary="Get an API key")
+def get_key(key_id: str, _admin: AdminKeyDep, session: SessionDep) -> KeyOut:
+    return key_out(session, service.get_key(session, key_id=key_id))
+
+
+@router.patch("/{key_id}", response_model=KeyOut, summary="Change a key's name or budget")
+def update_key(key_id: str, body: KeyUpdate, _admin: AdminKeyDep, session: SessionDep) -> KeyOut:
+    api_key = service.update_key(session, key_id=key_id, changes=body.changes())
+    session.commit()
+    return key_out(session, api_key)
+
+
+@router.delete("/{key_id}", response_model=KeyOut, summary="Revoke an API key")
+def revoke_key(key_id: str, _admin: AdminKeyDep, session: SessionDep) -> KeyOut:
+    api_key = service.revoke_key(session, key_id=key_id)
+    session.commit()
+    return key_out(session, api_key)

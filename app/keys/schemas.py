@@ -1,0 +1,91 @@
+"""API keys as admins see them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from app.money import parse_usd
+
+
+def _budget(value: str | int | float | None) -> int | None:
+    if value is None:
+        return None
+    nanos = parse_usd(str(value))
+    if nanos <= 0:
+        raise ValueError("must be more than 0 (omit it, or send null, for no budget)")
+    return nanos
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    admin: bool = False
+    budget_usd: str | int | float | None = Field(
+        default=None, description='decimal USD, e.g. "25" or "0.01"; none for no budget'
+    )
+    budget_period: Literal["month", "total"] = "month"
+
+    @field_validator("budget_usd")
+    @classmethod
+    def _check_budget(cls, value: str | int | float | None) -> str | int | float | None:
+        _budget(value)
+        return value
+
+    @property
+    def budget_nanos(self) -> int | None:
+        return _budget(self.budget_usd)
+
+
+class KeyUpdate(BaseModel):
+    """Only the fields sent change; ``"budget_usd": null`` removes the budget."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    budget_usd: str | int | float | None = None
+    budget_period: Literal["month", "total"] | None = None
+
+    @field_validator("budget_usd")
+    @classmethod
+    def _check_budget(cls, value: str | int | float | None) -> str | int | float | None:
+        _budget(value)
+        return value
+
+    def changes(self) -> dict[str, object]:
+        sent = self.model_dump(exclude_unset=True)
+        changes: dict[str, object] = {}
+        if sent.get("name") is not None:
+            changes["name"] = sent["name"]
+        if "budget_usd" in sent:
+            changes["budget_nanos"] = _budget(sent["budget_usd"])
+        if sent.get("budget_period") is not None:
+            changes["budget_period"] = sent["budget_period"]
+        return changes
+
+
+class KeyOut(BaseModel):
+    id: str
+    object: Literal["api_key"] = "api_key"
+    name: str
+    prefix: str = Field(description="the first characters of the key, to recognise it")
+    admin: bool
+    budget_usd: str | None
+    budget_period: Literal["month", "total"]
+    budget_used_usd: str = Field(description="held by unfinished jobs + charged, this period")
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class KeyCreated(KeyOut):
+    key: str = Field(description="shown once; only a hash is stored")
+    webhook_secret: str = Field(description="shown once; signs this key's webhooks")
+
+
+class KeyList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[KeyOut]
+    next_cursor: None = None
