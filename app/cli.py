@@ -178,6 +178,53 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prices_list(_: argparse.Namespace) -> int:
+    import app.models  # noqa: F401
+    from app.billing.routes import price_out
+    from app.billing.service import list_prices
+    from app.db import session_scope
+
+    get_settings()
+    with session_scope() as session:
+        rows = [price_out(price).model_dump(mode="json") for price in list_prices(session)]
+    print(json.dumps(rows, indent=2))
+    return 0
+
+
+def cmd_prices_add(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    import app.models  # noqa: F401
+    from app.billing.routes import PriceCreate, price_out
+    from app.billing.service import add_price
+    from app.db import session_scope
+    from app.errors import FluxgateError
+
+    get_settings()
+    try:
+        body = PriceCreate(
+            model=args.model,
+            effective_from=args.effective_from,
+            output_unit=args.output_unit,
+            input_unit=args.input_unit,
+            per_step=args.per_step,
+            output_unit_usd=args.output_usd,
+            output_first_unit_usd=args.output_first_usd,
+            input_unit_usd=args.input_usd,
+        )
+        with session_scope() as session:
+            created = price_out(add_price(session, price=body.to_price()))
+    except ValidationError as error:
+        first = error.errors()[0]
+        print(f"fluxgate: {first['loc'][0]}: {first['msg']}", file=sys.stderr)
+        return 2
+    except FluxgateError as error:
+        print(f"fluxgate: {error.message}", file=sys.stderr)
+        return 1
+    print(json.dumps(created.model_dump(mode="json")))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fluxgate",
@@ -253,6 +300,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     revoke.set_defaults(handler=cmd_keys_revoke)
     revoke.add_argument("id")
+
+    prices = commands.add_parser(
+        "prices", help="Show or add prices", description="Prices are data with effective dates"
+    )
+    price_commands = prices.add_subparsers(dest="prices_command", required=True, metavar="COMMAND")
+    price_list = price_commands.add_parser("list", help="Every price, past and future")
+    price_list.set_defaults(handler=cmd_prices_list)
+    price_add = price_commands.add_parser(
+        "add",
+        help="Add a price from a time on",
+        description="Jobs submitted before --effective-from keep the price they were given.",
+    )
+    price_add.set_defaults(handler=cmd_prices_add)
+    price_add.add_argument("--model", required=True)
+    price_add.add_argument("--effective-from", required=True, help="e.g. 2026-12-01T00:00:00Z")
+    price_add.add_argument("--output-usd", required=True, help="per output unit")
+    price_add.add_argument("--output-first-usd", default=None, help="the first output unit")
+    price_add.add_argument("--input-usd", required=True, help="per input unit")
+    price_add.add_argument("--output-unit", choices=["tile", "megapixel"], default="tile")
+    price_add.add_argument("--input-unit", choices=["tile", "megapixel"], default="tile")
+    price_add.add_argument("--per-step", action="store_true", help="multiply by the steps")
     return parser
 
 

@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from app.db import get_sessionmaker
-from app.errors import Unauthorized
+from app.errors import Forbidden, Unauthorized
 from app.keys.models import ApiKey
 from app.keys.service import authenticate
 from app.settings import Settings, get_settings
@@ -50,3 +50,12 @@ def get_api_key(request: Request, session: SessionDep) -> ApiKey:
 
 
 ApiKeyDep = Annotated[ApiKey, Depends(get_api_key)]
+
+
+def require_admin(api_key: ApiKeyDep) -> ApiKey:
+    if not api_key.is_admin:
+        raise Forbidden("this needs an admin key", code="admin_required")
+    return api_key
+
+
+AdminKeyDep = Annotated[ApiKey, Depends(require_admin)]

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter
-from pydantic import BaseModel
+from fastapi import APIRouter, Query, Response
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy.orm import Session
 
 from app import catalog
+from app.billing import service as billing_service
+from app.billing import usage
+from app.billing.models import Price
 from app.billing.service import prices_in_force
-from app.deps import ApiKeyDep, SessionDep
-from app.money import format_usd
+from app.db import utcnow
+from app.deps import AdminKeyDep, ApiKeyDep, SessionDep
+from app.money import format_usd, parse_usd
 
 router = APIRouter(prefix="/v1", tags=["billing"])
 
@@ -57,6 +62,18 @@ class ModelList(BaseModel):
     next_cursor: None = None
 
 
+def pricing_out(price: Price) -> ModelPricing:
+    return ModelPricing(
+        effective_from=price.effective_from,
+        output_unit=price.output_unit,
+        input_unit=price.input_unit,
+        per_step=price.per_step,
+        output_first_unit_usd=format_usd(price.output_first_unit_nanos),
+        output_unit_usd=format_usd(price.output_unit_nanos),
+        input_unit_usd=format_usd(price.input_unit_nanos),
+    )
+
+
 @router.get("/models", response_model=ModelList, summary="Models, their limits and current prices")
 def list_models(session: SessionDep, _api_key: ApiKeyDep) -> ModelList:
     prices = prices_in_force(session, models=list(catalog.MODELS))
@@ -85,15 +102,201 @@ def list_models(session: SessionDep, _api_key: ApiKeyDep) -> ModelList:
                     seed_max=catalog.MAX_SEED,
                     guidance_max=catalog.MAX_GUIDANCE,
                 ),
-                pricing=ModelPricing(
-                    effective_from=price.effective_from,
-                    output_unit=price.output_unit,
-                    input_unit=price.input_unit,
-                    per_step=price.per_step,
-                    output_first_unit_usd=format_usd(price.output_first_unit_nanos),
-                    output_unit_usd=format_usd(price.output_unit_nanos),
-                    input_unit_usd=format_usd(price.input_unit_nanos),
-                ),
+                pricing=pricing_out(price),
             )
         )
     return ModelList(data=data)
+
+
+# ---- usage -------------------------------------------------------------------------------
+
+
+class UsageRowOut(BaseModel):
+    group: str = Field(description="the day (YYYY-MM-DD, UTC), model or key id")
+    jobs: int
+    output_tiles: int
+    input_tiles: int
+    charged_usd: str
+
+
+class UsageOut(BaseModel):
+    object: Literal["usage"] = "usage"
+    from_: datetime = Field(alias="from")
+    to: datetime
+    group_by: str
+    data: list[UsageRowOut]
+    total: UsageRowOut
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+
+def _usage_response(
+    session: Session,
+    *,
+    start: str | None,
+    end: str | None,
+    group_by: usage.GroupBy,
+    api_key_id: str | None,
+    as_csv: bool,
+) -> UsageOut | Response:
+    default_start, default_end = usage.default_window(utcnow())
+    window_start = usage.parse_bound(start, param="from", default=default_start)
+    window_end = usage.parse_bound(end, param="to", default=default_end)
+    rows = usage.usage(
+        session, start=window_start, end=window_end, group_by=group_by, api_key_id=api_key_id
+    )
+    if as_csv:
+        return Response(
+            usage.as_csv(rows, group_by=group_by),
+            media_type="text/csv",
+            headers={"Content-Disposition": 'attachment; filename="fluxgate-usage.csv"'},
+        )
+    total = UsageRowOut(
+        group="total",
+        jobs=sum(row.jobs for row in rows),
+        output_tiles=sum(row.output_tiles for row in rows),
+        input_tiles=sum(row.input_tiles for row in rows),
+        charged_usd=format_usd(sum(row.charged_nanos for row in rows)),
+    )
+    return UsageOut(
+        from_=window_start,
+        to=window_end,
+        group_by=group_by,
+        data=[
+            UsageRowOut(
+                group=row.group,
+                jobs=row.jobs,
+                output_tiles=row.output_tiles,
+                input_tiles=row.input_tiles,
+                charged_usd=format_usd(row.charged_nanos),
+            )
+            for row in rows
+        ],
+        total=total,
+    )
+
+
+FromQuery = Annotated[str | None, Query(alias="from", description="date or ISO time, inclusive")]
+ToQuery = Annotated[str | None, Query(description="date or ISO time, exclusive")]
+
+
+@router.get("/usage", response_model=UsageOut, summary="Your usage: jobs, tiles, charged USD")
+def own_usage(
+    api_key: ApiKeyDep,
+    session: SessionDep,
+    start: FromQuery = None,
+    to: ToQuery = None,
+    group_by: Literal["day", "model"] = "day",
+) -> UsageOut | Response:
+    return _usage_response(
+        session, start=start, end=to, group_by=group_by, api_key_id=api_key.id, as_csv=False
+    )
+
+
+admin_router = APIRouter(prefix="/v1/admin", tags=["admin"])
+
+
+@admin_router.get(
+    "/usage",
+    response_model=UsageOut,
+    summary="Everyone's usage; format=csv for a download",
+    responses={200: {"content": {"text/csv": {}}}},
+)
+def all_usage(
+    _admin: AdminKeyDep,
+    session: SessionDep,
+    start: FromQuery = None,
+    to: ToQuery = None,
+    group_by: Literal["day", "model", "key"] = "day",
+    key_id: Annotated[str | None, Query(description="only this key")] = None,
+    format: Literal["json", "csv"] = "json",
+) -> UsageOut | Response:
+    return _usage_response(
+        session, start=start, end=to, group_by=group_by, api_key_id=key_id, as_csv=format == "csv"
+    )
+
+
+# ---- prices ------------------------------------------------------------------------------
+
+
+class PriceCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    effective_from: datetime
+    output_unit: Literal["tile", "megapixel"] = "tile"
+    input_unit: Literal["tile", "megapixel"] = "tile"
+    per_step: bool = False
+    output_unit_usd: str
+    output_first_unit_usd: str | None = Field(
+        default=None, description="the first output unit, if priced differently"
+    )
+    input_unit_usd: str
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        spec = catalog.resolve_model(value)
+        if spec is None:
+            raise ValueError(f"unknown model; use one of {', '.join(catalog.MODELS)}")
+        return spec.id
+
+    @field_validator("effective_from")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("give a time zone, e.g. 2026-12-01T00:00:00Z")
+        return value
+
+    @field_validator("output_unit_usd", "output_first_unit_usd", "input_unit_usd")
+    @classmethod
+    def _usd(cls, value: str | None) -> str | None:
+        if value is not None and parse_usd(value) < 0:
+            raise ValueError("must not be negative")
+        return value
+
+    def to_price(self) -> Price:
+        further = parse_usd(self.output_unit_usd)
+        first = (
+            further if self.output_first_unit_usd is None else parse_usd(self.output_first_unit_usd)
+        )
+        return Price(
+            model=self.model,
+            effective_from=self.effective_from,
+            output_unit=self.output_unit,
+            input_unit=self.input_unit,
+            per_step=self.per_step,
+            output_first_unit_nanos=first,
+            output_unit_nanos=further,
+            input_unit_nanos=parse_usd(self.input_unit_usd),
+        )
+
+
+class PriceOut(ModelPricing):
+    id: int
+    object: Literal["price"] = "price"
+    model: str
+
+
+class PriceList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[PriceOut]
+    next_cursor: None = None
+
+
+def price_out(price: Price) -> PriceOut:
+    return PriceOut(id=price.id, model=price.model, **pricing_out(price).model_dump())
+
+
+@admin_router.get("/prices", response_model=PriceList, summary="Every price, past and future")
+def list_prices(_admin: AdminKeyDep, session: SessionDep) -> PriceList:
+    return PriceList(data=[price_out(price) for price in billing_service.list_prices(session)])
+
+
+@admin_router.post(
+    "/prices", status_code=201, response_model=PriceOut, summary="Add a price from a date on"
+)
+def add_price(body: PriceCreate, _admin: AdminKeyDep, session: SessionDep) -> PriceOut:
+    price = billing_service.add_price(session, price=body.to_price())
+    session.commit()
+    return price_out(price)

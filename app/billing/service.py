@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from app.billing.models import Charge, Price
 from app.billing.rules import Cost, job_cost
 from app.db import utcnow
+from app.errors import Conflict
 
 
 class NoPriceError(LookupError):
@@ -62,3 +63,24 @@ def record_charge(
     session.add(charge)
     session.flush()
     return charge
+
+
+def list_prices(session: Session) -> list[Price]:
+    return list(session.scalars(select(Price).order_by(Price.model, Price.effective_from)))
+
+
+def add_price(session: Session, *, price: Price) -> Price:
+    """A new price for a model from ``effective_from`` on; jobs submitted earlier keep theirs."""
+    clash = session.scalar(
+        select(Price).where(
+            Price.model == price.model, Price.effective_from == price.effective_from
+        )
+    )
+    if clash is not None:
+        raise Conflict(
+            f"{price.model} already has a price starting {price.effective_from.isoformat()}",
+            code="price_exists",
+        )
+    session.add(price)
+    session.flush()
+    return price

@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from sqlalchemy.orm import Session
 
 from app.billing import budgets
 from app.db import utcnow
-from app.deps import ApiKeyDep, SessionDep
-from app.errors import Forbidden
+from app.deps import AdminKeyDep, SessionDep
 from app.keys import service
 from app.keys.models import ApiKey
 from app.keys.schemas import KeyCreate, KeyCreated, KeyList, KeyOut, KeyUpdate
 from app.money import format_usd
-
-
-def require_admin(api_key: ApiKeyDep) -> ApiKey:
-    if not api_key.is_admin:
-        raise Forbidden("this needs an admin key", code="admin_required")
-    return api_key
-
-
-AdminKeyDep = Annotated[ApiKey, Depends(require_admin)]
 
 router = APIRouter(prefix="/v1/admin/keys", tags=["admin"])
 

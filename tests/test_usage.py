@@ -1,0 +1,206 @@
+"""Usage reports equal the ledger; prices are effective-dated data."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.stack import FINAL, Stack, running_gateway, wait_for_job
+from tests.test_validation import assert_error
+
+
+def run_jobs(client: httpx.Client, bodies: list[dict[str, object]]) -> list[dict[str, object]]:
+    ids = [client.post("/v1/jobs", json=body).json()["id"] for body in bodies]
+    return [wait_for_job(client, job_id, statuses=FINAL) for job_id in ids]
+
+
+def test_usage_equals_the_ledger(stack: Stack) -> None:
+    admin = stack.client(stack.create_key("accountant", "--admin"))
+    key = stack.create_key("spender")
+    failing = f"fails {uuid.uuid4().hex[:6]}"
+    stack.simulator.script(failing, ["3036"])
+    with stack.client(key) as client:
+        done = run_jobs(
+            client,
+            [
+                {"prompt": "a", "width": 512, "height": 512},
+                {"prompt": "b", "width": 512, "height": 512},
+                {"prompt": "c", "model": "flux-2-dev", "width": 512, "height": 512, "steps": 10},
+                {"prompt": failing, "width": 512, "height": 512},
+            ],
+        )
+        assert [job["status"] for job in done] == ["succeeded"] * 3 + ["failed"]
+        key_id = stack.sql("SELECT api_key_id FROM jobs WHERE id = :id", id=done[0]["id"])[0][0]
+
+        by_model = client.get("/v1/usage", params={"group_by": "model"}).json()
+        assert by_model["object"] == "usage"
+        assert by_model["group_by"] == "model"
+        assert by_model["data"] == [
+            {
+                "group": "flux-2-dev",
+                "jobs": 1,
+                "output_tiles": 1,
+                "input_tiles": 0,
+                "charged_usd": "0.0041",
+            },
+            {
+                "group": "flux-2-klein-4b",
+                "jobs": 2,
+                "output_tiles": 2,
+                "input_tiles": 0,
+                "charged_usd": "0.000574",
+            },
+        ]
+        assert by_model["total"]["charged_usd"] == "0.004674"
+        [(ledger,)] = stack.sql(
+            "SELECT sum(amount_nanos) FROM charges WHERE api_key_id = :id", id=key_id
+        )
+        assert int(ledger) == 4_674_000
+
+        by_day = client.get("/v1/usage").json()
+        today = datetime.now(UTC).date().isoformat()
+        assert [(row["group"], row["jobs"]) for row in by_day["data"]] == [(today, 3)]
+
+        tomorrow = (datetime.now(UTC) + timedelta(days=1)).date().isoformat()
+        later = (datetime.now(UTC) + timedelta(days=2)).date().isoformat()
+        assert client.get("/v1/usage", params={"from": tomorrow, "to": later}).json()["data"] == []
+        assert_error(
+            client.get("/v1/usage", params={"from": tomorrow}), 422, "invalid_parameter", "to"
+        )
+        assert_error(
+            client.get("/v1/usage", params={"from": "yesterday"}), 422, "invalid_parameter", "from"
+        )
+        assert_error(
+            client.get("/v1/usage", params={"group_by": "key"}),
+            422,
+            "invalid_parameter",
+            "group_by",
+        )
+        assert_error(client.get("/v1/admin/usage"), 403, "admin_required", None)
+
+    everyone = admin.get("/v1/admin/usage", params={"group_by": "key", "from": "2000-01-01"}).json()
+    [mine] = [row for row in everyone["data"] if row["group"] == key_id]
+    assert (mine["jobs"], mine["charged_usd"]) == (3, "0.004674")
+    [(all_charges,)] = stack.sql("SELECT sum(amount_nanos) FROM charges")
+    total_nanos = round(float(everyone["total"]["charged_usd"]) * 1e9)
+    assert total_nanos == int(all_charges)
+    assert (
+        sum(row["jobs"] for row in everyone["data"])
+        == stack.sql("SELECT count(*) FROM charges")[0][0]
+    )
+
+    download = admin.get(
+        "/v1/admin/usage", params={"group_by": "key", "key_id": key_id, "format": "csv"}
+    )
+    assert download.headers["content-type"].startswith("text/csv")
+    assert "attachment" in download.headers["content-disposition"]
+    rows = list(csv.reader(io.StringIO(download.text)))
+    assert rows == [
+        ["key", "jobs", "output_tiles", "input_tiles", "charged_usd"],
+        [key_id, "3", "3", "0", "0.004674"],
+    ]
+
+
+@pytest.fixture(scope="module", params=["postgres", "embedded"])
+def price_stack(log_dir: Path, request: pytest.FixtureRequest) -> Iterator[Stack]:
+    """A gateway of its own: these tests change prices."""
+    with running_gateway(log_dir, backend=request.param, latency=0.05, worker=True) as gateway:
+        yield gateway
+
+
+def test_new_prices_apply_from_their_date_and_old_jobs_keep_theirs(price_stack: Stack) -> None:
+    admin = price_stack.client(price_stack.create_key("pricing", "--admin"))
+    client = price_stack.client(price_stack.create_key("buyer"))
+    body = {"prompt": "before", "width": 512, "height": 512}
+    before = client.post("/v1/jobs", json=body).json()
+    starts = datetime.now(UTC) + timedelta(seconds=2)
+    added = admin.post(
+        "/v1/admin/prices",
+        json={
+            "model": "flux-2-klein-4b",
+            "effective_from": starts.isoformat(),
+            "output_unit_usd": "0.0005",
+            "input_unit_usd": "0.0001",
+        },
+    )
+    assert added.status_code == 201, added.text
+    assert added.json()["output_unit_usd"] == "0.0005"
+    duplicate = admin.post(
+        "/v1/admin/prices",
+        json={
+            "model": "flux-2-klein-4b",
+            "effective_from": starts.isoformat(),
+            "output_unit_usd": "1",
+            "input_unit_usd": "1",
+        },
+    )
+    assert_error(duplicate, 409, "price_exists", None)
+    assert client.post("/v1/quote", json=body).json()["estimated"] == "0.000287"
+    time.sleep(max(0.0, (starts - datetime.now(UTC)).total_seconds()) + 0.2)
+    assert client.post("/v1/quote", json=body).json()["estimated"] == "0.0005"
+    models = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+    assert models["flux-2-klein-4b"]["pricing"]["output_unit_usd"] == "0.0005"
+
+    after = client.post("/v1/jobs", json={**body, "prompt": "after"}).json()
+    assert wait_for_job(client, before["id"], statuses=FINAL)["cost"]["charged"] == "0.000287"
+    assert wait_for_job(client, after["id"], statuses=FINAL)["cost"]["charged"] == "0.0005"
+    listed = admin.get("/v1/admin/prices").json()["data"]
+    assert [p["output_unit_usd"] for p in listed if p["model"] == "flux-2-klein-4b"] == [
+        "0.000287",
+        "0.0005",
+    ]
+    assert_error(client.get("/v1/admin/prices"), 403, "admin_required", None)
+    bad = admin.post(
+        "/v1/admin/prices",
+        json={
+            "model": "sdxl",
+            "effective_from": starts.isoformat(),
+            "output_unit_usd": "1",
+            "input_unit_usd": "1",
+        },
+    )
+    assert_error(bad, 422, "invalid_parameter", "model")
+
+
+def test_cli_adds_and_lists_prices(price_stack: Stack) -> None:
+    later = (datetime.now(UTC) + timedelta(days=400)).replace(microsecond=0).isoformat()
+    added = price_stack.cli(
+        "prices",
+        "add",
+        "--model",
+        "flux-2-dev",
+        "--effective-from",
+        later,
+        "--output-usd",
+        "0.0005",
+        "--input-usd",
+        "0.0003",
+        "--per-step",
+    )
+    assert json.loads(added.stdout)["per_step"] is True
+    listed = json.loads(price_stack.cli("prices", "list").stdout)
+    assert any(p["model"] == "flux-2-dev" and p["output_unit_usd"] == "0.0005" for p in listed)
+    bad = price_stack.cli(
+        "prices",
+        "add",
+        "--model",
+        "flux-2-dev",
+        "--effective-from",
+        "soon",
+        "--output-usd",
+        "1",
+        "--input-usd",
+        "1",
+        check=False,
+    )
+    assert bad.returncode == 2
+    assert "effective_from" in bad.stderr
