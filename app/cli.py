@@ -112,6 +112,10 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
             budget = parse_usd(args.budget_usd)
         except ValueError as error:
             raise ConfigError(f"--budget-usd: {error}") from None
+    limits = (("--rate-limit", args.rate_limit), ("--max-concurrent", args.max_concurrent))
+    for flag, value in limits:
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be at least 1")
     with session_scope() as session:
         created = create_key(
             session,
@@ -119,6 +123,8 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
             is_admin=args.admin,
             budget_nanos=budget,
             budget_period=args.budget_period,
+            rate_limit_per_minute=args.rate_limit,
+            max_concurrent_jobs=args.max_concurrent,
         )
         key_id, secret = created.api_key.id, created.api_key.webhook_secret
     if args.json:
@@ -288,6 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create.add_argument(
         "--budget-period", choices=["month", "total"], default="month", help="default: month"
+    )
+    create.add_argument(
+        "--rate-limit", type=int, default=None, metavar="PER_MIN", help="job submissions a minute"
+    )
+    create.add_argument(
+        "--max-concurrent", type=int, default=None, help="jobs queued or running at once"
     )
     create.add_argument("--json", action="store_true", help="print one JSON object")
 

@@ -8,8 +8,9 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from app.db import get_sessionmaker
+from app.db import get_sessionmaker, utcnow
 from app.errors import Forbidden, Unauthorized
+from app.keys import limits
 from app.keys.models import ApiKey
 from app.keys.service import authenticate
 from app.settings import Settings, get_settings
@@ -59,3 +60,15 @@ def require_admin(api_key: ApiKeyDep) -> ApiKey:
 
 
 AdminKeyDep = Annotated[ApiKey, Depends(require_admin)]
+
+
+def get_submitter(api_key: ApiKeyDep, session: SessionDep, settings: SettingsDep) -> ApiKey:
+    """The caller, once this submission fits its per-minute limit (else 429)."""
+    limits.check_submission_rate(
+        session, api_key=api_key, now=utcnow(), redis_url=settings.redis_url
+    )
+    session.commit()  # the submission counts even if it is refused later
+    return api_key
+
+
+SubmitterDep = Annotated[ApiKey, Depends(get_submitter)]

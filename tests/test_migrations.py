@@ -29,6 +29,7 @@ TABLES = {
     "image_links",
     "idempotency_keys",
     "budget_periods",
+    "rate_windows",
     "alembic_version",
 }
 

@@ -251,3 +251,22 @@ def test_canceled_job_gives_its_hold_back(slow_stack: Stack) -> None:
         second = client.post("/v1/jobs", json=body)
         assert second.status_code == 202
         assert client.post(f"/v1/jobs/{second.json()['id']}/cancel").status_code == 200
+
+
+def test_concurrency_limit_is_exact(slow_stack: Stack) -> None:
+    # No worker runs here: submitted jobs stay queued, holding their slots.
+    key = slow_stack.create_key("three at once", "--max-concurrent", "3")
+    body = {"prompt": "slots", "width": 256, "height": 256}
+    with slow_stack.client(key) as client, ThreadPoolExecutor(10) as pool:
+        responses = list(pool.map(lambda _: client.post("/v1/jobs", json=body), range(10)))
+        statuses = sorted(response.status_code for response in responses)
+        assert statuses == [202] * 3 + [429] * 7, statuses
+        refused = next(r for r in responses if r.status_code == 429)
+        assert_error(refused, 429, "rate_limited", None)
+        assert refused.headers["retry-after"] == "1"
+        accepted = [r.json()["id"] for r in responses if r.status_code == 202]
+        assert client.post(f"/v1/jobs/{accepted[0]}/cancel").status_code == 200
+        again = client.post("/v1/jobs", json=body)
+        assert again.status_code == 202
+        for job_id in [*accepted[1:], again.json()["id"]]:
+            assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -217,3 +218,40 @@ def test_no_plaintext_key_in_the_sqlite_file(stack: Stack) -> None:
     )
     assert key.encode() not in data
     assert key[12:].encode() not in data
+
+
+def test_submissions_per_minute_are_limited(stack: Stack, admin: httpx.Client) -> None:
+    if datetime.now(UTC).second > 50:  # keep the four submissions in one minute window
+        time.sleep(61 - datetime.now(UTC).second)
+    created = admin.post(
+        "/v1/admin/keys", json={"name": "chatty", "rate_limit_per_minute": 3}
+    ).json()
+    assert created["rate_limit_per_minute"] == 3
+    body = {"prompt": f"rate {uuid.uuid4().hex[:6]}", "width": 256, "height": 256}
+    with stack.client(created["key"]) as client:
+        assert [client.post("/v1/jobs", json=body).status_code for _ in range(3)] == [202, 202, 202]
+        refused = client.post("/v1/jobs", json=body)
+        assert_error(refused, 429, "rate_limited", None)
+        assert 1 <= int(refused.headers["retry-after"]) <= 60
+        # Reading is not submitting.
+        assert client.get("/v1/jobs").status_code == 200
+    with stack.client(stack.create_key("unlimited neighbour")) as other:
+        assert other.post("/v1/jobs", json=body).status_code == 202
+
+
+def test_concurrency_slot_comes_back_when_a_job_ends(stack: Stack, admin: httpx.Client) -> None:
+    created = admin.post(
+        "/v1/admin/keys", json={"name": "one at a time", "max_concurrent_jobs": 1}
+    ).json()
+    failing = f"slot fails {uuid.uuid4().hex[:6]}"
+    stack.simulator.script(failing, ["3036"])
+    with stack.client(created["key"]) as client:
+        for prompt in (
+            f"slot {uuid.uuid4().hex[:6]}",
+            failing,
+            f"slot again {uuid.uuid4().hex[:6]}",
+        ):
+            response = client.post("/v1/jobs", json={"prompt": prompt, "width": 256, "height": 256})
+            assert response.status_code == 202, response.text
+            wait_for_job(client, response.json()["id"], statuses=FINAL)
+    assert admin.get(f"/v1/admin/keys/{created['id']}").json()["active_jobs"] == 0

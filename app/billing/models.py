@@ -2,7 +2,15 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, CheckConstraint, ForeignKey, String, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Integer,
+    String,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.billing.rules import PriceSchedule, Unit
@@ -69,3 +77,14 @@ class BudgetPeriod(Base):
     period_start: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
     held_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
     charged_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class RateWindow(Base):
+    """Job submissions of a key in one minute, where no Redis is configured (the embedded
+    default); production counts in Redis."""
+
+    __tablename__ = "rate_windows"
+
+    api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)

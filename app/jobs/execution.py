@@ -15,10 +15,10 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app import catalog
-from app.billing import budgets
 from app.billing.service import record_charge
 from app.db import rows_affected, utcnow
 from app.images import ImageInfo
+from app.jobs import accounting
 from app.jobs.models import Job, JobImage, JobStatus
 from app.workers_ai import GenerationRequest, InputImage, UpstreamError
 
@@ -119,12 +119,7 @@ def finish_succeeded(
     if not won:
         return False
     job = session.get_one(Job, claim.job_id, populate_existing=True)
-    budgets.settle(
-        session,
-        api_key_id=job.api_key_id,
-        start=job.budget_period_start,
-        amount_nanos=job.estimated_nanos,
-    )
+    accounting.job_ended(session, job=job, succeeded=True)
     session.add(
         JobImage(
             job_id=job.id,
@@ -188,18 +183,13 @@ def finish_failed(session: Session, *, claim: Claim, error: UpstreamError) -> bo
         **_attempt_error(error),
     )
     if failed:
-        _release_hold(session, claim.job_id)
+        _job_failed(session, claim.job_id)
     return failed
 
 
-def _release_hold(session: Session, job_id: str) -> None:
+def _job_failed(session: Session, job_id: str) -> None:
     job = session.get_one(Job, job_id, populate_existing=True)
-    budgets.release(
-        session,
-        api_key_id=job.api_key_id,
-        start=job.budget_period_start,
-        amount_nanos=job.estimated_nanos,
-    )
+    accounting.job_ended(session, job=job, succeeded=False)
 
 
 def backoff_seconds(
@@ -271,7 +261,7 @@ def sweep(
             .execution_options(synchronize_session=False)
         )
         if rows_affected(exhausted) == 1:
-            _release_hold(session, job_id)
+            _job_failed(session, job_id)
             failed.append(job_id)
             continue
         back = session.execute(

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import ApiKeyDep, SessionDep
+from app.deps import ApiKeyDep, SessionDep, SubmitterDep
 from app.http_body import read_body
 from app.images import convert_image
 from app.jobs import idempotency, service
@@ -70,7 +70,7 @@ JobBodyDep = Annotated[JobSubmission, Depends(job_body)]
     responses={422: {"description": "A field broke a rule; `param` names it"}},
 )
 def submit_job(
-    api_key: ApiKeyDep,
+    api_key: SubmitterDep,
     body: JobBodyDep,
     session: SessionDep,
     response: Response,

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, load_only
 
-from app.billing import budgets
 from app.billing.rules import Cost
 from app.billing.service import estimate, price_in_force
 from app.db import rows_affected, utcnow
@@ -16,6 +15,7 @@ from app.errors import Conflict, InvalidParameter, NotFound
 from app.http_body import RequestBody
 from app.ids import new_id
 from app.images import InputLimits, PreparedInput
+from app.jobs import accounting
 from app.jobs.inputs import collect_input_images
 from app.jobs.models import Job, JobImage, JobStatus
 from app.jobs.schemas import (
@@ -90,7 +90,9 @@ def create_job(session: Session, *, api_key: ApiKey, submission: JobSubmission) 
     request = submission.request
     priced = quote(session, submission=submission)
     now = utcnow()
-    held_in = budgets.hold(session, api_key=api_key, amount_nanos=priced.cost.total_nanos, at=now)
+    held_in = accounting.admit(
+        session, api_key=api_key, amount_nanos=priced.cost.total_nanos, at=now
+    )
     job = Job(
         id=new_id("job"),
         api_key_id=api_key.id,
@@ -196,12 +198,7 @@ def cancel_job(session: Session, *, api_key: ApiKey, job_id: str) -> Job:
             f"job {job_id} is {job.status}; only queued jobs can be canceled",
             code="job_not_cancelable",
         )
-    budgets.release(
-        session,
-        api_key_id=job.api_key_id,
-        start=job.budget_period_start,
-        amount_nanos=job.estimated_nanos,
-    )
+    accounting.job_ended(session, job=job, succeeded=False)
     return job
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, CheckConstraint, String
+from sqlalchemy import BigInteger, Boolean, CheckConstraint, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, UTCDateTime, utcnow
@@ -24,5 +24,10 @@ class ApiKey(Base):
     # Spending limit in nano-USD per calendar month (UTC) or in total; none when null.
     budget_nanos: Mapped[int | None] = mapped_column(BigInteger, default=None)
     budget_period: Mapped[str] = mapped_column(String(8), default="month")
+    # Job submissions per minute, and jobs queued or running at once; none when null.
+    rate_limit_per_minute: Mapped[int | None] = mapped_column(Integer, default=None)
+    max_concurrent_jobs: Mapped[int | None] = mapped_column(Integer, default=None)
+    # Jobs of this key now queued or running, kept exact by conditional updates.
+    active_jobs: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)

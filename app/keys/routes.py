@@ -17,6 +17,7 @@ router = APIRouter(prefix="/v1/admin/keys", tags=["admin"])
 
 
 def key_out(session: Session, api_key: ApiKey) -> KeyOut:
+    session.refresh(api_key)  # active_jobs moves under conditional updates
     period = budgets.current_period(session, api_key=api_key, at=utcnow())
     used = 0 if period is None else period.held_nanos + period.charged_nanos
     return KeyOut(
@@ -27,6 +28,9 @@ def key_out(session: Session, api_key: ApiKey) -> KeyOut:
         budget_usd=None if api_key.budget_nanos is None else format_usd(api_key.budget_nanos),
         budget_period="total" if api_key.budget_period == "total" else "month",
         budget_used_usd=format_usd(used),
+        rate_limit_per_minute=api_key.rate_limit_per_minute,
+        max_concurrent_jobs=api_key.max_concurrent_jobs,
+        active_jobs=api_key.active_jobs,
         created_at=api_key.created_at,
         revoked_at=api_key.revoked_at,
     )
@@ -40,6 +44,8 @@ def create_key(body: KeyCreate, _admin: AdminKeyDep, session: SessionDep) -> Key
         is_admin=body.admin,
         budget_nanos=body.budget_nanos,
         budget_period=body.budget_period,
+        rate_limit_per_minute=body.rate_limit_per_minute,
+        max_concurrent_jobs=body.max_concurrent_jobs,
     )
     session.commit()
     shown = key_out(session, created.api_key)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.money import parse_usd
+
+Limit = Annotated[int, Field(ge=1, le=1_000_000)]
 
 
 def _budget(value: str | int | float | None) -> int | None:
@@ -28,6 +30,8 @@ class KeyCreate(BaseModel):
         default=None, description='decimal USD, e.g. "25" or "0.01"; none for no budget'
     )
     budget_period: Literal["month", "total"] = "month"
+    rate_limit_per_minute: Limit | None = Field(default=None, description="job submissions")
+    max_concurrent_jobs: Limit | None = Field(default=None, description="queued or running")
 
     @field_validator("budget_usd")
     @classmethod
@@ -48,6 +52,8 @@ class KeyUpdate(BaseModel):
     name: str | None = Field(default=None, min_length=1, max_length=200)
     budget_usd: str | int | float | None = None
     budget_period: Literal["month", "total"] | None = None
+    rate_limit_per_minute: Limit | None = None
+    max_concurrent_jobs: Limit | None = None
 
     @field_validator("budget_usd")
     @classmethod
@@ -64,6 +70,9 @@ class KeyUpdate(BaseModel):
             changes["budget_nanos"] = _budget(sent["budget_usd"])
         if sent.get("budget_period") is not None:
             changes["budget_period"] = sent["budget_period"]
+        for limit in ("rate_limit_per_minute", "max_concurrent_jobs"):
+            if limit in sent:  # null removes the limit
+                changes[limit] = sent[limit]
         return changes
 
 
@@ -76,6 +85,9 @@ class KeyOut(BaseModel):
     budget_usd: str | None
     budget_period: Literal["month", "total"]
     budget_used_usd: str = Field(description="held by unfinished jobs + charged, this period")
+    rate_limit_per_minute: int | None
+    max_concurrent_jobs: int | None
+    active_jobs: int = Field(description="jobs queued or running now")
     created_at: datetime
     revoked_at: datetime | None
 

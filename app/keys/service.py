@@ -42,6 +42,8 @@ def create_key(
     is_admin: bool = False,
     budget_nanos: int | None = None,
     budget_period: str = "month",
+    rate_limit_per_minute: int | None = None,
+    max_concurrent_jobs: int | None = None,
 ) -> CreatedKey:
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     api_key = ApiKey(
@@ -53,6 +55,9 @@ def create_key(
         webhook_secret=new_webhook_secret(),
         budget_nanos=budget_nanos,
         budget_period=budget_period,
+        rate_limit_per_minute=rate_limit_per_minute,
+        max_concurrent_jobs=max_concurrent_jobs,
+        active_jobs=0,
     )
     session.add(api_key)
     session.flush()
@@ -85,7 +90,7 @@ def get_key(session: Session, *, key_id: str) -> ApiKey:
 
 
 def update_key(session: Session, *, key_id: str, changes: dict[str, object]) -> ApiKey:
-    """Apply the given fields (name, budget_nanos, budget_period); others stay."""
+    """Apply the given fields (name, budget, limits); others stay."""
     api_key = get_key(session, key_id=key_id)
     for field, value in changes.items():
         setattr(api_key, field, value)

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import ApiKeyDep, SessionDep
+from app.deps import SessionDep, SubmitterDep
 from app.errors import InvalidParameter, UpstreamFailed, WaitTimeout
 from app.http_body import RequestBody, read_body
 from app.images import convert_image
@@ -99,7 +99,9 @@ async def _run(
 
 
 @router.post("/generations", summary="OpenAI-compatible image generation")
-async def generations(request: Request, api_key: ApiKeyDep, session: SessionDep) -> dict[str, Any]:
+async def generations(
+    request: Request, api_key: SubmitterDep, session: SessionDep
+) -> dict[str, Any]:
     settings = get_settings()
     body = await _read(request, settings)
     if body.files:
@@ -113,7 +115,7 @@ async def generations(request: Request, api_key: ApiKeyDep, session: SessionDep)
 
 
 @router.post("/edits", summary="OpenAI-compatible image edits (multipart image / image[])")
-async def edits(request: Request, api_key: ApiKeyDep, session: SessionDep) -> dict[str, Any]:
+async def edits(request: Request, api_key: SubmitterDep, session: SessionDep) -> dict[str, Any]:
     settings = get_settings()
     body = await _read(request, settings)
     if "mask" in body.file_names or "mask" in body.fields:
