@@ -57,7 +57,8 @@ class Settings(BaseSettings):
     # The gateway's external URL for absolute links (default: the URL the request came to).
     public_url: str | None = None
 
-    # Upstream calls.
+    # Upstream calls. Workers AI allows 720 requests a minute per account by default.
+    upstream_rpm: int = Field(default=720, ge=1, le=1_000_000)
     upstream_connect_timeout_seconds: PositiveSeconds = 10.0
     upstream_timeout_seconds: PositiveSeconds = 120.0
     upstream_max_attempts: int = Field(default=5, ge=1, le=50)

@@ -422,6 +422,9 @@ class Stack:
             "FLUXGATE_CF_API_TOKEN": token,
             "FLUXGATE_CF_BASE_URL": f"{self.sim_url}/client/v4",
             "FLUXGATE_LOG_LEVEL": "WARNING",
+            # The simulator has no account limit: measure the gateway, not Workers AI's
+            # 720/min (override with --set UPSTREAM_RPM=720 to see the limiter at work).
+            "FLUXGATE_UPSTREAM_RPM": "1000000",
             **opts.settings,
         }
         self.sim = self._start(

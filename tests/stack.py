@@ -205,6 +205,8 @@ class Stack:
             "FLUXGATE_SWEEP_INTERVAL_SECONDS": "1",
             "FLUXGATE_REQUEUE_AFTER_SECONDS": "3",
             "FLUXGATE_WORKER_CONCURRENCY": "16",
+            # The simulator has no account limit; the limiter's own tests set a low one.
+            "FLUXGATE_UPSTREAM_RPM": "1000000",
             # Small upload limits keep the hostile-upload tests cheap.
             "FLUXGATE_MAX_REQUEST_BYTES": str(4 * 1024 * 1024),
             "FLUXGATE_INPUT_IMAGE_MAX_BYTES": str(1024 * 1024),

@@ -30,6 +30,7 @@ TABLES = {
     "idempotency_keys",
     "budget_periods",
     "rate_windows",
+    "upstream_gate",
     "alembic_version",
 }
 

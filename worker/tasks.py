@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 import app.models  # noqa: F401  # every table, for foreign keys across domains
-from app.db import with_transaction
+from app.db import get_sessionmaker, with_transaction
 from app.images import ImageError, ImageInfo, inspect_image
 from app.jobs import execution, idempotency
 from app.settings import Settings, get_settings
+from app.upstream_gate import DatabaseGate, Gate, RedisGate, wait_for_turn
 from app.workers_ai import GenerationResult, UpstreamError, WorkersAIClient
 from worker.celery_app import FORWARD_TASK, SWEEP_TASK, celery_app
 from worker.dispatch import enqueue_forward
@@ -101,18 +102,39 @@ def record_outcome(
     return Recorded(done, f"failed: {outcome.code}")
 
 
+_gate: Gate | None = None
+
+
+def upstream_gate() -> Gate:
+    """The account-wide limiter, shared through Redis or the database by every worker."""
+    global _gate
+    with _client_lock:
+        if _gate is None:
+            settings = get_settings()
+            _gate = (
+                RedisGate(settings.redis_url, rpm=settings.upstream_rpm)
+                if settings.redis_url
+                else DatabaseGate(get_sessionmaker(), rpm=settings.upstream_rpm)
+            )
+        return _gate
+
+
 @celery_app.task(name=FORWARD_TASK, ignore_result=True)
 def forward_job(job_id: str) -> None:
-    """Run one attempt of a job. Safe to run any number of times for the same id."""
+    """One dispatch slot: wait for the account-wide limiter, then run one attempt of the
+    fairest due job (``job_id`` is the job whose submission sent this message; another key's
+    job may go first). Safe to run any number of times."""
     settings = get_settings()
+    gate = upstream_gate()
+    waited = wait_for_turn(gate)
     claim = with_transaction(
-        lambda session: execution.claim(
-            session, job_id=job_id, lease_seconds=settings.job_lease_seconds
-        )
+        lambda session: execution.claim_next(session, lease_seconds=settings.job_lease_seconds)
     )
     if claim is None:
-        logger.debug("job %s not claimable (done, canceled, running elsewhere or not due)", job_id)
+        logger.debug("message for %s found no due job (all done, canceled or running)", job_id)
         return
+    if waited > 1:
+        logger.info("job %s waited %.1fs for the upstream limiter", claim.job_id, waited)
 
     outcome = call_upstream(claim)
     # Retried if the database is briefly unavailable: an image already paid for upstream
@@ -120,12 +142,17 @@ def forward_job(job_id: str) -> None:
     recorded = with_transaction(
         lambda session: record_outcome(session, claim=claim, outcome=outcome, settings=settings)
     )
+    if isinstance(outcome, UpstreamError) and outcome.http_status == 429 and outcome.retryable:
+        # Out of capacity or over the rate: every worker holds back, not just this one.
+        gate.pause(outcome.retry_after or recorded.retry_in or settings.retry_base_seconds)
     if not recorded.done:
-        logger.warning("job %s attempt %s lost its lease; result dropped", job_id, claim.attempt)
+        logger.warning(
+            "job %s attempt %s lost its lease; result dropped", claim.job_id, claim.attempt
+        )
         return
-    logger.info("job %s attempt %s %s", job_id, claim.attempt, recorded.summary)
+    logger.info("job %s attempt %s %s", claim.job_id, claim.attempt, recorded.summary)
     if recorded.retry_in is not None:
-        enqueue_forward(job_id, countdown=recorded.retry_in)
+        enqueue_forward(claim.job_id, countdown=recorded.retry_in)
 
 
 @celery_app.task(name=SWEEP_TASK, ignore_result=True)

@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app import catalog
@@ -30,16 +30,77 @@ class Claim:
     request: GenerationRequest
 
 
+CANDIDATES_PER_KEY = 16
+CLAIM_ROUNDS = 3
+
+
+def _due(now: datetime) -> tuple[ColumnElement[bool], ...]:
+    return (Job.status == JobStatus.QUEUED, or_(Job.not_before.is_(None), Job.not_before <= now))
+
+
+def fairest_candidates(session: Session, *, now: datetime) -> list[str]:
+    """Due queued jobs to try, fairest first: the key with the fewest jobs running now, then
+    the fewest waiting (workers that free up together see equal running counts), then the
+    oldest; and that key's oldest jobs.
+
+    So a key that floods the queue cannot delay another key's lone job: the lone job's key has
+    less running and less waiting, and comes first at the next dispatch.
+    """
+    running = (
+        select(Job.api_key_id, func.count().label("running"))
+        .where(Job.status == JobStatus.RUNNING)
+        .group_by(Job.api_key_id)
+        .subquery()
+    )
+    heads = (
+        select(Job.api_key_id, func.min(Job.id).label("head"), func.count().label("waiting"))
+        .where(*_due(now))
+        .group_by(Job.api_key_id)
+        .subquery()
+    )
+    fairest_key = session.scalar(
+        select(heads.c.api_key_id)
+        .outerjoin(running, running.c.api_key_id == heads.c.api_key_id)
+        .order_by(func.coalesce(running.c.running, 0), heads.c.waiting, heads.c.head)
+        .limit(1)
+    )
+    if fairest_key is None:
+        return []
+    return list(
+        session.scalars(
+            select(Job.id)
+            .where(Job.api_key_id == fairest_key, *_due(now))
+            .order_by(Job.id)
+            .limit(CANDIDATES_PER_KEY)
+        )
+    )
+
+
+def claim_next(session: Session, *, lease_seconds: float) -> Claim | None:
+    """Claim the fairest due job (see :func:`fairest_candidates`); ``None`` if none is left.
+
+    A broker message is a dispatch slot, not a particular job: every job sent its own
+    message, so every job is claimed by one of them.
+    """
+    for _ in range(CLAIM_ROUNDS):
+        candidates = fairest_candidates(session, now=utcnow())
+        if not candidates:
+            return None
+        # Threads picking at once would all race for the head: start at a random one.
+        offset = random.randrange(len(candidates))
+        for job_id in candidates[offset:] + candidates[:offset]:
+            claimed = claim(session, job_id=job_id, lease_seconds=lease_seconds)
+            if claimed is not None:
+                return claimed
+    return None
+
+
 def claim(session: Session, *, job_id: str, lease_seconds: float) -> Claim | None:
     """Move a queued, due job to running under a lease; ``None`` if someone else has it."""
     now = utcnow()
     claimed = session.execute(
         update(Job)
-        .where(
-            Job.id == job_id,
-            Job.status == JobStatus.QUEUED,
-            or_(Job.not_before.is_(None), Job.not_before <= now),
-        )
+        .where(Job.id == job_id, *_due(now))
         .values(
             status=JobStatus.RUNNING,
             attempts=Job.attempts + 1,
