@@ -167,6 +167,48 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _optional_limit(flag: str, value: str | None) -> int | None:
+    if value is None or value == "none":
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"{flag} must be a whole number from 1, or none")
+    return int(value)
+
+
+def cmd_keys_update(args: argparse.Namespace) -> int:
+    import app.models  # noqa: F401
+    from app.db import session_scope
+    from app.errors import NotFound
+    from app.keys.service import update_key
+    from app.money import parse_usd
+
+    get_settings()
+    changes: dict[str, object] = {}
+    if args.name is not None:
+        changes["name"] = args.name
+    if args.budget_usd is not None:
+        try:
+            changes["budget_nanos"] = (
+                None if args.budget_usd == "none" else parse_usd(args.budget_usd)
+            )
+        except ValueError as error:
+            raise ConfigError(f"--budget-usd: {error}") from None
+    if args.budget_period is not None:
+        changes["budget_period"] = args.budget_period
+    if args.rate_limit is not None:
+        changes["rate_limit_per_minute"] = _optional_limit("--rate-limit", args.rate_limit)
+    if args.max_concurrent is not None:
+        changes["max_concurrent_jobs"] = _optional_limit("--max-concurrent", args.max_concurrent)
+    try:
+        with session_scope() as session:
+            update_key(session, key_id=args.id, changes=changes)
+    except NotFound as error:
+        print(f"fluxgate: {error.message}", file=sys.stderr)
+        return 1
+    print(f"updated {args.id}")
+    return 0
+
+
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
     import app.models  # noqa: F401
     from app.db import session_scope
@@ -306,6 +348,19 @@ def build_parser() -> argparse.ArgumentParser:
     listing = key_commands.add_parser("list", help="List API keys", description="List API keys")
     listing.set_defaults(handler=cmd_keys_list)
     listing.add_argument("--json", action="store_true", help="print a JSON list")
+
+    update = key_commands.add_parser(
+        "update",
+        help="Change a key's name, budget or limits",
+        description="Change a key's name, budget or limits; 'none' removes a budget or limit.",
+    )
+    update.set_defaults(handler=cmd_keys_update)
+    update.add_argument("id")
+    update.add_argument("--name")
+    update.add_argument("--budget-usd", help='e.g. "25", or none')
+    update.add_argument("--budget-period", choices=["month", "total"])
+    update.add_argument("--rate-limit", metavar="PER_MIN", help="submissions a minute, or none")
+    update.add_argument("--max-concurrent", help="jobs queued or running at once, or none")
 
     revoke = key_commands.add_parser(
         "revoke", help="Revoke an API key", description="Revoke an API key (by id)"

@@ -98,6 +98,27 @@ def test_cli_manages_keys(stack: Stack) -> None:
     listed = json.loads(stack.cli("keys", "list", "--json").stdout)
     [row] = [key for key in listed if key["id"] == made["id"]]
     assert (row["budget_usd"], row["budget_period"], row["revoked"]) == ("0.5", "total", False)
+    stack.cli(
+        "keys",
+        "update",
+        made["id"],
+        "--budget-usd",
+        "none",
+        "--rate-limit",
+        "5",
+        "--max-concurrent",
+        "2",
+        "--name",
+        "cli2",
+    )
+    [row] = [
+        key
+        for key in json.loads(stack.cli("keys", "list", "--json").stdout)
+        if key["id"] == made["id"]
+    ]
+    assert (row["name"], row["budget_usd"]) == ("cli2", None)
+    assert stack.cli("keys", "update", made["id"], "--rate-limit", "0", check=False).returncode == 2
+    assert stack.cli("keys", "update", "key_nope", "--name", "x", check=False).returncode == 1
     assert stack.cli("keys", "revoke", made["id"]).returncode == 0
     assert next(
         k for k in json.loads(stack.cli("keys", "list", "--json").stdout) if k["id"] == made["id"]

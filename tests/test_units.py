@@ -270,6 +270,12 @@ def test_worker_refuses_to_start_without_credentials() -> None:
         ["simulate-upstream", "--help"],
         ["keys", "--help"],
         ["keys", "create", "--help"],
+        ["keys", "list", "--help"],
+        ["keys", "update", "--help"],
+        ["keys", "revoke", "--help"],
+        ["prices", "add", "--help"],
+        ["prices", "list", "--help"],
+        ["dev", "--help"],
     ],
 )
 def test_every_command_has_help(command: list[str]) -> None:
