@@ -27,7 +27,7 @@ class RateLimited(FluxgateError):
 
 
 @lru_cache(maxsize=4)
-def _redis(url: str) -> redis.Redis[bytes]:
+def _redis(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
 
 
