@@ -62,3 +62,11 @@ MODELS: dict[str, ModelSpec] = {
 def resolve_model(name: str) -> ModelSpec | None:
     """Accept both ``flux-2-dev`` and ``@cf/black-forest-labs/flux-2-dev``."""
     return MODELS.get(name.removeprefix(UPSTREAM_PREFIX))
+
+
+def model_id(name: str) -> str:
+    """The canonical id of a model name, for validators; ValueError names the choices."""
+    spec = resolve_model(name)
+    if spec is None:
+        raise ValueError(f"unknown model; use one of {', '.join(MODELS)}")
+    return spec.id

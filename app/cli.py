@@ -178,7 +178,6 @@ def _optional_limit(flag: str, value: str | None) -> int | None:
 def cmd_keys_update(args: argparse.Namespace) -> int:
     import app.models  # noqa: F401
     from app.db import session_scope
-    from app.errors import NotFound
     from app.keys.service import update_key
     from app.money import parse_usd
 
@@ -199,12 +198,8 @@ def cmd_keys_update(args: argparse.Namespace) -> int:
         changes["rate_limit_per_minute"] = _optional_limit("--rate-limit", args.rate_limit)
     if args.max_concurrent is not None:
         changes["max_concurrent_jobs"] = _optional_limit("--max-concurrent", args.max_concurrent)
-    try:
-        with session_scope() as session:
-            update_key(session, key_id=args.id, changes=changes)
-    except NotFound as error:
-        print(f"fluxgate: {error.message}", file=sys.stderr)
-        return 1
+    with session_scope() as session:
+        update_key(session, key_id=args.id, changes=changes)
     print(f"updated {args.id}")
     return 0
 
@@ -212,16 +207,11 @@ def cmd_keys_update(args: argparse.Namespace) -> int:
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
     import app.models  # noqa: F401
     from app.db import session_scope
-    from app.errors import NotFound
     from app.keys.service import revoke_key
 
     get_settings()
-    try:
-        with session_scope() as session:
-            revoke_key(session, key_id=args.id)
-    except NotFound as error:
-        print(f"fluxgate: {error.message}", file=sys.stderr)
-        return 1
+    with session_scope() as session:
+        revoke_key(session, key_id=args.id)
     print(f"revoked {args.id}")
     return 0
 
@@ -246,7 +236,6 @@ def cmd_prices_add(args: argparse.Namespace) -> int:
     from app.billing.routes import PriceCreate, price_out
     from app.billing.service import add_price
     from app.db import session_scope
-    from app.errors import FluxgateError
 
     get_settings()
     try:
@@ -266,9 +255,6 @@ def cmd_prices_add(args: argparse.Namespace) -> int:
         first = error.errors()[0]
         print(f"fluxgate: {first['loc'][0]}: {first['msg']}", file=sys.stderr)
         return 2
-    except FluxgateError as error:
-        print(f"fluxgate: {error.message}", file=sys.stderr)
-        return 1
     print(json.dumps(created.model_dump(mode="json")))
     return 0
 
@@ -394,11 +380,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging()
+    from app.errors import FluxgateError
+
     try:
         return int(args.handler(args))
     except ConfigError as error:
         print(f"fluxgate: {error}", file=sys.stderr)
         return 2
+    except FluxgateError as error:  # e.g. no such key, a price that already exists
+        print(f"fluxgate: {error.message}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -236,10 +236,7 @@ class PriceCreate(BaseModel):
     @field_validator("model")
     @classmethod
     def _known_model(cls, value: str) -> str:
-        spec = catalog.resolve_model(value)
-        if spec is None:
-            raise ValueError(f"unknown model; use one of {', '.join(catalog.MODELS)}")
-        return spec.id
+        return catalog.model_id(value)
 
     @field_validator("effective_from")
     @classmethod
