@@ -18,6 +18,7 @@ from typing import Any, TypeVar, cast
 from sqlalchemy import CursorResult, DateTime, Engine, MetaData, Result, create_engine, event
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -69,11 +70,14 @@ def rows_affected(result: Result[Any]) -> int:
 
 
 def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20) -> Engine:
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    kwargs: dict[str, Any] = {
+        "pool_pre_ping": True,
+        "pool_size": pool_size,
+        "max_overflow": max_overflow,
+    }
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
     else:
-        kwargs.update(pool_size=pool_size, max_overflow=max_overflow)
         # Dates (usage by day) are UTC days, whatever the server's time zone.
         kwargs["connect_args"] = {"options": "-c timezone=UTC"}
     engine = create_engine(url, **kwargs)
@@ -127,14 +131,15 @@ def with_transaction(
     sessions: Callable[[], Session] | None = None,
 ) -> T:
     """Run ``work`` in a transaction of its own, again when the database is briefly out of
-    reach (too many clients, a dropped connection, SQLite busy). ``work`` must be safe to
-    repeat: in the worker it is a conditional update, which changes nothing the second time.
+    reach (too many clients, a dropped connection, SQLite busy, every pooled connection
+    taken). ``work`` must be safe to repeat: in the worker it is a conditional update, which
+    changes nothing the second time.
     """
     for attempt in range(1, attempts + 1):
         try:
             with session_scope(sessions) as session:
                 return work(session)
-        except OperationalError:
+        except (OperationalError, PoolTimeout):
             if attempt == attempts:
                 raise
             logger.warning("database unavailable (attempt %d of %d); retrying", attempt, attempts)

@@ -9,6 +9,7 @@ Redis's clock), else in the database (a compare-and-set on one row: the embedded
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Protocol
 
@@ -84,6 +85,9 @@ class DatabaseGate:
     def __init__(self, sessions: sessionmaker[Session], *, rpm: int) -> None:
         self._sessions = sessions
         self._interval, self._burst = _pacing(rpm)
+        # One thread of this process at a time at the row: the others would only lose the
+        # compare-and-set and retry, as writers SQLite serialises anyway.
+        self._lock = threading.Lock()
 
     def _try_acquire(self, session: Session) -> float | None:
         row = session.get_one(UpstreamGate, 1, populate_existing=True)
@@ -101,10 +105,11 @@ class DatabaseGate:
         return 0.0 if rows_affected(moved) == 1 else None  # None: another worker moved it
 
     def acquire(self) -> float:
-        while True:
-            wait = with_transaction(self._try_acquire, sessions=self._sessions)
-            if wait is not None:
-                return wait
+        with self._lock:
+            while True:
+                wait = with_transaction(self._try_acquire, sessions=self._sessions)
+                if wait is not None:
+                    return wait
 
     def pause(self, seconds: float) -> None:
         until = int((time.time() + seconds) * MICROS)

@@ -17,34 +17,46 @@ SWEEP_TASK = "fluxgate.sweep"
 celery_app = Celery("fluxgate", include=["worker.tasks"])
 
 
-def _transport(settings: Settings) -> tuple[str, dict[str, Any]]:
-    """The broker URL and transport options for Redis, or for a broker folder on disk."""
+FILESYSTEM_TRANSPORT = "worker.fs_transport:AtomicFilesystemTransport"
+
+
+def _transport(settings: Settings) -> tuple[str, str | None, dict[str, Any]]:
+    """The broker URL, transport class and options: Redis, or a broker folder on disk."""
     folder = settings.broker_folder
     if folder is None:
-        return settings.effective_broker_url, {
-            # Messages of a worker that died unacked come back after this; the sweeper
-            # usually gets there first (job_lease_seconds).
-            "visibility_timeout": max(3600, int(settings.job_lease_seconds * 2)),
-            "socket_connect_timeout": 5,
-        }
+        return (
+            settings.effective_broker_url,
+            None,
+            {
+                # Messages of a worker that died unacked come back after this; the sweeper
+                # usually gets there first (job_lease_seconds).
+                "visibility_timeout": max(3600, int(settings.job_lease_seconds * 2)),
+                "socket_connect_timeout": 5,
+            },
+        )
     messages = Path(folder) / "messages"
     control = Path(folder) / "control"
     for path in (messages, control):
         path.mkdir(parents=True, exist_ok=True)
-    return "filesystem://", {
-        "data_folder_in": str(messages),
-        "data_folder_out": str(messages),
-        "control_folder": str(control),
-        "store_processed": False,
-        # Pick-up latency of a queued job: the transport polls the folder.
-        "polling_interval": 0.1,
-    }
+    return (
+        "filesystem://",
+        FILESYSTEM_TRANSPORT,
+        {
+            "data_folder_in": str(messages),
+            "data_folder_out": str(messages),
+            "control_folder": str(control),
+            "store_processed": False,
+            # Pick-up latency of a queued job: the transport polls the folder.
+            "polling_interval": 0.1,
+        },
+    )
 
 
 def configure(settings: Settings) -> Celery:
-    broker_url, transport_options = _transport(settings)
+    broker_url, transport, transport_options = _transport(settings)
     celery_app.conf.update(
         broker_url=broker_url,
+        broker_transport=transport,
         broker_connection_retry_on_startup=True,
         broker_transport_options=transport_options,
         task_serializer="json",
