@@ -36,6 +36,11 @@ FLUXGATE = [sys.executable, "-m", "app.cli"]
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def unique(prompt: str) -> str:
+    """A prompt no other test uses, so the simulator's per-prompt records are this test's."""
+    return f"{prompt} [{uuid.uuid4().hex[:8]}]"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

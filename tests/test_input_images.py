@@ -4,7 +4,6 @@ with its 4xx while the API stays up."""
 from __future__ import annotations
 
 import io
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -22,14 +21,10 @@ from tests.images import (
     solid_png,
     transparent_png,
 )
-from tests.stack import FINAL, Stack, wait_for_job
+from tests.stack import FINAL, Stack, unique, wait_for_job
 from tests.test_validation import assert_error
 
 LIMITS = InputLimits(max_bytes=1024 * 1024, max_pixels=16_000_000, max_side=512)
-
-
-def unique(prompt: str) -> str:
-    return f"{prompt} [{uuid.uuid4().hex[:8]}]"
 
 
 def stored_inputs(stack: Stack, job_id: str) -> list[Image.Image]:

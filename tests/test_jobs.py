@@ -12,12 +12,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.stack import FINAL, Stack, wait_for_job
+from tests.stack import FINAL, Stack, unique, wait_for_job
 from tests.test_validation import assert_error
-
-
-def unique(prompt: str) -> str:
-    return f"{prompt} [{uuid.uuid4().hex[:8]}]"
 
 
 def test_submit_poll_download(stack: Stack, client: httpx.Client) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import uuid
 from collections.abc import Iterator
 
 import httpx
@@ -13,7 +12,7 @@ import pytest
 from PIL import Image
 
 from tests.images import picture
-from tests.stack import Stack
+from tests.stack import Stack, unique
 
 
 @pytest.fixture
@@ -28,10 +27,6 @@ def oai(stack: Stack, api_key: str) -> Iterator[openai.OpenAI]:
 def decode(b64_json: str | None) -> Image.Image:
     assert b64_json is not None
     return Image.open(io.BytesIO(base64.b64decode(b64_json)))
-
-
-def unique(prompt: str) -> str:
-    return f"{prompt} [{uuid.uuid4().hex[:8]}]"
 
 
 def test_generate_two_as_b64_json(stack: Stack, oai: openai.OpenAI, client: httpx.Client) -> None:

@@ -221,19 +221,20 @@ def test_bad_settings_fail_with_one_line(
     assert "\n" not in message
 
 
-def test_cli_stops_with_one_clear_line_on_bad_config() -> None:
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "FLUXGATE_DATABASE_URL": "oracle://nope",
-        "FLUXGATE_REDIS_URL": "redis://h",
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", "app.cli", "migrate"],
+def fluxgate_with(command: str, **settings: str) -> subprocess.CompletedProcess[str]:
+    """Run ``fluxgate COMMAND`` with only the given FLUXGATE_* settings."""
+    env = {"PATH": "/usr/bin:/bin", **{f"FLUXGATE_{k.upper()}": v for k, v in settings.items()}}
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", command],
         env=env,
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def test_cli_stops_with_one_clear_line_on_bad_config() -> None:
+    result = fluxgate_with("migrate", database_url="oracle://nope", redis_url="redis://h")
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines == [
@@ -243,18 +244,7 @@ def test_cli_stops_with_one_clear_line_on_bad_config() -> None:
 
 
 def test_worker_refuses_to_start_without_credentials() -> None:
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "FLUXGATE_DATABASE_URL": "postgresql://h/d",
-        "FLUXGATE_REDIS_URL": "redis://h",
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", "app.cli", "worker"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = fluxgate_with("worker", database_url="postgresql://h/d", redis_url="redis://h")
     assert result.returncode == 2
     assert "FLUXGATE_CF_ACCOUNT_ID and FLUXGATE_CF_API_TOKEN are required" in result.stderr
 
