@@ -17,7 +17,6 @@ router = APIRouter(prefix="/v1/admin/keys", tags=["admin"])
 
 
 def key_out(session: Session, api_key: ApiKey) -> KeyOut:
-    session.refresh(api_key)  # active_jobs moves under conditional updates
     period = budgets.current_period(session, api_key=api_key, at=utcnow())
     used = 0 if period is None else period.held_nanos + period.charged_nanos
     return KeyOut(
