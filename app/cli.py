@@ -63,8 +63,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
         os.environ["FLUXGATE_WORKER_CONCURRENCY"] = str(args.concurrency)
         get_settings.cache_clear()
     settings = get_settings()
-    settings.require_upstream()
-    from worker.celery_app import JOBS_QUEUE, MAINTENANCE_QUEUE, configure
+    from worker.celery_app import QUEUES, configure
+
+    names = [name.strip() for name in args.queues.split(",") if name.strip()]
+    unknown = [name for name in names if name not in QUEUES]
+    if unknown or not names:
+        raise ConfigError(f"--queues takes a comma-separated list of {', '.join(QUEUES)}")
+    if "jobs" in names:
+        settings.require_upstream()
 
     app = configure(settings)
     app.worker_main(
@@ -72,7 +78,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             "worker",
             "--pool=threads",
             f"--concurrency={settings.worker_concurrency}",
-            f"--queues={JOBS_QUEUE},{MAINTENANCE_QUEUE}",
+            f"--queues={','.join(QUEUES[name] for name in names)}",
             f"--hostname=fluxgate-{os.getpid()}@%h",
             f"--loglevel={settings.log_level}",
             "--without-gossip",
@@ -216,6 +222,25 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys_rotate_webhook_secret(args: argparse.Namespace) -> int:
+    import app.models  # noqa: F401
+    from app.db import session_scope
+    from app.keys.service import rotate_webhook_secret
+
+    grace = args.grace_seconds
+    if grace is None:
+        grace = get_settings().webhook_secret_grace_seconds
+    with session_scope() as session:
+        api_key = rotate_webhook_secret(session, key_id=args.id, grace_seconds=grace)
+        secret, expires = api_key.webhook_secret, api_key.previous_webhook_secret_expires_at
+    if args.json:
+        print(json.dumps({"id": args.id, "webhook_secret": secret}))
+    else:
+        print(f"webhook secret: {secret}")
+        print(f"the old secret also signs until {expires:%Y-%m-%d %H:%M:%S} UTC")
+    return 0
+
+
 def cmd_prices_list(_: argparse.Namespace) -> int:
     import app.models  # noqa: F401
     from app.billing.routes import price_out
@@ -294,7 +319,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = add("worker", cmd_worker, "Run a worker that forwards jobs to Workers AI")
     worker.add_argument(
-        "--concurrency", type=int, default=None, help="upstream calls in flight (default 64)"
+        "--concurrency", type=int, default=None, help="tasks in flight (default 64)"
+    )
+    worker.add_argument(
+        "--queues",
+        default="jobs,webhooks,maintenance",
+        help="what to consume: jobs, webhooks, maintenance (default all; run webhooks in a "
+        "worker of its own so slow receivers never hold up image jobs)",
     )
 
     add("beat", cmd_beat, "Run the periodic sweeper that re-sends stuck or lost jobs")
@@ -353,6 +384,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     revoke.set_defaults(handler=cmd_keys_revoke)
     revoke.add_argument("id")
+
+    rotate = key_commands.add_parser(
+        "rotate-webhook-secret",
+        help="Give a key a new webhook secret",
+        description="Give a key a new webhook secret (printed once); deliveries are signed "
+        "with the old one too during the grace period",
+    )
+    rotate.set_defaults(handler=cmd_keys_rotate_webhook_secret)
+    rotate.add_argument("id")
+    rotate.add_argument("--grace-seconds", type=int, default=None, help="default 24 h")
+    rotate.add_argument("--json", action="store_true", help="print one JSON object")
 
     prices = commands.add_parser(
         "prices", help="Show or add prices", description="Prices are data with effective dates"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -81,9 +82,25 @@ def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20) -> Eng
         # Dates (usage by day) are UTC days, whatever the server's time zone.
         kwargs["connect_args"] = {"options": "-c timezone=UTC"}
     engine = create_engine(url, **kwargs)
+    event.listen(engine, "before_cursor_execute", _count_statement)
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
+
+
+_statements = 0
+_statements_lock = threading.Lock()
+
+
+def _count_statement(*_args: Any) -> None:
+    global _statements
+    with _statements_lock:
+        _statements += 1
+
+
+def statements_executed() -> int:
+    """SQL statements this process has sent (``/metrics``: the database load it makes)."""
+    return _statements
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

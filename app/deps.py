@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from app.db import get_sessionmaker, utcnow
 from app.errors import Forbidden, Unauthorized
+from app.jobs.watching import Watch
 from app.keys import limits
 from app.keys.models import ApiKey
 from app.keys.service import authenticate
@@ -47,6 +48,9 @@ def get_api_key(request: Request, session: SessionDep) -> ApiKey:
             code="invalid_api_key",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    # End the read: a request waiting for its next step (a thread, the body, a job to
+    # finish) must not hold one of the pool's connections meanwhile.
+    session.commit()
     return api_key
 
 
@@ -72,3 +76,11 @@ def get_submitter(api_key: ApiKeyDep, session: SessionDep, settings: SettingsDep
 
 
 SubmitterDep = Annotated[ApiKey, Depends(get_submitter)]
+
+
+def get_watch(request: Request) -> Watch:
+    watch: Watch = request.app.state.watch
+    return watch
+
+
+WatchDep = Annotated[Watch, Depends(get_watch)]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -11,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import app.models  # noqa: F401  # every table, for foreign keys across domains
@@ -20,11 +22,14 @@ from app.billing.service import NoPriceError
 from app.body_limit import BodySizeLimit
 from app.errors import FluxgateError
 from app.jobs import routes as job_routes
+from app.jobs import watching
 from app.jobs.schemas import JobCreate
 from app.keys import routes as key_routes
+from app.notifications import JobWatchHub
 from app.openai_compat import routes as openai_routes
 from app.openai_compat.service import OPENAI_PARAMS
 from app.settings import Settings, get_settings
+from app.webhooks import routes as webhook_routes
 from worker.celery_app import configure
 
 logger = logging.getLogger("fluxgate.api")
@@ -112,6 +117,17 @@ def install_error_handlers(app: FastAPI) -> None:
         logger.error("database error: %s", error.__class__.__name__)
         return error_response(request, 503, "database_unavailable", "the database is not reachable")
 
+    @app.exception_handler(PoolTimeout)
+    async def database_busy(request: Request, error: PoolTimeout) -> JSONResponse:
+        logger.error("no database connection free within the pool timeout")
+        return error_response(
+            request,
+            503,
+            "database_unavailable",
+            "the database is too busy right now; try again shortly",
+            headers={"Retry-After": "1"},
+        )
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
         logger.exception("unhandled error")
@@ -123,7 +139,22 @@ def install_error_handlers(app: FastAPI) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure(settings)
+    hub = JobWatchHub(
+        settings,
+        read_statuses=watching.read_statuses,
+        reconcile_seconds=settings.events_reconcile_seconds,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await hub.start()
+        try:
+            yield
+        finally:
+            await hub.stop()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="Fluxgate",
         version="0.1.0",
         description=(
@@ -132,6 +163,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             '`{"error": {"code", "message", "param"}}`. Money is a decimal string of USD.'
         ),
     )
+    app.state.watch = watching.Watch(hub)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     app.include_router(ops.router)
@@ -140,6 +172,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(billing_routes.admin_router)
     app.include_router(openai_routes.router)
     app.include_router(key_routes.router)
+    app.include_router(webhook_routes.router)
+    app.include_router(webhook_routes.admin_router)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -4,6 +4,7 @@ from app.billing.models import BudgetPeriod, Charge, Price
 from app.db import Base
 from app.jobs.models import IdempotencyKey, ImageLink, Job, JobImage
 from app.keys.models import ApiKey
+from app.webhooks.models import WebhookAttempt, WebhookDelivery
 
 __all__ = [
     "ApiKey",
@@ -15,4 +16,6 @@ __all__ = [
     "Job",
     "JobImage",
     "Price",
+    "WebhookAttempt",
+    "WebhookDelivery",
 ]

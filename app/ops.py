@@ -1,11 +1,12 @@
-"""Liveness and readiness."""
+"""Liveness, readiness and metrics."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
+from fastapi.responses import PlainTextResponse
 from sqlalchemy import text
 
-from app.db import get_engine
+from app.db import get_engine, statements_executed
 from app.errors import DependencyUnavailable
 from worker.dispatch import check_broker
 
@@ -33,3 +34,24 @@ def readyz() -> dict[str, str]:
             "the broker is not reachable", code="broker_unavailable"
         ) from None
     return {"status": "ready", "database": "ok", "broker": "ok"}
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics of this API process",
+    response_class=PlainTextResponse,
+)
+def metrics(request: Request) -> PlainTextResponse:
+    hub = request.app.state.watch.hub
+    lines = [
+        "# HELP fluxgate_db_statements_total SQL statements this process has sent.",
+        "# TYPE fluxgate_db_statements_total counter",
+        f"fluxgate_db_statements_total {statements_executed()}",
+        "# HELP fluxgate_job_watchers Requests and event streams waiting on jobs now.",
+        "# TYPE fluxgate_job_watchers gauge",
+        f"fluxgate_job_watchers {hub.watcher_count}",
+        "# HELP fluxgate_job_notifications_total Job-change notifications received.",
+        "# TYPE fluxgate_job_notifications_total counter",
+        f"fluxgate_job_notifications_total {hub.notifications_received}",
+    ]
+    return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")

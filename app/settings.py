@@ -11,6 +11,8 @@ from typing import Annotated, Self
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.webhooks.targets import Network, parse_networks
+
 DEFAULT_CF_BASE_URL = "https://api.cloudflare.com/client/v4"
 # filesystem:///path/to/dir is kombu's filesystem transport: the embedded default's broker.
 BROKER_SCHEMES = ("redis://", "rediss://", "filesystem://")
@@ -29,6 +31,17 @@ def normalize_database_url(url: str) -> str:
 
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
+
+
+def parse_schedule(value: str) -> tuple[float, ...]:
+    """``"0,5,300"``: seconds before each attempt; at least one, none negative."""
+    try:
+        delays = tuple(float(part) for part in value.split(","))
+    except ValueError:
+        raise ValueError("must be comma-separated seconds, e.g. 0,5,300") from None
+    if any(delay < 0 or delay != delay for delay in delays):
+        raise ValueError("delays cannot be negative")
+    return delays
 
 
 class Settings(BaseSettings):
@@ -74,6 +87,23 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=15, ge=1)
     db_max_overflow: int = Field(default=5, ge=0)
 
+    # Webhooks. Receivers outside these CIDRs must have public addresses (SSRF safety).
+    webhook_allowed_networks: str = ""
+    # Seconds before each delivery attempt, counted from the previous one (the first is
+    # immediate); every delay gets up to 10% jitter. Tests shorten it.
+    webhook_retry_schedule: str = "0,5,300,1800,7200,18000,36000,50400,72000,86400"
+    webhook_timeout_seconds: PositiveSeconds = 15.0
+    webhook_max_response_bytes: int = Field(default=64 * 1024, ge=0)
+    # After a rotation, deliveries are signed with the old secret too for this long.
+    webhook_secret_grace_seconds: int = Field(default=24 * 3600, ge=0)
+
+    # Server-Sent Events: a comment line this often keeps proxies from closing a quiet stream
+    # (and finds clients that went away).
+    events_keepalive_seconds: PositiveSeconds = 15.0
+    # Waiting requests are woken by notifications; this often, one query re-checks every
+    # watched job in case a notification was lost.
+    events_reconcile_seconds: PositiveSeconds = 10.0
+
     log_level: str = "INFO"
 
     @field_validator("database_url")
@@ -97,6 +127,18 @@ class Settings(BaseSettings):
         if not value.startswith(("https://", "http://")):
             raise ValueError("must be an http(s) URL")
         return value.rstrip("/")
+
+    @field_validator("webhook_allowed_networks")
+    @classmethod
+    def _webhook_allowed_networks(cls, value: str) -> str:
+        parse_networks(value)  # raises ValueError with the bad entry
+        return value
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _webhook_retry_schedule(cls, value: str) -> str:
+        parse_schedule(value)
+        return value
 
     @field_validator("log_level")
     @classmethod
@@ -138,6 +180,14 @@ class Settings(BaseSettings):
         """The directory of a ``filesystem://`` broker, else ``None``."""
         url = self.effective_broker_url
         return url.removeprefix("filesystem://") if url.startswith("filesystem://") else None
+
+    @property
+    def webhook_networks(self) -> tuple[Network, ...]:
+        return parse_networks(self.webhook_allowed_networks)
+
+    @property
+    def webhook_delays(self) -> tuple[float, ...]:
+        return parse_schedule(self.webhook_retry_schedule)
 
     def require_upstream(self) -> tuple[str, str]:
         """The Cloudflare credentials; workers cannot run without them."""

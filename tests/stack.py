@@ -269,13 +269,20 @@ class Stack:
         wait_until(lambda: _answers(f"{url}/healthz"), timeout=20, what="api")
         return api, url
 
-    def start_worker(self, concurrency: int | None = 16) -> Process:
-        """``concurrency=None`` runs the worker exactly as an operator would by default."""
+    def start_worker(
+        self, concurrency: int | None = 16, *, queues: str | None = None, **settings: str
+    ) -> Process:
+        """``concurrency=None`` runs the worker exactly as an operator would by default;
+        ``queues`` e.g. ``"webhooks"``; ``settings`` override the stack's for this worker."""
+        env = {**self.env, **{f"FLUXGATE_{k.upper()}": v for k, v in settings.items()}}
+        argv = [*FLUXGATE, "worker"]
         if concurrency is None:
-            env = {k: v for k, v in self.env.items() if k != "FLUXGATE_WORKER_CONCURRENCY"}
-            worker = self.start("worker", [*FLUXGATE, "worker"], env)
+            env.pop("FLUXGATE_WORKER_CONCURRENCY", None)
         else:
-            worker = self.start("worker", [*FLUXGATE, "worker", "--concurrency", str(concurrency)])
+            argv += ["--concurrency", str(concurrency)]
+        if queues is not None:
+            argv += ["--queues", queues]
+        worker = self.start("worker", argv, env)
         wait_until(lambda: " ready." in worker.log(), timeout=30, what="worker ready")
         return worker
 
@@ -284,8 +291,21 @@ class Stack:
 
     def create_key(self, name: str = "test", *extra: str) -> str:
         """A new key through the CLI (``extra``: e.g. ``"--admin"``, ``"--budget-usd", "1"``)."""
-        out = self.cli("keys", "create", "--name", name, "--json", *extra).stdout
-        return str(json.loads(out)["key"])
+        return self.create_key_with_secret(name, *extra)[0]
+
+    def create_key_with_secret(self, name: str = "test", *extra: str) -> tuple[str, str, str]:
+        """A new key through the CLI: (key, id, webhook secret)."""
+        created = json.loads(self.cli("keys", "create", "--name", name, "--json", *extra).stdout)
+        return str(created["key"]), str(created["id"]), str(created["webhook_secret"])
+
+    def metrics(self) -> dict[str, float]:
+        """The API's /metrics samples by name."""
+        text = httpx.get(f"{self.api_url}/metrics", timeout=10).text
+        return {
+            line.split()[0]: float(line.split()[1])
+            for line in text.splitlines()
+            if line and not line.startswith("#")
+        }
 
     def client(self, key: str) -> httpx.Client:
         return httpx.Client(
@@ -345,10 +365,10 @@ FINAL = {"succeeded", "failed", "canceled"}
 
 @contextmanager
 def running_gateway(
-    log_dir: Path, *, backend: str, latency: float, worker: bool
+    log_dir: Path, *, backend: str, latency: float, worker: bool, **settings: str
 ) -> Iterator[Stack]:
     """A gateway with its API and beat started (and a worker, unless the test runs its own)."""
-    gateway = Stack(log_dir, backend=backend, latency=latency)
+    gateway = Stack(log_dir, backend=backend, latency=latency, **settings)
     try:
         gateway.start_api()
         if worker:

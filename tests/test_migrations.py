@@ -31,6 +31,8 @@ TABLES = {
     "budget_periods",
     "rate_windows",
     "upstream_gate",
+    "webhook_deliveries",
+    "webhook_attempts",
     "alembic_version",
 }
 

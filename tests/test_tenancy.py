@@ -139,6 +139,8 @@ def test_every_route_hides_other_tenants_jobs(stack: Stack, client: httpx.Client
             ("GET", f"/v1/jobs/{job['id']}/image"),
             ("GET", f"/v1/jobs/{job['id']}/image?format=webp"),
             ("POST", f"/v1/jobs/{job['id']}/cancel"),
+            ("GET", f"/v1/jobs/{job['id']}/events"),
+            ("GET", f"/v1/jobs/{job['id']}/deliveries"),
         ]:
             assert_error(foreign.request(method, path), 404, "job_not_found", "id")
         for status in (None, "succeeded"):

@@ -11,6 +11,11 @@ from app.settings import Settings
 
 JOBS_QUEUE = "fluxgate.jobs"
 MAINTENANCE_QUEUE = "fluxgate.maintenance"
+# Its own queue, so receivers that are slow or down never hold up image jobs (run a worker
+# with --queues webhooks for it, as docker-compose.yml and fluxgate dev do).
+WEBHOOKS_QUEUE = "fluxgate.webhooks"
+QUEUES = {"jobs": JOBS_QUEUE, "webhooks": WEBHOOKS_QUEUE, "maintenance": MAINTENANCE_QUEUE}
+DELIVER_WEBHOOK_TASK = "fluxgate.deliver_webhook"
 FORWARD_TASK = "fluxgate.forward_job"
 SWEEP_TASK = "fluxgate.sweep"
 
@@ -68,7 +73,10 @@ def configure(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_default_queue=JOBS_QUEUE,
-        task_routes={SWEEP_TASK: {"queue": MAINTENANCE_QUEUE}},
+        task_routes={
+            SWEEP_TASK: {"queue": MAINTENANCE_QUEUE},
+            DELIVER_WEBHOOK_TASK: {"queue": WEBHOOKS_QUEUE},
+        },
         # Publishing happens inside an HTTP request: fail fast rather than hang it.
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5},
         beat_schedule={

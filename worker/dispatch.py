@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from worker.celery_app import FORWARD_TASK, JOBS_QUEUE, celery_app
+from worker.celery_app import (
+    DELIVER_WEBHOOK_TASK,
+    FORWARD_TASK,
+    JOBS_QUEUE,
+    WEBHOOKS_QUEUE,
+    celery_app,
+)
 
 
 def enqueue_forward(job_id: str, *, countdown: float | None = None) -> None:
@@ -14,3 +20,10 @@ def check_broker(*, timeout: float) -> None:
     """Raise if the broker does not answer within ``timeout`` seconds."""
     with celery_app.connection_for_write() as connection:
         connection.ensure_connection(max_retries=1, timeout=timeout)
+
+
+def enqueue_webhook(delivery_id: str, *, countdown: float | None = None) -> None:
+    """Call only after the delivery's row is committed."""
+    celery_app.send_task(
+        DELIVER_WEBHOOK_TASK, args=[delivery_id], queue=WEBHOOKS_QUEUE, countdown=countdown
+    )

@@ -9,13 +9,16 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 import app.models  # noqa: F401  # every table, for foreign keys across domains
-from app.db import get_sessionmaker, with_transaction
+from app.db import get_sessionmaker, utcnow, with_transaction
 from app.images import ImageError, ImageInfo, inspect_image
 from app.jobs import execution, idempotency
 from app.settings import Settings, get_settings
 from app.upstream_gate import DatabaseGate, Gate, RedisGate, wait_for_turn
+from app.webhooks import sender
+from app.webhooks import service as webhooks
+from app.webhooks.signing import signed_headers
 from app.workers_ai import GenerationResult, UpstreamError, WorkersAIClient
-from worker.celery_app import FORWARD_TASK, SWEEP_TASK, celery_app
+from worker.celery_app import DELIVER_WEBHOOK_TASK, FORWARD_TASK, SWEEP_TASK, celery_app
 from worker.dispatch import enqueue_forward
 
 logger = logging.getLogger("fluxgate.worker")
@@ -167,6 +170,14 @@ def sweep() -> None:
         )
     )
     with_transaction(idempotency.purge_expired)
+    # The due deliveries' messages go out through the outbox as this commits.
+    deliveries = with_transaction(
+        lambda session: webhooks.sweep(
+            session, requeue_after_seconds=settings.requeue_after_seconds
+        )
+    )
+    if deliveries:
+        logger.info("sweep: %d webhook deliveries sent", len(deliveries))
     for job_id in result.to_enqueue:
         enqueue_forward(job_id)
     if result.to_enqueue or result.failed_expired:
@@ -176,3 +187,45 @@ def sweep() -> None:
             len(result.to_enqueue),
             len(result.failed_expired),
         )
+
+
+@celery_app.task(name=DELIVER_WEBHOOK_TASK, ignore_result=True)
+def deliver_webhook(delivery_id: str) -> None:
+    """One attempt of a webhook delivery, if one is due; the next is scheduled from what it
+    saw. Safe to run any number of times: the claim is a conditional UPDATE under a lease."""
+    settings = get_settings()
+    # The lease outlasts the attempt's own time limits, so no second worker starts it.
+    lease = settings.webhook_timeout_seconds * 2 + 30
+    claim = with_transaction(
+        lambda session: webhooks.claim(session, delivery_id=delivery_id, lease_seconds=lease)
+    )
+    if claim is None:
+        return
+    started_at = utcnow()
+    headers = signed_headers(
+        message_id=claim.delivery_id, body=claim.payload, secrets=claim.secrets, at=started_at
+    )
+    result = sender.send(
+        claim.url,
+        body=claim.payload.encode(),
+        headers={**headers, "Content-Type": "application/json"},
+        allowed=settings.webhook_networks,
+        timeout=settings.webhook_timeout_seconds,
+        max_bytes=settings.webhook_max_response_bytes,
+    )
+    next_at = with_transaction(
+        lambda session: webhooks.record_attempt(
+            session,
+            claim=claim,
+            result=result,
+            started_at=started_at,
+            delays=settings.webhook_delays,
+        )
+    )
+    logger.info(
+        "webhook %s attempt %d: %s%s",
+        claim.delivery_id,
+        claim.number,
+        result.status_code if result.status_code is not None else result.error,
+        f"; next at {next_at:%Y-%m-%d %H:%M:%S}" if next_at else "",
+    )

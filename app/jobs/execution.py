@@ -18,8 +18,8 @@ from app import catalog
 from app.billing.service import record_charge
 from app.db import rows_affected, utcnow
 from app.images import ImageInfo
-from app.jobs import accounting
 from app.jobs.models import Job, JobImage, JobStatus
+from app.jobs.service import job_changed, job_ended
 from app.workers_ai import GenerationRequest, InputImage, UpstreamError
 
 
@@ -113,6 +113,7 @@ def claim(session: Session, *, job_id: str, lease_seconds: float) -> Claim | Non
     ).scalar_one_or_none()
     if claimed is None:
         return None
+    job_changed(session, job_id=job_id, status=JobStatus.RUNNING)
     job = session.get_one(Job, job_id)
     spec = catalog.MODELS[job.model]
     inputs = session.scalars(
@@ -180,7 +181,6 @@ def finish_succeeded(
     if not won:
         return False
     job = session.get_one(Job, claim.job_id, populate_existing=True)
-    accounting.job_ended(session, job=job, succeeded=True)
     session.add(
         JobImage(
             job_id=job.id,
@@ -202,6 +202,7 @@ def finish_succeeded(
         price_id=job.price_id,
         amount_nanos=job.estimated_nanos,
     )
+    job_ended(session, job=job)
     return True
 
 
@@ -220,7 +221,7 @@ def schedule_retry(
 ) -> bool:
     """Back to queued, due after ``delay_seconds``; cancelable again while it waits."""
     now = utcnow()
-    return _update_attempt(
+    queued = _update_attempt(
         session,
         claim,
         status=JobStatus.QUEUED,
@@ -230,6 +231,9 @@ def schedule_retry(
         # Kept for operators; the Job shows an error only once it has failed.
         **_attempt_error(error),
     )
+    if queued:
+        job_changed(session, job_id=claim.job_id, status=JobStatus.QUEUED)
+    return queued
 
 
 def finish_failed(session: Session, *, claim: Claim, error: UpstreamError) -> bool:
@@ -249,8 +253,7 @@ def finish_failed(session: Session, *, claim: Claim, error: UpstreamError) -> bo
 
 
 def _job_failed(session: Session, job_id: str) -> None:
-    job = session.get_one(Job, job_id, populate_existing=True)
-    accounting.job_ended(session, job=job, succeeded=False)
+    job_ended(session, job=session.get_one(Job, job_id, populate_existing=True))
 
 
 def backoff_seconds(
@@ -334,6 +337,7 @@ def sweep(
             .execution_options(synchronize_session=False)
         )
         if rows_affected(back) == 1:
+            job_changed(session, job_id=job_id, status=JobStatus.QUEUED)
             requeued.append(job_id)
 
     stale_before = now - timedelta(seconds=requeue_after_seconds)

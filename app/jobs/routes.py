@@ -10,13 +10,16 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import ApiKeyDep, SessionDep, SubmitterDep
+from app.deps import ApiKeyDep, SessionDep, SubmitterDep, WatchDep
 from app.http_body import read_body
 from app.images import convert_image
-from app.jobs import idempotency, service
+from app.jobs import idempotency, service, watching
+from app.jobs.models import Job
 from app.jobs.schemas import JobCost, JobList, JobOut
 from app.jobs.service import JobSubmission, parse_submission
+from app.keys.models import ApiKey
 from app.settings import get_settings
+from app.sse import EventStreamResponse
 from worker.dispatch import enqueue_forward
 
 logger = logging.getLogger("fluxgate.api")
@@ -61,19 +64,59 @@ async def job_body(request: Request) -> JobSubmission:
 JobBodyDep = Annotated[JobSubmission, Depends(job_body)]
 
 
+def _submit(
+    session: Session, api_key: ApiKey, body: JobSubmission, idempotency_key: str | None
+) -> tuple[Job, bool]:
+    """Create (or, for a repeated Idempotency-Key, find) the job; whether it was a replay."""
+    if idempotency_key is None:
+        job = service.create_job(session, api_key=api_key, submission=body)
+        commit_and_enqueue(session, [job.id])
+        return job, False
+    key = idempotency.check_key(idempotency_key)
+    earlier = idempotency.reserve(
+        session, api_key_id=api_key.id, key=key, fingerprint=idempotency.fingerprint(body)
+    )
+    session.commit()  # the reservation is visible to concurrent duplicates from here on
+    if earlier is not None:
+        job = service.get_job(session, api_key=api_key, job_id=earlier)
+        session.rollback()  # end the read: a waiting request holds no connection
+        return job, True
+    try:
+        job = service.create_job(session, api_key=api_key, submission=body)
+        idempotency.complete(session, api_key_id=api_key.id, key=key, job_id=job.id)
+        commit_and_enqueue(session, [job.id])
+    except BaseException:
+        session.rollback()
+        idempotency.release(session, api_key_id=api_key.id, key=key)
+        session.commit()
+        raise
+    return job, False
+
+
+def _job_out(session: Session, job: Job) -> JobOut:
+    out = service.to_job_out(session, [job])[0]
+    session.rollback()  # end the read: a waiting request holds no connection
+    return out
+
+
 @router.post(
     "/jobs",
     status_code=202,
     response_model=JobOut,
     openapi_extra=_JOB_BODY_DOC,
     summary="Submit a generation job",
-    responses={422: {"description": "A field broke a rule; `param` names it"}},
+    responses={
+        200: {"description": "With `Prefer: wait=N`: the job, finished within N seconds"},
+        422: {"description": "A field broke a rule; `param` names it"},
+    },
 )
-def submit_job(
+async def submit_job(
+    request: Request,
     api_key: SubmitterDep,
     body: JobBodyDep,
     session: SessionDep,
     response: Response,
+    watch: WatchDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -81,31 +124,32 @@ def submit_job(
             description="same key + same body within 24 h returns the same job",
         ),
     ] = None,
+    prefer: Annotated[
+        str | None,
+        Header(
+            description="wait=N (N <= 60): answer 200 with the job once it has finished, or "
+            "202 after N seconds"
+        ),
+    ] = None,
 ) -> JobOut:
-    if idempotency_key is None:
-        job = service.create_job(session, api_key=api_key, submission=body)
-        commit_and_enqueue(session, [job.id])
-    else:
-        key = idempotency.check_key(idempotency_key)
-        earlier = idempotency.reserve(
-            session, api_key_id=api_key.id, key=key, fingerprint=idempotency.fingerprint(body)
-        )
-        session.commit()  # the reservation is visible to concurrent duplicates from here on
-        if earlier is not None:
-            job = service.get_job(session, api_key=api_key, job_id=earlier)
-            response.headers["Idempotent-Replayed"] = "true"
-        else:
-            try:
-                job = service.create_job(session, api_key=api_key, submission=body)
-                idempotency.complete(session, api_key_id=api_key.id, key=key, job_id=job.id)
-                commit_and_enqueue(session, [job.id])
-            except BaseException:
-                session.rollback()
-                idempotency.release(session, api_key_id=api_key.id, key=key)
-                session.commit()
-                raise
+    wait_seconds = watching.prefer_wait(prefer)
+    job, replayed = await run_in_threadpool(_submit, session, api_key, body, idempotency_key)
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return service.to_job_out(session, [job])[0]
+    if wait_seconds is not None:
+        response.headers["Preference-Applied"] = f"wait={wait_seconds}"
+        finished = await watching.wait_until_final(
+            watch.hub,
+            [job.id],
+            timeout=wait_seconds,
+            read_statuses=watch.read_statuses,
+            disconnected=request.is_disconnected,
+        )
+        if finished:
+            response.status_code = 200
+        return await watch.read_job(job.id)
+    return await run_in_threadpool(_job_out, session, job)
 
 
 @router.get("/jobs", response_model=JobList, summary="List your jobs, newest first")
@@ -128,6 +172,27 @@ def list_jobs(
 def get_job(job_id: str, session: SessionDep, api_key: ApiKeyDep) -> JobOut:
     job = service.get_job(session, api_key=api_key, job_id=job_id)
     return service.to_job_out(session, [job])[0]
+
+
+@router.get(
+    "/jobs/{job_id}/events",
+    summary="Server-Sent Events: the job at each status change, ending at a final status",
+    response_class=EventStreamResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+def job_events(
+    job_id: str, session: SessionDep, api_key: ApiKeyDep, watch: WatchDep
+) -> EventStreamResponse:
+    job = service.get_job(session, api_key=api_key, job_id=job_id)
+    session.rollback()  # the stream reads with sessions of its own
+    return EventStreamResponse(
+        watching.job_events(
+            watch.hub,
+            job.id,
+            read_job=watch.read_job,
+            keepalive_seconds=get_settings().events_keepalive_seconds,
+        )
+    )
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobOut, summary="Cancel a queued job")

@@ -17,6 +17,7 @@ from pydantic import (
 
 from app import catalog
 from app.errors import FluxgateError, InvalidParameter
+from app.webhooks.targets import UnsafeTarget, parse_target
 
 MAX_METADATA_KEYS = 16
 MAX_METADATA_KEY_CHARS = 64
@@ -60,7 +61,14 @@ class JobCreate(BaseModel):
     steps: Annotated[int, Field(ge=1)] | None = Field(
         default=None, description="flux-2-dev only: 1..50 (default 25); klein is fixed at 4"
     )
-    webhook_url: str | None = Field(default=None, description="not available yet")
+    webhook_url: str | None = Field(
+        default=None,
+        description=(
+            "https URL (http only inside FLUXGATE_WEBHOOK_ALLOWED_NETWORKS) to receive a signed "
+            "job.succeeded, job.failed or job.canceled event; it must resolve to public "
+            "addresses"
+        ),
+    )
     metadata: dict[str, str] = Field(default_factory=dict, description="at most 16 string values")
     input_images: list[str] | None = Field(
         default=None,
@@ -92,8 +100,10 @@ class JobCreate(BaseModel):
     @classmethod
     def _webhook_url(cls, value: str | None) -> str | None:
         if value is not None:
-            # Accepting a URL we would never call would lose the caller's results silently.
-            raise ValueError("webhook delivery is not available in this version of Fluxgate")
+            try:
+                parse_target(value)  # the syntax; where it resolves is checked with the settings
+            except UnsafeTarget as error:
+                raise ValueError(str(error).removeprefix("webhook_url ")) from None
         return value
 
     @model_validator(mode="after")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, load_only
 
+from app import outbox
 from app.billing.rules import Cost
 from app.billing.service import estimate, price_in_force
 from app.db import rows_affected, utcnow
@@ -30,6 +31,8 @@ from app.jobs.schemas import (
 from app.keys.models import ApiKey
 from app.money import format_usd
 from app.settings import Settings
+from app.webhooks import service as webhooks
+from app.webhooks.targets import UnsafeTarget, check_webhook_url
 
 MAX_PAGE_SIZE = 100
 _ID_CHARS = 26
@@ -53,6 +56,11 @@ def parse_submission(body: RequestBody, settings: Settings) -> JobSubmission:
     request = parse_job_create(
         fields, from_form=body.is_form, prompt_max_chars=settings.prompt_max_chars
     )
+    if request.webhook_url is not None:
+        try:
+            check_webhook_url(request.webhook_url, allowed=settings.webhook_networks)
+        except UnsafeTarget as error:
+            raise InvalidParameter(str(error), param="webhook_url") from None
     inputs = collect_input_images(
         body,
         request.input_images,
@@ -177,6 +185,43 @@ def list_jobs(
     return jobs[:limit], next_cursor
 
 
+WEBHOOK_EVENTS = {
+    JobStatus.SUCCEEDED: "job.succeeded",
+    JobStatus.FAILED: "job.failed",
+    JobStatus.CANCELED: "job.canceled",
+}
+
+
+def job_changed(session: Session, *, job_id: str, status: str) -> None:
+    """Tell waiting requests and event streams, once the change is committed."""
+    outbox.add(session, outbox.JobChanged(job_id, status))
+
+
+def job_ended(session: Session, *, job: Job) -> None:
+    """Everything that follows a job's final status, in the same transaction: its budget hold
+    and concurrency slot, its webhook, and the notification."""
+    accounting.job_ended(session, job=job, succeeded=job.status == JobStatus.SUCCEEDED)
+    if job.webhook_url is not None:
+        webhooks.record_event(
+            session,
+            job_id=job.id,
+            api_key_id=job.api_key_id,
+            url=job.webhook_url,
+            event_type=WEBHOOK_EVENTS[JobStatus(job.status)],
+            data=to_job_out(session, [job])[0].model_dump(mode="json"),
+            at=job.completed_at or utcnow(),
+        )
+    job_changed(session, job_id=job.id, status=job.status)
+
+
+def job_statuses(session: Session, *, job_ids: Sequence[str]) -> dict[str, str]:
+    """The status of each job that exists, in one query (ownership is the caller's business)."""
+    if not job_ids:
+        return {}
+    rows = session.execute(select(Job.id, Job.status).where(Job.id.in_(job_ids)))
+    return dict(rows.tuples().all())
+
+
 def cancel_job(session: Session, *, api_key: ApiKey, job_id: str) -> Job:
     """Only a queued job can be canceled: once running, the upstream call cannot be taken back."""
     now = utcnow()
@@ -198,7 +243,7 @@ def cancel_job(session: Session, *, api_key: ApiKey, job_id: str) -> Job:
             f"job {job_id} is {job.status}; only queued jobs can be canceled",
             code="job_not_cancelable",
         )
-    accounting.job_ended(session, job=job, succeeded=False)
+    job_ended(session, job=job)
     return job
 
 

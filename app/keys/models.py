@@ -21,6 +21,11 @@ class ApiKey(Base):
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     # Signing secret for this key's webhooks (the receiver needs the same value, so not hashed).
     webhook_secret: Mapped[str] = mapped_column(String(100))
+    # The secret before the last rotation: deliveries carry its signature too until it expires.
+    previous_webhook_secret: Mapped[str | None] = mapped_column(String(100), default=None)
+    previous_webhook_secret_expires_at: Mapped[datetime | None] = mapped_column(
+        UTCDateTime, default=None
+    )
     # Spending limit in nano-USD per calendar month (UTC) or in total; none when null.
     budget_nanos: Mapped[int | None] = mapped_column(BigInteger, default=None)
     budget_period: Mapped[str] = mapped_column(String(8), default="month")

@@ -1,4 +1,5 @@
-"""``/v1/admin/keys``: create (key and webhook secret shown once), list, update, revoke."""
+"""``/v1/admin/keys``: create (key and webhook secret shown once), list, update, revoke,
+rotate the webhook secret."""
 
 from __future__ import annotations
 
@@ -7,10 +8,18 @@ from sqlalchemy.orm import Session
 
 from app.billing import budgets
 from app.db import utcnow
-from app.deps import AdminKeyDep, SessionDep
+from app.deps import AdminKeyDep, SessionDep, SettingsDep
 from app.keys import service
 from app.keys.models import ApiKey
-from app.keys.schemas import KeyCreate, KeyCreated, KeyList, KeyOut, KeyUpdate
+from app.keys.schemas import (
+    KeyCreate,
+    KeyCreated,
+    KeyList,
+    KeyOut,
+    KeyUpdate,
+    WebhookSecretRotate,
+    WebhookSecretRotated,
+)
 from app.money import format_usd
 
 router = APIRouter(prefix="/v1/admin/keys", tags=["admin"])
@@ -75,3 +84,30 @@ def revoke_key(key_id: str, _admin: AdminKeyDep, session: SessionDep) -> KeyOut:
     api_key = service.revoke_key(session, key_id=key_id)
     session.commit()
     return key_out(session, api_key)
+
+
+@router.post(
+    "/{key_id}/webhook-secret",
+    response_model=WebhookSecretRotated,
+    summary="Rotate a key's webhook secret (the old one signs too during a grace period)",
+)
+def rotate_webhook_secret(
+    key_id: str,
+    _admin: AdminKeyDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    body: WebhookSecretRotate | None = None,
+) -> WebhookSecretRotated:
+    grace = body.grace_seconds if body and body.grace_seconds is not None else None
+    api_key = service.rotate_webhook_secret(
+        session,
+        key_id=key_id,
+        grace_seconds=settings.webhook_secret_grace_seconds if grace is None else grace,
+    )
+    session.commit()
+    assert api_key.previous_webhook_secret_expires_at is not None
+    return WebhookSecretRotated(
+        id=api_key.id,
+        webhook_secret=api_key.webhook_secret,
+        previous_secret_expires_at=api_key.previous_webhook_secret_expires_at,
+    )

@@ -101,3 +101,23 @@ class KeyList(BaseModel):
     object: Literal["list"] = "list"
     data: list[KeyOut]
     next_cursor: None = None
+
+
+class WebhookSecretRotate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    grace_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=30 * 24 * 3600,
+        description="how long the old secret keeps signing too (default "
+        "FLUXGATE_WEBHOOK_SECRET_GRACE_SECONDS, 24 h)",
+    )
+
+
+class WebhookSecretRotated(BaseModel):
+    id: str
+    webhook_secret: str = Field(description="shown once; signs this key's webhooks from now on")
+    previous_secret_expires_at: datetime = Field(
+        description="until then, deliveries carry the old secret's signature as well"
+    )

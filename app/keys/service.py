@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -94,6 +95,17 @@ def update_key(session: Session, *, key_id: str, changes: dict[str, object]) -> 
     api_key = get_key(session, key_id=key_id)
     for field, value in changes.items():
         setattr(api_key, field, value)
+    session.flush()
+    return api_key
+
+
+def rotate_webhook_secret(session: Session, *, key_id: str, grace_seconds: int) -> ApiKey:
+    """A new secret from now on; the old one keeps signing too for ``grace_seconds``, so
+    receivers can switch over without rejecting a delivery."""
+    api_key = get_key(session, key_id=key_id)
+    api_key.previous_webhook_secret = api_key.webhook_secret
+    api_key.previous_webhook_secret_expires_at = utcnow() + timedelta(seconds=grace_seconds)
+    api_key.webhook_secret = new_webhook_secret()
     session.flush()
     return api_key
 

@@ -3,8 +3,6 @@ client works unchanged; plus the expiring links that ``response_format: url`` ha
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,13 +10,15 @@ from fastapi import APIRouter, Request, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import SessionDep, SubmitterDep
+from app.deps import SessionDep, SubmitterDep, WatchDep
 from app.errors import InvalidParameter, UpstreamFailed, WaitTimeout
 from app.http_body import RequestBody, read_body
 from app.images import convert_image
 from app.jobs import service as job_service
-from app.jobs.models import FINAL_STATUSES, Job, JobStatus
+from app.jobs import watching
+from app.jobs.models import Job, JobStatus
 from app.jobs.routes import commit_and_enqueue
+from app.jobs.watching import Watch
 from app.keys.models import ApiKey
 from app.openai_compat import service
 from app.settings import Settings, get_settings
@@ -44,37 +44,41 @@ def _create_jobs(session: Session, api_key: ApiKey, parsed: service.ImagesReques
     return job_ids
 
 
-def _poll(session: Session, job_ids: Sequence[str]) -> dict[str, Job]:
+def _states(session: Session, job_ids: Sequence[str]) -> dict[str, Job]:
     states = service.job_states(session, job_ids=job_ids)
-    session.rollback()  # end the read, so the next poll sees new commits
+    session.rollback()  # end the read
     return states
 
 
-async def _wait(session: Session, job_ids: Sequence[str], timeout: float) -> list[Job]:
-    deadline = time.monotonic() + timeout
-    delay = 0.1
-    while True:
-        states = await run_in_threadpool(_poll, session, job_ids)
-        if all(states[job_id].status in FINAL_STATUSES for job_id in job_ids):
-            return [states[job_id] for job_id in job_ids]
-        if time.monotonic() > deadline:
-            raise WaitTimeout(
-                f"the images are not ready after {timeout:.0f}s; they are still being made as "
-                f"jobs {', '.join(job_ids)} (GET /v1/jobs/{{id}})"
-            )
-        await asyncio.sleep(delay)
-        delay = min(1.0, delay * 1.5)
+async def _wait(
+    request: Request, session: Session, watch: Watch, job_ids: Sequence[str], timeout: float
+) -> list[Job]:
+    finished = await watching.wait_until_final(
+        watch.hub,
+        job_ids,
+        timeout=timeout,
+        read_statuses=watch.read_statuses,
+        disconnected=request.is_disconnected,
+    )
+    if not finished:
+        raise WaitTimeout(
+            f"the images are not ready after {timeout:.0f}s; they are still being made as "
+            f"jobs {', '.join(job_ids)} (GET /v1/jobs/{{id}})"
+        )
+    states = await run_in_threadpool(_states, session, job_ids)
+    return [states[job_id] for job_id in job_ids]
 
 
 async def _run(
     request: Request,
     session: Session,
     api_key: ApiKey,
-    settings: Settings,
+    watch: Watch,
     parsed: service.ImagesRequest,
 ) -> dict[str, Any]:
+    settings = get_settings()
     job_ids = await run_in_threadpool(_create_jobs, session, api_key, parsed)
-    jobs = await _wait(session, job_ids, settings.openai_wait_seconds)
+    jobs = await _wait(request, session, watch, job_ids, settings.openai_wait_seconds)
     if not any(job.status == JobStatus.SUCCEEDED for job in jobs):
         failed = jobs[0]
         raise UpstreamFailed(
@@ -100,7 +104,7 @@ async def _run(
 
 @router.post("/generations", summary="OpenAI-compatible image generation")
 async def generations(
-    request: Request, api_key: SubmitterDep, session: SessionDep
+    request: Request, api_key: SubmitterDep, session: SessionDep, watch: WatchDep
 ) -> dict[str, Any]:
     settings = get_settings()
     body = await _read(request, settings)
@@ -111,11 +115,13 @@ async def generations(
             body.fields, is_form=body.is_form, images=[], settings=settings
         )
     )
-    return await _run(request, session, api_key, settings, parsed)
+    return await _run(request, session, api_key, watch, parsed)
 
 
 @router.post("/edits", summary="OpenAI-compatible image edits (multipart image / image[])")
-async def edits(request: Request, api_key: SubmitterDep, session: SessionDep) -> dict[str, Any]:
+async def edits(
+    request: Request, api_key: SubmitterDep, session: SessionDep, watch: WatchDep
+) -> dict[str, Any]:
     settings = get_settings()
     body = await _read(request, settings)
     if "mask" in body.file_names or "mask" in body.fields:
@@ -138,7 +144,7 @@ async def edits(request: Request, api_key: SubmitterDep, session: SessionDep) ->
             body.fields, is_form=body.is_form, images=images, settings=settings
         )
     )
-    return await _run(request, session, api_key, settings, parsed)
+    return await _run(request, session, api_key, watch, parsed)
 
 
 @router.get(

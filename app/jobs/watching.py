@@ -1,0 +1,129 @@
+"""Waiting for jobs without polling: ``Prefer: wait``, the OpenAI-compatible endpoints and the
+Server-Sent Events stream all wait on the process's :class:`JobWatchHub`, and read the
+database only when a job they watch has changed."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import anyio.to_thread
+
+from app.db import session_scope
+from app.errors import InvalidParameter
+from app.jobs import service
+from app.jobs.models import FINAL_STATUSES, Job
+from app.jobs.schemas import JobOut
+from app.notifications import JobWatchHub
+
+StatusReader = Callable[[list[str]], Awaitable[dict[str, str]]]
+JobReader = Callable[[str], Awaitable[JobOut]]
+DisconnectCheck = Callable[[], Awaitable[bool]]
+
+# How often a waiting request checks that its client is still there (no database involved).
+DISCONNECT_CHECK_SECONDS = 1.0
+
+
+async def wait_until_final(
+    hub: JobWatchHub,
+    job_ids: Sequence[str],
+    *,
+    timeout: float,
+    read_statuses: StatusReader,
+    disconnected: DisconnectCheck,
+) -> bool:
+    """Whether every job reached a final status within ``timeout`` seconds. One status read
+    when the wait starts; after that, only notifications (and the hub's shared re-checks).
+    Gives up early, ``False``, when the client goes away."""
+    deadline = time.monotonic() + timeout
+    async with hub.watch(job_ids) as watcher:
+        watcher.seen.update(await read_statuses(list(job_ids)))
+        pending = {job_id for job_id in job_ids if watcher.seen.get(job_id) not in FINAL_STATUSES}
+        while pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or await disconnected():
+                return False
+            change = await watcher.next_change(min(remaining, DISCONNECT_CHECK_SECONDS))
+            if change is None:
+                continue
+            job_id, status = change
+            watcher.seen[job_id] = status
+            if status in FINAL_STATUSES:
+                pending.discard(job_id)
+    return True
+
+
+def sse_event(job: JobOut, *, sequence: int) -> str:
+    data = json.dumps(job.model_dump(mode="json"), separators=(",", ":"))
+    return f"id: {sequence}\nevent: job.{job.status}\ndata: {data}\n\n"
+
+
+async def job_events(
+    hub: JobWatchHub, job_id: str, *, read_job: JobReader, keepalive_seconds: float
+) -> AsyncIterator[str]:
+    """The job now, then the job after each status change, ending at a final status. A comment
+    line every ``keepalive_seconds`` of quiet keeps proxies from closing the stream. Each
+    event reads the job once; quiet streams cost the database nothing."""
+    sequence = 0
+    last: tuple[str, int] | None = None
+    async with hub.watch([job_id]) as watcher:
+        while True:
+            job = await read_job(job_id)
+            watcher.seen[job_id] = job.status
+            if (job.status, job.attempts) != last:
+                last = (job.status, job.attempts)
+                sequence += 1
+                yield sse_event(job, sequence=sequence)
+            if job.status in FINAL_STATUSES:
+                return
+            while await watcher.next_change(keepalive_seconds) is None:
+                yield ": keep-alive\n\n"
+
+
+MAX_WAIT_SECONDS = 60
+
+
+def prefer_wait(header: str | None) -> int | None:
+    """The ``wait=N`` of a ``Prefer`` header (RFC 7240), capped at 60 s; ``None`` without one."""
+    if header is None:
+        return None
+    for preference in header.split(","):
+        name, _, value = preference.strip().partition("=")
+        if name.strip().lower() != "wait":
+            continue  # other preferences are not ours to refuse
+        value = value.strip().strip('"')
+        if not value.isdigit():
+            raise InvalidParameter(
+                "Prefer: wait takes whole seconds, e.g. 'Prefer: wait=30'", param="Prefer"
+            )
+        return min(int(value), MAX_WAIT_SECONDS)
+    return None
+
+
+def _read_statuses(job_ids: list[str]) -> dict[str, str]:
+    with session_scope() as session:
+        return service.job_statuses(session, job_ids=job_ids)
+
+
+def _read_job(job_id: str) -> JobOut:
+    with session_scope() as session:
+        return service.to_job_out(session, [session.get_one(Job, job_id)])[0]
+
+
+async def read_statuses(job_ids: list[str]) -> dict[str, str]:
+    return await anyio.to_thread.run_sync(_read_statuses, job_ids)
+
+
+async def read_job(job_id: str) -> JobOut:
+    return await anyio.to_thread.run_sync(_read_job, job_id)
+
+
+@dataclass(frozen=True)
+class Watch:
+    """What a route needs to wait on jobs: the hub, and the reads it does on a change."""
+
+    hub: JobWatchHub
+    read_statuses: StatusReader = read_statuses
+    read_job: JobReader = read_job

@@ -1,0 +1,1 @@
+"""Webhooks: signed job events pushed to a job's webhook_url, retried for days."""
