@@ -10,12 +10,13 @@ import secrets
 import time
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+ID_CHARS = 26
 
 
 def new_id(prefix: str) -> str:
     value = (time.time_ns() // 1_000_000) << 80 | secrets.randbits(80)
     chars = []
-    for _ in range(26):
+    for _ in range(ID_CHARS):
         value, index = divmod(value, 32)
         chars.append(_ALPHABET[index])
     return f"{prefix}_{''.join(reversed(chars))}"

@@ -30,12 +30,10 @@ from app.jobs.schemas import (
 )
 from app.keys.models import ApiKey
 from app.money import format_usd
+from app.paging import newest_first
 from app.settings import Settings
 from app.webhooks import service as webhooks
 from app.webhooks.targets import UnsafeTarget, check_webhook_url
-
-MAX_PAGE_SIZE = 100
-_ID_CHARS = 26
 
 
 @dataclass(frozen=True)
@@ -171,18 +169,10 @@ def list_jobs(
         raise InvalidParameter(
             f"status must be one of {', '.join(s.value for s in JobStatus)}", param="status"
         )
-    if not 1 <= limit <= MAX_PAGE_SIZE:
-        raise InvalidParameter(f"limit must be 1..{MAX_PAGE_SIZE}", param="limit")
     query = select(Job).where(Job.api_key_id == api_key.id)
     if status is not None:
         query = query.where(Job.status == status)
-    if cursor is not None:
-        if not (cursor.startswith("job_") and len(cursor) == 4 + _ID_CHARS):
-            raise InvalidParameter("cursor is not a cursor this API returned", param="cursor")
-        query = query.where(Job.id < cursor)
-    jobs = list(session.scalars(query.order_by(Job.id.desc()).limit(limit + 1)))
-    next_cursor = jobs[limit - 1].id if len(jobs) > limit else None
-    return jobs[:limit], next_cursor
+    return newest_first(session, query, id_column=Job.id, prefix="job", limit=limit, cursor=cursor)
 
 
 WEBHOOK_EVENTS = {

@@ -17,6 +17,7 @@ from app.db import rows_affected, utcnow
 from app.errors import Conflict, InvalidParameter, NotFound
 from app.ids import new_id
 from app.keys.models import ApiKey
+from app.paging import newest_first
 from app.webhooks.models import DeliveryStatus, WebhookAttempt, WebhookDelivery
 from app.webhooks.sender import SendResult
 
@@ -25,8 +26,6 @@ from app.webhooks.sender import SendResult
 COUNTDOWN_MAX_SECONDS = 60.0
 # Clocks of different workers differ a little: a message may arrive just before it is due.
 EARLY_TOLERANCE = timedelta(seconds=2)
-MAX_PAGE_SIZE = 100
-_ID_CHARS = 26
 
 
 def record_event(
@@ -300,8 +299,6 @@ def list_deliveries(
     a failed attempt."""
     if state is not None and state not in FILTERS:
         raise InvalidParameter(f"status must be one of {', '.join(FILTERS)}", param="status")
-    if not 1 <= limit <= MAX_PAGE_SIZE:
-        raise InvalidParameter(f"limit must be 1..{MAX_PAGE_SIZE}", param="limit")
     query = select(WebhookDelivery)
     if state == "failing":
         query = query.where(
@@ -315,13 +312,9 @@ def list_deliveries(
         )
     elif state is not None:
         query = query.where(WebhookDelivery.status == state)
-    if cursor is not None:
-        if not (cursor.startswith("msg_") and len(cursor) == 4 + _ID_CHARS):
-            raise InvalidParameter("cursor is not a cursor this API returned", param="cursor")
-        query = query.where(WebhookDelivery.id < cursor)
-    rows = list(session.scalars(query.order_by(WebhookDelivery.id.desc()).limit(limit + 1)))
-    next_cursor = rows[limit - 1].id if len(rows) > limit else None
-    return rows[:limit], next_cursor
+    return newest_first(
+        session, query, id_column=WebhookDelivery.id, prefix="msg", limit=limit, cursor=cursor
+    )
 
 
 def attempts_of(session: Session, *, delivery_ids: list[str]) -> dict[str, list[WebhookAttempt]]:
