@@ -373,3 +373,23 @@ def test_deliveries_of_a_job_are_its_owners_only(hooks: Hooks) -> None:
     assert answer.status_code == 404
     assert answer.json()["error"]["code"] == "job_not_found"
     assert len(hooks.deliveries(job_id)) == 1
+
+
+def test_a_due_delivery_without_a_message_is_sent_by_the_sweeper(hooks: Hooks) -> None:
+    # A retry due later than a broker countdown covers, a message the broker lost, or an
+    # attempt whose worker died: the row is due and nothing is on its way. The sweeper sends it.
+    path = f"/ok/{slug('swept')}"
+    job_id = hooks.submit(hooks.receiver.url(path))
+    [first] = hooks.receiver.wait_for(path)
+    delivery = hooks.settled_delivery(job_id)
+    hooks.stack.execute(
+        "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = created_at, "
+        "enqueued_at = NULL, completed_at = NULL, schedule_step = 0 WHERE id = :id",
+        id=delivery["id"],
+    )
+    _, again = hooks.receiver.wait_for(path, count=2, timeout=20)
+    assert again.headers["webhook-id"] == first.headers["webhook-id"]
+    verify(hooks.secret, again)
+    assert hooks.settled_delivery(job_id)["attempt_count"] == 2
+    time.sleep(2)  # swept once: the sent attempt is not sent again
+    assert len(hooks.receiver.to(path)) == 2
