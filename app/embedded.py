@@ -163,7 +163,9 @@ def run_dev(
                     str(simulator_latency),
                 ),
             )
-        start("worker", _fluxgate("worker"))
+        start("worker", _fluxgate("worker", "--queues", "jobs,maintenance"))
+        # Deliveries apart, so a receiver that is slow or down never holds up image jobs.
+        start("webhooks", _fluxgate("worker", "--queues", "webhooks", "--concurrency", "8"))
         start("beat", _fluxgate("beat"))
         start("api", _fluxgate("api", "--host", host, "--port", str(port)))
         url = f"http://{host}:{port}"

@@ -19,7 +19,7 @@ from tests.stack import ROOT
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]
-FLUXGATE_SERVICES = {"migrate", "api", "worker", "beat", "simulator"}
+FLUXGATE_SERVICES = {"migrate", "api", "worker", "webhooks", "beat", "simulator"}
 SETTINGS = {f"FLUXGATE_{name.upper()}" for name in Settings.model_fields}
 
 
@@ -73,6 +73,16 @@ def test_environment_names_are_settings() -> None:
     assert {"FLUXGATE_CF_ACCOUNT_ID", "FLUXGATE_CF_API_TOKEN", "FLUXGATE_CF_BASE_URL"} <= names
 
 
+def test_webhooks_have_workers_of_their_own_and_every_queue_is_consumed() -> None:
+    def queues(name: str) -> set[str]:
+        command = SERVICES[name]["command"]
+        return set(command[command.index("--queues") + 1].split(","))
+
+    assert queues("webhooks") == {"webhooks"}
+    assert "webhooks" not in queues("worker")
+    assert queues("worker") | queues("webhooks") == {"jobs", "webhooks", "maintenance"}
+
+
 def test_database_and_broker_point_at_the_services() -> None:
     env = SERVICES["api"]["environment"]
     assert "@postgres:5432/" in env["FLUXGATE_DATABASE_URL"]
@@ -109,7 +119,7 @@ def test_stateful_services_persist_and_are_checked() -> None:
 def test_migrate_runs_once_before_the_others() -> None:
     assert SERVICES["migrate"]["restart"] == "no"
     assert SERVICES["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    for name in ("api", "worker", "beat"):
+    for name in ("api", "worker", "webhooks", "beat"):
         assert (
             SERVICES[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
         )
