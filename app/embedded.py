@@ -81,12 +81,28 @@ def _admin_key(data_dir: Path) -> str:
     return key
 
 
-def _wait_for(url: str, children: list[Child], timeout: float) -> None:
+def _log_tail(log: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _exited(child: Child, log_dir: Path) -> str:
+    """What to tell the operator when a child stopped: which, how, and its last log lines."""
+    log = log_dir / f"{child.name}.log"
+    return (
+        f"fluxgate dev: {child.name} exited with code {child.process.returncode}; "
+        f"see {log}\n{_log_tail(log)}"
+    )
+
+
+def _wait_for(url: str, children: list[Child], timeout: float, log_dir: Path) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for child in children:
             if child.process.poll() is not None:
-                raise RuntimeError(f"{child.name} exited with code {child.process.returncode}")
+                raise RuntimeError(_exited(child, log_dir))
         try:
             if httpx.get(url, timeout=1).status_code == 200:
                 return
@@ -169,7 +185,7 @@ def run_dev(
         start("beat", _fluxgate("beat"))
         start("api", _fluxgate("api", "--host", host, "--port", str(port)))
         url = f"http://{host}:{port}"
-        _wait_for(f"{url}/readyz", children, timeout=60)
+        _wait_for(f"{url}/readyz", children, timeout=60, log_dir=data_dir / "logs")
         upstream = "Cloudflare Workers AI" if use_cloudflare else "the local upstream simulator"
         auth = f"-H 'Authorization: Bearer {key}'"
         print(
@@ -187,11 +203,7 @@ def run_dev(
         while not stopping:
             for child in children:
                 if child.process.poll() is not None:
-                    print(
-                        f"fluxgate dev: {child.name} exited with code "
-                        f"{child.process.returncode}; see {data_dir / 'logs' / child.name}.log",
-                        file=sys.stderr,
-                    )
+                    print(_exited(child, data_dir / "logs"), file=sys.stderr)
                     return 1
             time.sleep(0.2)
         print("stopping...", flush=True)
