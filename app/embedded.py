@@ -56,6 +56,12 @@ def embedded_environment(data_dir: Path, *, simulator_port: int | None) -> dict[
     return env
 
 
+def simulator_arguments(port: int, token: str, latency: float) -> list[str]:
+    # ``--token=...`` as one argument: a random token may start with "-", which argparse
+    # would take for an option.
+    return ["simulate-upstream", "--port", str(port), f"--token={token}", "--latency", str(latency)]
+
+
 def _fluxgate(*args: str) -> list[str]:
     return [sys.executable, "-m", "app.cli", *args]
 
@@ -170,13 +176,9 @@ def run_dev(
             start(
                 "simulator",
                 _fluxgate(
-                    "simulate-upstream",
-                    "--port",
-                    str(simulator_port),
-                    "--token",
-                    env["FLUXGATE_CF_API_TOKEN"],
-                    "--latency",
-                    str(simulator_latency),
+                    *simulator_arguments(
+                        simulator_port, env["FLUXGATE_CF_API_TOKEN"], simulator_latency
+                    )
                 ),
             )
         start("worker", _fluxgate("worker", "--queues", "jobs,maintenance"))

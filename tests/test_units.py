@@ -293,3 +293,13 @@ def test_with_transaction_retries_when_the_database_is_briefly_unavailable(tmp_p
     with pytest.raises(OperationalError):
         with_transaction(work, attempts=2, backoff_seconds=0.001, sessions=sessions)
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("token", ["-starts-with-a-dash", "--looks-like-an-option", "plain_token"])
+def test_dev_passes_any_random_simulator_token_intact(token: str) -> None:
+    from app.cli import build_parser
+    from app.embedded import simulator_arguments
+
+    args = build_parser().parse_args(simulator_arguments(8787, token, 0.5))
+    assert args.token == token
+    assert args.port == 8787
