@@ -2,7 +2,8 @@
 
 The path picks the behaviour: ``/ok/...`` 200; ``/status/<code>/...`` that status;
 ``/script/<name>`` the next status of a script the test set (200 once it runs out);
-``/hang/...`` never answers; ``/huge/...`` streams an endless 200 body (up to 1 GB);
+``/hang/...`` never answers; ``/hangonce/...`` hangs the first time, then 200;
+``/huge/...`` streams an endless 200 body (up to 1 GB);
 ``/redirect/...`` 302 to ``/ok/redirected``.
 """
 
@@ -51,6 +52,13 @@ class Receiver:
                         Received(self.path, dict(self.headers.items()), body, time.time())
                     )
                 kind = self.path.split("/")[1]
+                if kind == "hangonce":
+                    with receiver._lock:
+                        first = len(receiver.to_unlocked(self.path)) == 1
+                    if first:
+                        receiver.stopping.wait(60)
+                        return
+                    kind = "ok"
                 if kind == "hang":
                     receiver.stopping.wait(60)
                     return
@@ -106,7 +114,10 @@ class Receiver:
 
     def to(self, path: str) -> list[Received]:
         with self._lock:
-            return [request for request in self.requests if request.path == path]
+            return self.to_unlocked(path)
+
+    def to_unlocked(self, path: str) -> list[Received]:
+        return [request for request in self.requests if request.path == path]
 
     def wait_for(self, path: str, count: int = 1, timeout: float = 30) -> list[Received]:
         wait_until(

@@ -18,7 +18,7 @@ import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from tests.receiver import GIGABYTE, Receiver
-from tests.stack import Stack, running_gateway, unique, wait_for_job, wait_until
+from tests.stack import Process, Stack, running_gateway, unique, wait_for_job, wait_until
 
 SCHEDULE = "0,1,1"  # three attempts, a second apart (production: immediately ... 24 h)
 
@@ -37,6 +37,12 @@ class Hooks:
     key_id: str
     secret: str
     admin: str
+    webhook_worker: Process
+
+    def start_webhook_worker(self) -> None:
+        self.webhook_worker = self.stack.start_worker(
+            2, queues="webhooks", webhook_allowed_networks="127.0.0.1/32"
+        )
 
     def client(self, key: str | None = None) -> httpx.Client:
         return self.stack.client(key or self.key)
@@ -87,11 +93,12 @@ def hooks(log_dir: Path, request: pytest.FixtureRequest) -> Iterator[Hooks]:
         ) as stack:
             # Image jobs and webhooks in workers of their own, as docker-compose.yml runs them.
             stack.start_worker(queues="jobs,maintenance")
-            stack.start_worker(2, queues="webhooks", webhook_allowed_networks="127.0.0.1/32")
-            key, key_id, secret = stack.create_key_with_secret("hooks")
-            yield Hooks(
-                stack, receiver, other, key, key_id, secret, stack.create_key("admin", "--admin")
+            webhook_worker = stack.start_worker(
+                2, queues="webhooks", webhook_allowed_networks="127.0.0.1/32"
             )
+            key, key_id, secret = stack.create_key_with_secret("hooks")
+            admin = stack.create_key("admin", "--admin")
+            yield Hooks(stack, receiver, other, key, key_id, secret, admin, webhook_worker)
     finally:
         receiver.close()
         other.close()
@@ -393,3 +400,19 @@ def test_a_due_delivery_without_a_message_is_sent_by_the_sweeper(hooks: Hooks) -
     assert hooks.settled_delivery(job_id)["attempt_count"] == 2
     time.sleep(2)  # swept once: the sent attempt is not sent again
     assert len(hooks.receiver.to(path)) == 2
+
+
+def test_a_worker_killed_mid_attempt_loses_no_delivery(hooks: Hooks) -> None:
+    path = f"/hangonce/{slug('killed')}"
+    job_id = hooks.submit(hooks.receiver.url(path))
+    [first] = hooks.receiver.wait_for(path)  # the attempt is in flight: the receiver holds it
+    hooks.webhook_worker.kill()
+    hooks.start_webhook_worker()
+    # The dead attempt's lease runs out (2 x 2 s + 5 s here); the sweeper sends it again.
+    _, second = hooks.receiver.wait_for(path, count=2, timeout=40)
+    assert second.headers["webhook-id"] == first.headers["webhook-id"]
+    verify(hooks.secret, second)
+    delivery = hooks.settled_delivery(job_id)
+    assert delivery["status"] == "succeeded"
+    assert delivery["attempt_count"] == 2
+    assert [a["status_code"] for a in delivery["attempts"]] == [200]  # the dead one left none
