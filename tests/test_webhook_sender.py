@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -89,3 +91,43 @@ def test_plain_http_needs_an_allowed_network(receiver: Receiver) -> None:
     )
     assert result.refused
     assert receiver.to("/ok/public-only") == []
+
+
+def test_a_receiver_that_trickles_its_answer_is_cut_off_at_the_deadline() -> None:
+    """Each byte comes well within any per-read timeout; the attempt as a whole still ends."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    stop = threading.Event()
+
+    def trickle() -> None:
+        connection, _ = server.accept()
+        with connection:
+            connection.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 200:
+                if stop.is_set():
+                    return
+                try:
+                    connection.sendall(bytes([byte]))
+                except OSError:
+                    return  # the gateway hung up
+                time.sleep(0.1)
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    try:
+        started = time.monotonic()
+        result = send(
+            f"http://127.0.0.1:{port}/slow",
+            body=b"{}",
+            headers={},
+            allowed=LOOPBACK,
+            timeout=1.5,
+            max_bytes=65536,
+        )
+        elapsed = time.monotonic() - started
+    finally:
+        stop.set()
+        server.close()
+    assert result.status_code is None
+    assert result.error == "no answer within 1.5s"
+    assert elapsed < 3
