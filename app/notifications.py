@@ -137,6 +137,15 @@ class Watcher:
 StatusReader = Callable[[list[str]], Awaitable[dict[str, str]]]
 
 
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error(
+            "%s stopped; waiting clients now rely on the periodic re-check",
+            task.get_name(),
+            exc_info=task.exception(),
+        )
+
+
 class JobWatchHub:
     """Fans notifications out to the watchers in this process. One listener per process, one
     reconcile query per interval for all watchers: the database load does not grow with the
@@ -165,13 +174,15 @@ class JobWatchHub:
             asyncio.create_task(listen(), name="job-notifications"),
             asyncio.create_task(self._reconcile_forever(), name="job-reconcile"),
         ]
+        for task in self._tasks:
+            task.add_done_callback(_log_failure)
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task  # a failure was logged when it happened
         self._tasks = []
 
     @contextlib.asynccontextmanager
@@ -249,19 +260,22 @@ class JobWatchHub:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.bind(str(path))
-        sock.setblocking(False)
-        loop = asyncio.get_running_loop()
         hub = self
 
         class Receiver(asyncio.DatagramProtocol):
             def datagram_received(self, data: bytes, addr: object) -> None:
                 hub._received(data)
 
-        transport, _ = await loop.create_datagram_endpoint(Receiver, sock=sock)
         try:
-            await asyncio.Event().wait()  # until cancelled
+            sock.bind(str(path))
+            sock.setblocking(False)
+            loop = asyncio.get_running_loop()
+            transport, _ = await loop.create_datagram_endpoint(Receiver, sock=sock)
+            try:
+                await asyncio.Event().wait()  # until cancelled
+            finally:
+                transport.close()
         finally:
-            transport.close()
+            sock.close()
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()

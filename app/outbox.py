@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 
 from sqlalchemy import event
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 
 from app import notifications
 
@@ -61,6 +61,9 @@ def _after_commit(session: Session) -> None:
             )
 
 
-@event.listens_for(Session, "after_rollback")
-def _after_rollback(session: Session) -> None:
-    session.info.pop(_PENDING, None)
+@event.listens_for(Session, "after_soft_rollback")
+def _after_rollback(session: Session, previous_transaction: SessionTransaction) -> None:
+    # Only the outermost transaction's rollback means none of it happened; a savepoint's
+    # rollback leaves the rest of the transaction (and its messages) standing.
+    if previous_transaction.parent is None:
+        session.info.pop(_PENDING, None)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterable
 
 import anyio
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
+
+logger = logging.getLogger("fluxgate.api")
 
 
 class EventStreamResponse(StreamingResponse):
@@ -27,10 +30,20 @@ class EventStreamResponse(StreamingResponse):
         async with anyio.create_task_group() as group:
 
             async def stream() -> None:
-                await self.stream_response(send)
-                group.cancel_scope.cancel()
+                try:
+                    await self.stream_response(send)
+                except Exception:
+                    # The answer has started: all that is left is to end it and say why.
+                    logger.exception("event stream failed")
+                finally:
+                    group.cancel_scope.cancel()
 
             group.start_soon(stream)
             while (await receive())["type"] != "http.disconnect":
                 pass
             group.cancel_scope.cancel()
+        # Cancelled while sending, the generator sits at a yield: close it now, so its watcher
+        # goes at once rather than whenever it is garbage-collected.
+        close = getattr(self.body_iterator, "aclose", None)
+        if close is not None:
+            await close()

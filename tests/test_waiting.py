@@ -71,8 +71,10 @@ def test_prefer_wait_parsing() -> None:
     assert prefer_wait("wait=5") == 5
     assert prefer_wait("respond-async, wait=10") == 10
     assert prefer_wait("wait=600") == 60  # capped
-    with pytest.raises(InvalidParameter, match="whole seconds"):
-        prefer_wait("wait=soon")
+    assert prefer_wait('wait="7"; foo=bar') == 7  # a quoted value, parameters after ";"
+    for bad in ("wait=soon", "wait=\u00b2", "wait=" + "9" * 5000, "wait=-1", "wait="):
+        with pytest.raises(InvalidParameter, match="whole seconds"):
+            prefer_wait(bad)
 
 
 def test_prefer_wait_answers_202_at_the_deadline(quiet: Stack, key: str) -> None:

@@ -79,7 +79,8 @@ def _submit(
     session.commit()  # the reservation is visible to concurrent duplicates from here on
     if earlier is not None:
         job = service.get_job(session, api_key=api_key, job_id=earlier)
-        session.rollback()  # end the read: a waiting request holds no connection
+        # End the read (commit keeps the loaded job): a waiting request holds no connection.
+        session.commit()
         return job, True
     try:
         job = service.create_job(session, api_key=api_key, submission=body)
@@ -183,12 +184,12 @@ def get_job(job_id: str, session: SessionDep, api_key: ApiKeyDep) -> JobOut:
 def job_events(
     job_id: str, session: SessionDep, api_key: ApiKeyDep, watch: WatchDep
 ) -> EventStreamResponse:
-    job = service.get_job(session, api_key=api_key, job_id=job_id)
-    session.rollback()  # the stream reads with sessions of its own
+    service.get_job(session, api_key=api_key, job_id=job_id)  # 404 unless it is the caller's
+    session.commit()  # end the read; the stream reads with sessions of its own
     return EventStreamResponse(
         watching.job_events(
             watch.hub,
-            job.id,
+            job_id,
             read_job=watch.read_job,
             keepalive_seconds=get_settings().events_keepalive_seconds,
         )

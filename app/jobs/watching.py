@@ -5,6 +5,7 @@ database only when a job they watch has changed."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -90,11 +91,12 @@ def prefer_wait(header: str | None) -> int | None:
     if header is None:
         return None
     for preference in header.split(","):
-        name, _, value = preference.strip().partition("=")
+        token = preference.split(";")[0]  # RFC 7240 parameters after ";" do not apply to wait
+        name, _, value = token.strip().partition("=")
         if name.strip().lower() != "wait":
             continue  # other preferences are not ours to refuse
         value = value.strip().strip('"')
-        if not value.isdigit():
+        if not re.fullmatch(r"[0-9]{1,6}", value):
             raise InvalidParameter(
                 "Prefer: wait takes whole seconds, e.g. 'Prefer: wait=30'", param="Prefer"
             )

@@ -46,7 +46,7 @@ def _create_jobs(session: Session, api_key: ApiKey, parsed: service.ImagesReques
 
 def _states(session: Session, job_ids: Sequence[str]) -> dict[str, Job]:
     states = service.job_states(session, job_ids=job_ids)
-    session.rollback()  # end the read
+    session.commit()  # end the read, keeping the loaded jobs
     return states
 
 

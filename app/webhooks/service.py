@@ -168,6 +168,8 @@ def record_attempt(
             WebhookDelivery.id == claim.delivery_id,
             WebhookDelivery.status == DeliveryStatus.PENDING,
             WebhookDelivery.attempts == claim.number,
+            # A redelivery clears the lease: an attempt from before it changes nothing.
+            WebhookDelivery.lease_expires_at.is_not(None),
         )
         .values(
             status=status,
@@ -181,7 +183,8 @@ def record_attempt(
         .execution_options(synchronize_session=False)
     )
     if rows_affected(updated) != 1:
-        return None  # a redelivery or a sweep took over; this attempt is history only
+        # A sweep or a redelivery took over: this attempt is history, it schedules nothing.
+        next_at = None
     session.add(
         WebhookAttempt(
             delivery_id=claim.delivery_id,
@@ -258,6 +261,7 @@ def redeliver(session: Session, *, delivery_id: str) -> WebhookDelivery:
             schedule_step=0,
             next_attempt_at=now,
             enqueued_at=now,
+            lease_expires_at=None,
             completed_at=None,
         )
         .execution_options(synchronize_session=False)
