@@ -12,10 +12,22 @@ from typing import Any
 
 import pytest
 
-from app.webhooks.sender import send
+from app.webhooks.sender import SendResult, send
 from tests.receiver import Receiver
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
+
+
+def attempt(url: str, *, allowed: Any = LOOPBACK, timeout: float = 2) -> SendResult:
+    """One attempt with the tests' usual limits."""
+    return send(
+        url,
+        body=b"{}",
+        headers={"webhook-id": "msg_x"},
+        allowed=allowed,
+        timeout=timeout,
+        max_bytes=65536,
+    )
 
 
 @pytest.fixture
@@ -46,14 +58,7 @@ def rebinding_dns(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 def test_the_attempt_connects_to_the_address_it_checked(
     receiver: Receiver, rebinding_dns: list[str]
 ) -> None:
-    result = send(
-        f"http://rebind.test:{receiver.port}/ok/pinned",
-        body=b"{}",
-        headers={"webhook-id": "msg_x"},
-        allowed=LOOPBACK,
-        timeout=2,
-        max_bytes=65536,
-    )
+    result = attempt(f"http://rebind.test:{receiver.port}/ok/pinned")
     assert result.status_code == 200, result.error
     assert rebinding_dns == ["rebind.test"]  # resolved once: the connection used that answer
     [received] = receiver.to("/ok/pinned")
@@ -65,14 +70,7 @@ def test_a_name_that_resolves_to_a_private_address_is_not_connected_to(
     receiver: Receiver, rebinding_dns: list[str]
 ) -> None:
     rebinding_dns.append("first lookup already answered")  # the next answer is 10.255.255.1
-    result = send(
-        f"http://rebind.test:{receiver.port}/ok/never",
-        body=b"{}",
-        headers={},
-        allowed=LOOPBACK,
-        timeout=2,
-        max_bytes=65536,
-    )
+    result = attempt(f"http://rebind.test:{receiver.port}/ok/never")
     assert result.refused
     assert result.status_code is None
     assert result.error is not None
@@ -81,14 +79,7 @@ def test_a_name_that_resolves_to_a_private_address_is_not_connected_to(
 
 
 def test_plain_http_needs_an_allowed_network(receiver: Receiver) -> None:
-    result = send(
-        receiver.url("/ok/public-only"),
-        body=b"{}",
-        headers={},
-        allowed=(),
-        timeout=2,
-        max_bytes=65536,
-    )
+    result = attempt(receiver.url("/ok/public-only"), allowed=())
     assert result.refused
     assert receiver.to("/ok/public-only") == []
 
@@ -116,14 +107,7 @@ def test_a_receiver_that_trickles_its_answer_is_cut_off_at_the_deadline() -> Non
     thread.start()
     try:
         started = time.monotonic()
-        result = send(
-            f"http://127.0.0.1:{port}/slow",
-            body=b"{}",
-            headers={},
-            allowed=LOOPBACK,
-            timeout=1.5,
-            max_bytes=65536,
-        )
+        result = attempt(f"http://127.0.0.1:{port}/slow", timeout=1.5)
         elapsed = time.monotonic() - started
     finally:
         stop.set()
