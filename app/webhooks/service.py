@@ -68,6 +68,7 @@ def record_event(
 class DeliveryClaim:
     delivery_id: str
     number: int  # this attempt's number, 1-based
+    schedule_step: int  # the delay of the retry schedule that led to this attempt
     url: str
     payload: str
     secrets: tuple[str, ...]
@@ -88,7 +89,7 @@ def claim(
     """Take the delivery's due attempt under a lease; ``None`` if it is not due, done, or
     already being attempted (a duplicate message)."""
     now = now or utcnow()
-    number = session.execute(
+    claimed = session.execute(
         update(WebhookDelivery)
         .where(
             WebhookDelivery.id == delivery_id,
@@ -101,19 +102,25 @@ def claim(
             lease_expires_at=now + timedelta(seconds=lease_seconds),
             enqueued_at=None,
         )
-        .returning(WebhookDelivery.attempts)
+        .returning(
+            WebhookDelivery.attempts,
+            WebhookDelivery.schedule_step,
+            WebhookDelivery.url,
+            WebhookDelivery.payload,
+            WebhookDelivery.api_key_id,
+        )
         .execution_options(synchronize_session=False)
-    ).scalar_one_or_none()
-    if number is None:
+    ).one_or_none()
+    if claimed is None:
         return None
-    delivery = session.get_one(WebhookDelivery, delivery_id)
-    api_key = session.get_one(ApiKey, delivery.api_key_id)
+    number, step, url, payload, api_key_id = claimed
     return DeliveryClaim(
-        delivery_id=delivery.id,
+        delivery_id=delivery_id,
         number=number,
-        url=delivery.url,
-        payload=delivery.payload,
-        secrets=signing_secrets(api_key, now=now),
+        schedule_step=step,
+        url=url,
+        payload=payload,
+        secrets=signing_secrets(session.get_one(ApiKey, api_key_id), now=now),
     )
 
 
@@ -148,10 +155,9 @@ def record_attempt(
     URL or an exhausted schedule; else the next attempt after the schedule's next delay (with
     up to 10% jitter). Returns when the next attempt is due, or ``None``."""
     rng = rng or random.Random()
-    delivery = session.get_one(WebhookDelivery, claim.delivery_id)
     now = utcnow()
     next_at: datetime | None = None
-    step = delivery.schedule_step
+    step = claim.schedule_step
     if result.ok:
         status = DeliveryStatus.SUCCEEDED
     elif result.refused or result.status_code == 410 or step + 1 >= len(delays):
@@ -162,6 +168,11 @@ def record_attempt(
         delay = delays[step] * (1 + rng.uniform(0, 0.1))
         next_at = now + timedelta(seconds=delay)
     error = describe_failure(result)
+    # Retries due soon ride on a broker countdown (a message is on its way); later ones are
+    # left to the sweeper.
+    countdown = None if next_at is None else (next_at - now).total_seconds()
+    if countdown is not None and countdown > COUNTDOWN_MAX_SECONDS:
+        countdown = None
     updated = session.execute(
         update(WebhookDelivery)
         .where(
@@ -179,12 +190,13 @@ def record_attempt(
             last_status_code=result.status_code,
             last_error=error,
             completed_at=None if status == DeliveryStatus.PENDING else now,
+            enqueued_at=None if countdown is None else now,
         )
         .execution_options(synchronize_session=False)
     )
     if rows_affected(updated) != 1:
         # A sweep or a redelivery took over: this attempt is history, it schedules nothing.
-        next_at = None
+        next_at = countdown = None
     session.add(
         WebhookAttempt(
             delivery_id=claim.delivery_id,
@@ -197,14 +209,7 @@ def record_attempt(
             next_attempt_at=next_at,
         )
     )
-    if next_at is not None and (next_at - now).total_seconds() <= COUNTDOWN_MAX_SECONDS:
-        session.execute(
-            update(WebhookDelivery)
-            .where(WebhookDelivery.id == claim.delivery_id)
-            .values(enqueued_at=now)
-            .execution_options(synchronize_session=False)
-        )
-        countdown = max(0.0, (next_at - now).total_seconds())
+    if countdown is not None:
         outbox.add(session, outbox.DeliverWebhook(claim.delivery_id, countdown=countdown))
     session.flush()
     return next_at
