@@ -155,7 +155,8 @@ class JobWatchHub:
         self, settings: Settings, *, read_statuses: StatusReader, reconcile_seconds: float
     ) -> None:
         self._settings = settings
-        self._read_statuses = read_statuses
+        # One query for the statuses of many jobs: the hub's re-check, and each wait's start.
+        self.read_statuses = read_statuses
         self._reconcile_seconds = reconcile_seconds
         self._watchers: dict[str, set[Watcher]] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -216,7 +217,7 @@ class JobWatchHub:
         """One query for every watched job; tell watchers about changes they missed."""
         if not self._watchers:
             return
-        statuses = await self._read_statuses(list(self._watchers))
+        statuses = await self.read_statuses(list(self._watchers))
         for job_id, status in statuses.items():
             for watcher in list(self._watchers.get(job_id, ())):
                 if watcher.seen.get(job_id) != status:

@@ -194,8 +194,8 @@ def deliver_webhook(delivery_id: str) -> None:
     """One attempt of a webhook delivery, if one is due; the next is scheduled from what it
     saw. Safe to run any number of times: the claim is a conditional UPDATE under a lease."""
     settings = get_settings()
-    # The lease outlasts an attempt (connect and read limits, each the timeout), so no second
-    # worker starts it; if this worker dies, the sweeper sends the attempt once it runs out.
+    # An attempt ends by its deadline (the timeout); the lease is well beyond it, so no second
+    # worker starts it. If this worker dies, the sweeper sends the attempt once it runs out.
     lease = settings.webhook_timeout_seconds * 2 + 5
     claim = with_transaction(
         lambda session: webhooks.claim(session, delivery_id=delivery_id, lease_seconds=lease)

@@ -144,7 +144,6 @@ async def submit_job(
             watch.hub,
             [job.id],
             timeout=wait_seconds,
-            read_statuses=watch.read_statuses,
             disconnected=request.is_disconnected,
         )
         if finished:

@@ -17,7 +17,6 @@ from pydantic import (
 
 from app import catalog
 from app.errors import FluxgateError, InvalidParameter
-from app.webhooks.targets import UnsafeTarget, parse_target
 
 MAX_METADATA_KEYS = 16
 MAX_METADATA_KEY_CHARS = 64
@@ -68,7 +67,7 @@ class JobCreate(BaseModel):
             "job.succeeded, job.failed or job.canceled event; it must resolve to public "
             "addresses"
         ),
-    )
+    )  # checked in service.parse_submission: the rules need the settings and DNS
     metadata: dict[str, str] = Field(default_factory=dict, description="at most 16 string values")
     input_images: list[str] | None = Field(
         default=None,
@@ -94,16 +93,6 @@ class JobCreate(BaseModel):
                 raise ValueError(f"keys must be 1..{MAX_METADATA_KEY_CHARS} characters")
             if len(item) > MAX_METADATA_VALUE_CHARS:
                 raise ValueError(f"values must be at most {MAX_METADATA_VALUE_CHARS} characters")
-        return value
-
-    @field_validator("webhook_url")
-    @classmethod
-    def _webhook_url(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                parse_target(value)  # the syntax; where it resolves is checked with the settings
-            except UnsafeTarget as error:
-                raise ValueError(str(error).removeprefix("webhook_url ")) from None
         return value
 
     @model_validator(mode="after")

@@ -19,7 +19,6 @@ from app.jobs.models import FINAL_STATUSES, Job
 from app.jobs.schemas import JobOut
 from app.notifications import JobWatchHub
 
-StatusReader = Callable[[list[str]], Awaitable[dict[str, str]]]
 JobReader = Callable[[str], Awaitable[JobOut]]
 DisconnectCheck = Callable[[], Awaitable[bool]]
 
@@ -32,7 +31,6 @@ async def wait_until_final(
     job_ids: Sequence[str],
     *,
     timeout: float,
-    read_statuses: StatusReader,
     disconnected: DisconnectCheck,
 ) -> bool:
     """Whether every job reached a final status within ``timeout`` seconds. One status read
@@ -40,7 +38,7 @@ async def wait_until_final(
     Gives up early, ``False``, when the client goes away."""
     deadline = time.monotonic() + timeout
     async with hub.watch(job_ids) as watcher:
-        watcher.seen.update(await read_statuses(list(job_ids)))
+        watcher.seen.update(await hub.read_statuses(list(job_ids)))
         pending = {job_id for job_id in job_ids if watcher.seen.get(job_id) not in FINAL_STATUSES}
         while pending:
             remaining = deadline - time.monotonic()
@@ -124,8 +122,7 @@ async def read_job(job_id: str) -> JobOut:
 
 @dataclass(frozen=True)
 class Watch:
-    """What a route needs to wait on jobs: the hub, and the reads it does on a change."""
+    """What a route needs to wait on jobs: the hub, and the read of a job that changed."""
 
     hub: JobWatchHub
-    read_statuses: StatusReader = read_statuses
     read_job: JobReader = read_job

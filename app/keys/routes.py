@@ -98,12 +98,10 @@ def rotate_webhook_secret(
     settings: SettingsDep,
     body: WebhookSecretRotate | None = None,
 ) -> WebhookSecretRotated:
-    grace = body.grace_seconds if body and body.grace_seconds is not None else None
-    api_key = service.rotate_webhook_secret(
-        session,
-        key_id=key_id,
-        grace_seconds=settings.webhook_secret_grace_seconds if grace is None else grace,
-    )
+    grace = body.grace_seconds if body is not None else None
+    if grace is None:
+        grace = settings.webhook_secret_grace_seconds
+    api_key = service.rotate_webhook_secret(session, key_id=key_id, grace_seconds=grace)
     session.commit()
     assert api_key.previous_webhook_secret_expires_at is not None
     return WebhookSecretRotated(

@@ -57,7 +57,6 @@ async def _wait(
         watch.hub,
         job_ids,
         timeout=timeout,
-        read_statuses=watch.read_statuses,
         disconnected=request.is_disconnected,
     )
     if not finished:
