@@ -9,8 +9,13 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel
 
 from app.settings import ConfigError, get_settings
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 def _setup_logging() -> None:
@@ -20,7 +25,7 @@ def _setup_logging() -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # One line per upstream call at 64 in flight is noise; our own log says what happened.
-    for noisy in ("httpx", "httpcore", "alembic.runtime.plugins"):
+    for noisy in ("httpx", "httpcore", "alembic.runtime.plugins", "python_multipart"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -105,33 +110,48 @@ def cmd_simulate_upstream(args: argparse.Namespace) -> int:
     return 0
 
 
+# The flag that sets each field of the key schemas, for error messages.
+_KEY_FLAGS = {
+    "name": "--name",
+    "budget_usd": "--budget-usd",
+    "budget_period": "--budget-period",
+    "rate_limit_per_minute": "--rate-limit",
+    "max_concurrent_jobs": "--max-concurrent",
+}
+
+
+def _key_fields(model: type[ModelT], fields: dict[str, object]) -> ModelT:
+    """The command line's key fields checked by the API's own schema (the same rules and
+    maximums); the first problem as one line naming its flag."""
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate(fields)
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else ""
+        message = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{_KEY_FLAGS.get(field, field)}: {message}") from None
+
+
 def cmd_keys_create(args: argparse.Namespace) -> int:
     import app.models  # noqa: F401
     from app.db import session_scope
-    from app.keys.service import create_key
-    from app.money import parse_usd
+    from app.keys.schemas import KeyCreate
+    from app.keys.service import create_key_as
 
     get_settings()
-    budget = None
-    if args.budget_usd is not None:
-        try:
-            budget = parse_usd(args.budget_usd)
-        except ValueError as error:
-            raise ConfigError(f"--budget-usd: {error}") from None
-    limits = (("--rate-limit", args.rate_limit), ("--max-concurrent", args.max_concurrent))
-    for flag, value in limits:
-        if value is not None and value < 1:
-            raise ConfigError(f"{flag} must be at least 1")
+    fields = {
+        "name": args.name,
+        "admin": args.admin,
+        "budget_usd": args.budget_usd,
+        "budget_period": args.budget_period,
+        "rate_limit_per_minute": args.rate_limit,
+        "max_concurrent_jobs": args.max_concurrent,
+    }
+    spec = _key_fields(KeyCreate, fields)
     with session_scope() as session:
-        created = create_key(
-            session,
-            name=args.name,
-            is_admin=args.admin,
-            budget_nanos=budget,
-            budget_period=args.budget_period,
-            rate_limit_per_minute=args.rate_limit,
-            max_concurrent_jobs=args.max_concurrent,
-        )
+        created = create_key_as(session, spec=spec)
         key_id, secret = created.api_key.id, created.api_key.webhook_secret
     if args.json:
         print(json.dumps({"id": key_id, "key": created.key, "webhook_secret": secret}))
@@ -173,37 +193,32 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _optional_limit(flag: str, value: str | None) -> int | None:
-    if value is None or value == "none":
-        return None
-    if not value.isdigit() or int(value) < 1:
-        raise ConfigError(f"{flag} must be a whole number from 1, or none")
-    return int(value)
-
-
 def cmd_keys_update(args: argparse.Namespace) -> int:
     import app.models  # noqa: F401
     from app.db import session_scope
+    from app.keys.schemas import KeyUpdate
     from app.keys.service import update_key
-    from app.money import parse_usd
 
     get_settings()
-    changes: dict[str, object] = {}
-    if args.name is not None:
-        changes["name"] = args.name
-    if args.budget_usd is not None:
-        try:
-            changes["budget_nanos"] = (
-                None if args.budget_usd == "none" else parse_usd(args.budget_usd)
-            )
-        except ValueError as error:
-            raise ConfigError(f"--budget-usd: {error}") from None
-    if args.budget_period is not None:
-        changes["budget_period"] = args.budget_period
-    if args.rate_limit is not None:
-        changes["rate_limit_per_minute"] = _optional_limit("--rate-limit", args.rate_limit)
-    if args.max_concurrent is not None:
-        changes["max_concurrent_jobs"] = _optional_limit("--max-concurrent", args.max_concurrent)
+    given = {
+        "name": args.name,
+        "budget_usd": args.budget_usd,
+        "budget_period": args.budget_period,
+        "rate_limit_per_minute": args.rate_limit,
+        "max_concurrent_jobs": args.max_concurrent,
+    }
+    # "none" removes a budget or limit, as null does over the API; the limits are numbers.
+    numbers = ("rate_limit_per_minute", "max_concurrent_jobs")
+    fields: dict[str, object] = {
+        name: None
+        if value == "none"
+        else int(value)
+        if name in numbers and value.isdigit()
+        else value
+        for name, value in given.items()
+        if value is not None
+    }
+    changes = _key_fields(KeyUpdate, fields).changes()
     with session_scope() as session:
         update_key(session, key_id=args.id, changes=changes)
     print(f"updated {args.id}")

@@ -50,15 +50,24 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to a UTC column")
-        value = value.astimezone(UTC)
+        value = as_utc(value)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def as_utc(value: datetime) -> datetime:
+    """``value`` in UTC; a ValueError for a naive time, or one that UTC cannot hold (a time
+    zone pushing it past year 1 or 9999)."""
+    if value.tzinfo is None:
+        raise ValueError("give a time zone, e.g. 2026-12-01T00:00:00Z")
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is out of range") from None
 
 
 def utcnow() -> datetime:

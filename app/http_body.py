@@ -1,25 +1,40 @@
 """Reading request bodies with every bound enforced while streaming, never after buffering.
 
 A body larger than the limit is refused as soon as the limit is crossed (413); multipart
-bodies stream straight into Starlette's parser, which spools file parts to disk.
+bodies stream straight into Starlette's parser, which spools file parts to disk. JSON, whether
+a route reads it here or lets FastAPI read it (:class:`StrictJSONRoute`), goes through
+:func:`app.text.parse_json`, and multipart text fields are strict UTF-8 held to the same text
+rule.
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import Message
 
-from app.errors import FluxgateError, InvalidParameter, PayloadTooLarge, UnsupportedMediaType
+from app.errors import (
+    FluxgateError,
+    InvalidParameter,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+from app.text import parse_json, text_problem
 
 MAX_FORM_FIELDS = 32
 MAX_FORM_FILES = 8
 MAX_TEXT_PART_BYTES = 256 * 1024  # a prompt or a metadata object, never more
+# Below this, parsing JSON on the event loop costs less than the hop to a thread.
+_INLINE_JSON_BYTES = 64 * 1024
 
 
 @dataclass
@@ -62,14 +77,36 @@ async def _read_all(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-def _parse_json(raw: bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise FluxgateError("the body is not valid JSON", code="invalid_json") from None
-    if not isinstance(data, dict):
-        raise FluxgateError("the body must be a JSON object", code="invalid_json")
-    return data
+async def read_json(raw: bytes) -> Any:
+    # Parsing megabytes of base64 is CPU work: keep it off the event loop.
+    if len(raw) <= _INLINE_JSON_BYTES:
+        return parse_json(raw)
+    return await run_in_threadpool(parse_json, raw)
+
+
+class _InvalidFieldText(Exception):
+    def __init__(self, name: str, problem: str) -> None:
+        self.name = name
+        self.problem = problem
+
+
+class _StrictMultiPartParser(MultiPartParser):
+    """Starlette's parser, except that a text field must be UTF-8: Starlette would quietly
+    read anything else as Latin-1."""
+
+    def on_part_end(self) -> None:
+        part = self._current_part
+        if part.file is not None:
+            super().on_part_end()
+            return
+        try:
+            value = bytes(part.data).decode("utf-8")
+        except UnicodeDecodeError:
+            raise _InvalidFieldText(part.field_name, "is not valid UTF-8") from None
+        problem = text_problem(value)
+        if problem is not None:
+            raise _InvalidFieldText(part.field_name, problem)
+        self.items.append((part.field_name, value))
 
 
 async def read_body(request: Request, *, max_bytes: int, max_file_bytes: int) -> RequestBody:
@@ -81,20 +118,27 @@ async def read_body(request: Request, *, max_bytes: int, max_file_bytes: int) ->
         )
     capped = _capped(request, max_bytes)
     if content_type == "application/json":
-        raw = await _read_all(capped)
-        # Parsing megabytes of base64 is CPU work: keep it off the event loop.
-        return RequestBody(fields=await run_in_threadpool(_parse_json, raw))
+        data = await read_json(await _read_all(capped))
+        if not isinstance(data, dict):
+            raise FluxgateError("the body must be a JSON object", code="invalid_json")
+        return RequestBody(fields=data)
 
+    parser = _StrictMultiPartParser(
+        capped.headers,
+        capped.stream(),
+        max_fields=MAX_FORM_FIELDS,
+        max_files=MAX_FORM_FILES,
+        max_part_size=MAX_TEXT_PART_BYTES,
+    )
     try:
-        form = await capped.form(
-            max_fields=MAX_FORM_FIELDS, max_files=MAX_FORM_FILES, max_part_size=MAX_TEXT_PART_BYTES
-        )
-    except FluxgateError:
-        raise
-    except Exception as error:  # Starlette's HTTPException or a parser error
-        message = getattr(error, "detail", None) or str(error) or "malformed multipart body"
+        form = await parser.parse()
+    except _InvalidFieldText as error:
+        raise InvalidParameter(
+            f"{error.name} {error.problem}", code="invalid_text", param=error.name
+        ) from None
+    except MultiPartException as error:
         raise FluxgateError(
-            f"malformed multipart body: {message}", code="invalid_multipart"
+            f"malformed multipart body: {error.message}", code="invalid_multipart"
         ) from None
     body = RequestBody(fields={}, is_form=True)
     try:
@@ -115,3 +159,47 @@ async def read_body(request: Request, *, max_bytes: int, max_file_bytes: int) ->
     finally:
         await form.close()
     return body
+
+
+class _ParsedJSONRequest(Request):
+    """A request whose JSON body was read by :func:`parse_json` before FastAPI asks for it."""
+
+    parsed_json: Any = None
+
+    async def json(self) -> Any:
+        return self.parsed_json
+
+
+class StrictJSONRoute(APIRoute):
+    """The route class of every router: FastAPI's own JSON reading would take duplicate keys,
+    lone surrogates, NaN and unbounded nesting. Here a JSON body is parsed strictly first, so
+    its errors come out in the contract's envelope before FastAPI sees the body."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        if self.body_field is None:
+            return handler  # no body, or one the route reads itself with read_body
+
+        async def strict_handler(request: Request) -> Response:
+            content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if content_type == "application/json" or content_type.endswith("+json"):
+                parsed = _ParsedJSONRequest(request.scope, request.receive)
+                raw = await parsed.body()
+                if raw:
+                    parsed.parsed_json = await read_json(raw)
+                request = parsed
+            return await handler(request)
+
+        return strict_handler
+
+
+async def check_path_and_query(request: Request) -> None:
+    """Every route's dependency: path and query values hold to the text rule too. A path
+    value that breaks it cannot name anything (404); a query value is refused by name (422)."""
+    for value in request.path_params.values():
+        if isinstance(value, str) and text_problem(value) is not None:
+            raise NotFound("nothing exists at this path", code="not_found")
+    for name, value in request.query_params.multi_items():
+        problem = text_problem(name) or text_problem(value)
+        if problem is not None:
+            raise InvalidParameter(f"{name} {problem}", code="invalid_text", param=name)

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
@@ -21,6 +21,7 @@ from app.billing import routes as billing_routes
 from app.billing.service import NoPriceError
 from app.body_limit import BodySizeLimit
 from app.errors import FluxgateError
+from app.http_body import check_path_and_query
 from app.jobs import routes as job_routes
 from app.jobs import watching
 from app.jobs.schemas import JobCreate
@@ -65,6 +66,9 @@ def error_response(
 ) -> JSONResponse:
     """Every error answer: the contract's envelope, or OpenAI's on its compatible routes (where
     invalid input is a 400, so the official client raises BadRequestError)."""
+    # Messages may quote what the client sent: an error answer must always be renderable.
+    message = _renderable(message)
+    param = None if param is None else _renderable(param)
     if request.url.path.startswith(OPENAI_PREFIX):
         if status == 422:
             status = 400
@@ -85,6 +89,10 @@ def error_response(
     )
 
 
+def _renderable(text: str) -> str:
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(FluxgateError)
     async def fluxgate_error(request: Request, error: FluxgateError) -> JSONResponse:
@@ -97,7 +105,8 @@ def install_error_handlers(app: FastAPI) -> None:
         first = error.errors()[0]
         loc = [str(part) for part in first.get("loc", ())]
         param = loc[-1] if len(loc) > 1 else None
-        message = f"{param or 'request'}: {first.get('msg')}"
+        detail = str(first.get("msg", "")).removeprefix("Value error, ")
+        message = f"{param or 'request'}: {detail}"
         return error_response(request, 422, "invalid_parameter", message, param)
 
     @app.exception_handler(StarletteHTTPException)
@@ -155,6 +164,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         lifespan=lifespan,
+        dependencies=[Depends(check_path_and_query)],
         title="Fluxgate",
         version="0.1.0",
         description=(

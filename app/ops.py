@@ -8,9 +8,10 @@ from sqlalchemy import text
 
 from app.db import get_engine, statements_executed
 from app.errors import DependencyUnavailable
+from app.http_body import StrictJSONRoute
 from worker.dispatch import check_broker
 
-router = APIRouter(tags=["operations"])
+router = APIRouter(tags=["operations"], route_class=StrictJSONRoute)
 
 
 @router.get("/healthz", summary="The process is up")

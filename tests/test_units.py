@@ -18,7 +18,7 @@ from app.billing.rules import PriceSchedule, job_cost, megapixels, tiles
 from app.db import make_engine, with_transaction
 from app.ids import new_id
 from app.jobs.execution import backoff_seconds
-from app.money import format_usd, parse_usd
+from app.money import MAX_BUDGET_NANOS, format_usd, parse_usd
 from app.settings import ConfigError, Settings, load_settings
 from app.workers_ai import FINAL_CODES, RETRYABLE_CODES, classify_failure, parse_retry_after
 
@@ -43,13 +43,20 @@ DEV = PriceSchedule("flux-2-dev", "tile", "tile", True, 410_000, 410_000, 210_00
 )
 def test_money_round_trips_exactly(nanos: int, text: str) -> None:
     assert format_usd(nanos) == text
-    assert parse_usd(text) == nanos
+    assert parse_usd(text, maximum_nanos=MAX_BUDGET_NANOS) == nanos
 
 
 @pytest.mark.parametrize("text", ["0.0000000001", "abc", "NaN", "Infinity", ""])
 def test_money_refuses_what_is_not_nano_exact(text: str) -> None:
     with pytest.raises(ValueError, match=r"not a decimal|not a finite|more than 9 decimal"):
-        parse_usd(text)
+        parse_usd(text, maximum_nanos=MAX_BUDGET_NANOS)
+
+
+@pytest.mark.parametrize("text", ["1000000000.000000001", "-1000000001", "1e10", "1e400"])
+def test_money_refuses_what_is_past_its_maximum(text: str) -> None:
+    assert parse_usd("1000000000", maximum_nanos=MAX_BUDGET_NANOS) == MAX_BUDGET_NANOS
+    with pytest.raises(ValueError, match="at most 1000000000 USD"):
+        parse_usd(text, maximum_nanos=MAX_BUDGET_NANOS)
 
 
 def test_tile_and_megapixel_rule() -> None:

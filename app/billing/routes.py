@@ -14,11 +14,12 @@ from app.billing import service as billing_service
 from app.billing import usage
 from app.billing.models import Price
 from app.billing.service import prices_in_force
-from app.db import utcnow
+from app.db import as_utc, utcnow
 from app.deps import AdminKeyDep, ApiKeyDep, SessionDep
-from app.money import format_usd, parse_usd
+from app.http_body import StrictJSONRoute
+from app.money import MAX_UNIT_PRICE_NANOS, format_usd, parse_usd
 
-router = APIRouter(prefix="/v1", tags=["billing"])
+router = APIRouter(prefix="/v1", tags=["billing"], route_class=StrictJSONRoute)
 
 
 class Range(BaseModel):
@@ -193,7 +194,7 @@ def own_usage(
     )
 
 
-admin_router = APIRouter(prefix="/v1/admin", tags=["admin"])
+admin_router = APIRouter(prefix="/v1/admin", tags=["admin"], route_class=StrictJSONRoute)
 
 
 @admin_router.get(
@@ -219,11 +220,18 @@ def all_usage(
 # ---- prices ------------------------------------------------------------------------------
 
 
+def _unit_price(text: str) -> int:
+    nanos = parse_usd(text, maximum_nanos=MAX_UNIT_PRICE_NANOS)
+    if nanos < 0:
+        raise ValueError("must not be negative")
+    return nanos
+
+
 class PriceCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str
-    effective_from: datetime
+    effective_from: datetime = Field(strict=False)  # an ISO 8601 string in JSON
     output_unit: Literal["tile", "megapixel"] = "tile"
     input_unit: Literal["tile", "megapixel"] = "tile"
     per_step: bool = False
@@ -241,21 +249,21 @@ class PriceCreate(BaseModel):
     @field_validator("effective_from")
     @classmethod
     def _aware(cls, value: datetime) -> datetime:
-        if value.tzinfo is None:
-            raise ValueError("give a time zone, e.g. 2026-12-01T00:00:00Z")
-        return value
+        return as_utc(value)
 
     @field_validator("output_unit_usd", "output_first_unit_usd", "input_unit_usd")
     @classmethod
     def _usd(cls, value: str | None) -> str | None:
-        if value is not None and parse_usd(value) < 0:
-            raise ValueError("must not be negative")
+        if value is not None:
+            _unit_price(value)
         return value
 
     def to_price(self) -> Price:
-        further = parse_usd(self.output_unit_usd)
+        further = _unit_price(self.output_unit_usd)
         first = (
-            further if self.output_first_unit_usd is None else parse_usd(self.output_first_unit_usd)
+            further
+            if self.output_first_unit_usd is None
+            else _unit_price(self.output_first_unit_usd)
         )
         return Price(
             model=self.model,
@@ -265,7 +273,7 @@ class PriceCreate(BaseModel):
             per_step=self.per_step,
             output_first_unit_nanos=first,
             output_unit_nanos=further,
-            input_unit_nanos=parse_usd(self.input_unit_usd),
+            input_unit_nanos=_unit_price(self.input_unit_usd),
         )
 
 

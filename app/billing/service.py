@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.billing.models import Charge, Price
@@ -70,17 +71,14 @@ def list_prices(session: Session) -> list[Price]:
 
 
 def add_price(session: Session, *, price: Price) -> Price:
-    """A new price for a model from ``effective_from`` on; jobs submitted earlier keep theirs."""
-    clash = session.scalar(
-        select(Price).where(
-            Price.model == price.model, Price.effective_from == price.effective_from
-        )
-    )
-    if clash is not None:
+    """A new price for a model from ``effective_from`` on; jobs submitted earlier keep theirs.
+    One price per model and start: another is a 409, also when two are added at once."""
+    try:
+        with session.begin_nested():
+            session.add(price)
+    except IntegrityError:
         raise Conflict(
             f"{price.model} already has a price starting {price.effective_from.isoformat()}",
             code="price_exists",
-        )
-    session.add(price)
-    session.flush()
+        ) from None
     return price

@@ -12,6 +12,7 @@ from sqlalchemy import ColumnElement, Select, func, select
 from sqlalchemy.orm import Session
 
 from app.billing.models import Charge
+from app.db import as_utc
 from app.errors import InvalidParameter
 from app.jobs.models import Job
 from app.money import format_usd
@@ -36,11 +37,11 @@ def parse_bound(value: str | None, *, param: str, default: datetime) -> datetime
         if len(value) == 10:
             return datetime.combine(date.fromisoformat(value), time(), tzinfo=UTC)
         parsed = datetime.fromisoformat(value)
+        return as_utc(parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed)
     except ValueError:
         raise InvalidParameter(
             f"{param} must be a date like 2026-11-01 or an ISO 8601 time", param=param
         ) from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def default_window(now: datetime) -> tuple[datetime, datetime]:

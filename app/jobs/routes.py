@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import ApiKeyDep, SessionDep, SubmitterDep, WatchDep
-from app.http_body import read_body
+from app.http_body import StrictJSONRoute, read_body
 from app.images import convert_image
 from app.jobs import idempotency, service, watching
 from app.jobs.models import Job
@@ -24,7 +24,7 @@ from worker.dispatch import enqueue_forward
 
 logger = logging.getLogger("fluxgate.api")
 
-router = APIRouter(prefix="/v1", tags=["jobs"])
+router = APIRouter(prefix="/v1", tags=["jobs"], route_class=StrictJSONRoute)
 
 _JOB_BODY_DOC: dict[str, Any] = {
     "requestBody": {

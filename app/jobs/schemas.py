@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 
@@ -17,6 +16,7 @@ from pydantic import (
 
 from app import catalog
 from app.errors import FluxgateError, InvalidParameter
+from app.text import parse_json
 
 MAX_METADATA_KEYS = 16
 MAX_METADATA_KEY_CHARS = 64
@@ -52,7 +52,10 @@ class JobCreate(BaseModel):
     model: str = Field(
         default=catalog.DEFAULT_MODEL, description="flux-2-klein-4b, flux-2-klein-9b or flux-2-dev"
     )
-    prompt: str = Field(min_length=1, description="1..4096 characters (FLUXGATE_PROMPT_MAX_CHARS)")
+    prompt: str = Field(
+        min_length=1,
+        description="1..4096 characters (FLUXGATE_PROMPT_MAX_CHARS), not only whitespace",
+    )
     width: Side = catalog.DEFAULT_WIDTH
     height: Side = catalog.DEFAULT_HEIGHT
     seed: Annotated[int, Field(ge=0, le=catalog.MAX_SEED)] | None = None
@@ -82,6 +85,14 @@ class JobCreate(BaseModel):
     @classmethod
     def _known_model(cls, value: str) -> str:
         return catalog.model_id(value)
+
+    @field_validator("prompt")
+    @classmethod
+    def _visible_prompt(cls, value: str) -> str:
+        # Workers AI refuses a blank prompt (5004) after the call was queued and rate-counted.
+        if not value.strip():
+            raise ValueError("must contain more than whitespace")
+        return value
 
     @field_validator("metadata")
     @classmethod
@@ -135,9 +146,13 @@ def parse_job_create(data: Any, *, from_form: bool, prompt_max_chars: int) -> Jo
         for name in _FORM_JSON_FIELDS:
             if isinstance(data.get(name), str):
                 try:
-                    data[name] = json.loads(data[name])
-                except ValueError:
-                    raise InvalidParameter(f"{name} must be a JSON object", param=name) from None
+                    data[name] = parse_json(data[name])
+                except FluxgateError as error:
+                    # Text and repeated keys keep their own codes; bad JSON is a bad value.
+                    code = error.code if isinstance(error, InvalidParameter) else None
+                    raise InvalidParameter(
+                        f"{name} must be a JSON object: {error.message}", code=code, param=name
+                    ) from None
     try:
         request = JobCreate.model_validate(data, strict=not from_form)
     except ValidationError as error:

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 from app.billing import budgets
 from app.db import utcnow
 from app.deps import AdminKeyDep, SessionDep, SettingsDep
+from app.http_body import StrictJSONRoute
 from app.keys import service
 from app.keys.models import ApiKey
 from app.keys.schemas import (
@@ -22,7 +23,7 @@ from app.keys.schemas import (
 )
 from app.money import format_usd
 
-router = APIRouter(prefix="/v1/admin/keys", tags=["admin"])
+router = APIRouter(prefix="/v1/admin/keys", tags=["admin"], route_class=StrictJSONRoute)
 
 
 def key_out(session: Session, api_key: ApiKey) -> KeyOut:
@@ -46,15 +47,7 @@ def key_out(session: Session, api_key: ApiKey) -> KeyOut:
 
 @router.post("", status_code=201, response_model=KeyCreated, summary="Create an API key")
 def create_key(body: KeyCreate, _admin: AdminKeyDep, session: SessionDep) -> KeyCreated:
-    created = service.create_key(
-        session,
-        name=body.name,
-        is_admin=body.admin,
-        budget_nanos=body.budget_nanos,
-        budget_period=body.budget_period,
-        rate_limit_per_minute=body.rate_limit_per_minute,
-        max_concurrent_jobs=body.max_concurrent_jobs,
-    )
+    created = service.create_key_as(session, spec=body)
     session.commit()
     shown = key_out(session, created.api_key)
     return KeyCreated(

@@ -7,7 +7,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from app.money import parse_usd
+from app.money import MAX_BUDGET_NANOS, parse_usd
+from app.text import Text
 
 Limit = Annotated[int, Field(ge=1, le=1_000_000)]
 
@@ -15,19 +16,24 @@ Limit = Annotated[int, Field(ge=1, le=1_000_000)]
 def _budget(value: str | int | float | None) -> int | None:
     if value is None:
         return None
-    nanos = parse_usd(str(value))
+    nanos = parse_usd(str(value), maximum_nanos=MAX_BUDGET_NANOS)
     if nanos <= 0:
         raise ValueError("must be more than 0 (omit it, or send null, for no budget)")
     return nanos
 
 
-class KeyCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+# JSON is taken strictly, as for jobs: 0 is not false, "5" is not a number.
+STRICT = ConfigDict(extra="forbid", strict=True)
 
-    name: str = Field(min_length=1, max_length=200)
+
+class KeyCreate(BaseModel):
+    model_config = STRICT
+
+    name: Text = Field(min_length=1, max_length=200)
     admin: bool = False
     budget_usd: str | int | float | None = Field(
-        default=None, description='decimal USD, e.g. "25" or "0.01"; none for no budget'
+        default=None,
+        description='decimal USD, e.g. "25" or "0.01", at most 1000000000; none for no budget',
     )
     budget_period: Literal["month", "total"] = "month"
     rate_limit_per_minute: Limit | None = Field(default=None, description="job submissions")
@@ -47,9 +53,9 @@ class KeyCreate(BaseModel):
 class KeyUpdate(BaseModel):
     """Only the fields sent change; ``"budget_usd": null`` removes the budget."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
-    name: str | None = Field(default=None, min_length=1, max_length=200)
+    name: Text | None = Field(default=None, min_length=1, max_length=200)
     budget_usd: str | int | float | None = None
     budget_period: Literal["month", "total"] | None = None
     rate_limit_per_minute: Limit | None = None
@@ -104,7 +110,7 @@ class KeyList(BaseModel):
 
 
 class WebhookSecretRotate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     grace_seconds: int | None = Field(
         default=None,

@@ -16,6 +16,7 @@ from app.db import utcnow
 from app.errors import NotFound
 from app.ids import new_id
 from app.keys.models import ApiKey
+from app.keys.schemas import KeyCreate
 
 KEY_PREFIX = "fgk_"
 DISPLAY_PREFIX_CHARS = 12
@@ -63,6 +64,19 @@ def create_key(
     session.add(api_key)
     session.flush()
     return CreatedKey(api_key=api_key, key=key)
+
+
+def create_key_as(session: Session, *, spec: KeyCreate) -> CreatedKey:
+    """A key as an admin asked for it (API or command line, through the same schema)."""
+    return create_key(
+        session,
+        name=spec.name,
+        is_admin=spec.admin,
+        budget_nanos=spec.budget_nanos,
+        budget_period=spec.budget_period,
+        rate_limit_per_minute=spec.rate_limit_per_minute,
+        max_concurrent_jobs=spec.max_concurrent_jobs,
+    )
 
 
 def authenticate(session: Session, *, presented: str) -> ApiKey | None:

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.deps import SessionDep, SubmitterDep, WatchDep
 from app.errors import InvalidParameter, UpstreamFailed, WaitTimeout
-from app.http_body import RequestBody, read_body
+from app.http_body import RequestBody, StrictJSONRoute, read_body
 from app.images import convert_image
 from app.jobs import service as job_service
 from app.jobs import watching
@@ -23,7 +23,9 @@ from app.keys.models import ApiKey
 from app.openai_compat import service
 from app.settings import Settings, get_settings
 
-router = APIRouter(prefix="/v1/images", tags=["openai-compatible"])
+router = APIRouter(
+    prefix="/v1/images", tags=["openai-compatible"], route_class=StrictJSONRoute
+)
 
 
 async def _read(request: Request, settings: Settings) -> RequestBody:

@@ -10,13 +10,16 @@ from fastapi import APIRouter, Query
 from sqlalchemy.orm import Session
 
 from app.deps import AdminKeyDep, ApiKeyDep, SessionDep
+from app.http_body import StrictJSONRoute
 from app.jobs import service as job_service
 from app.webhooks import service
 from app.webhooks.models import WebhookDelivery
 from app.webhooks.schemas import DeliveryList, DeliveryOut, delivery_out
 
-router = APIRouter(prefix="/v1", tags=["webhooks"])
-admin_router = APIRouter(prefix="/v1/admin/webhook-deliveries", tags=["admin"])
+router = APIRouter(prefix="/v1", tags=["webhooks"], route_class=StrictJSONRoute)
+admin_router = APIRouter(
+    prefix="/v1/admin/webhook-deliveries", tags=["admin"], route_class=StrictJSONRoute
+)
 
 
 def _out(session: Session, deliveries: Sequence[WebhookDelivery]) -> list[DeliveryOut]:
