@@ -149,6 +149,12 @@ def session_scope(sessions: Callable[[], Session] | None = None) -> Iterator[Ses
         session.close()
 
 
+def end_read(session: Session) -> None:
+    """End a transaction that only read, so a request that waits next (for a thread, its body,
+    a job to finish) holds no pooled connection; what it loaded stays usable."""
+    session.commit()
+
+
 def with_transaction(
     work: Callable[[Session], T],
     *,

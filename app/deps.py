@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from app.db import get_sessionmaker, utcnow
+from app.db import end_read, session_scope, utcnow
 from app.errors import Forbidden, Unauthorized
 from app.jobs.watching import Watch
 from app.keys import limits
@@ -18,15 +18,15 @@ from app.settings import Settings, get_settings
 
 
 def get_session() -> Iterator[Session]:
-    """The request owns the transaction: routes commit; anything uncommitted is rolled back."""
-    session = get_sessionmaker()()
-    try:
+    """The request's unit of work. It commits once the route has returned and its answer has
+    been rendered, and rolls back if anything failed before: a request never writes without
+    answering with a success, and a route cannot forget to commit."""
+    with session_scope() as session:
         yield session
-    finally:
-        session.close()
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# "function": the commit runs as soon as the answer is rendered, before it is sent.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
@@ -48,9 +48,7 @@ def get_api_key(request: Request, session: SessionDep) -> ApiKey:
             code="invalid_api_key",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    # End the read: a request waiting for its next step (a thread, the body, a job to
-    # finish) must not hold one of the pool's connections meanwhile.
-    session.commit()
+    end_read(session)
     return api_key
 
 

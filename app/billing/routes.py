@@ -303,5 +303,4 @@ def list_prices(_admin: AdminKeyDep, session: SessionDep) -> PriceList:
 )
 def add_price(body: PriceCreate, _admin: AdminKeyDep, session: SessionDep) -> PriceOut:
     price = billing_service.add_price(session, price=body.to_price())
-    session.commit()
     return price_out(price)

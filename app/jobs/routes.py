@@ -1,26 +1,22 @@
-"""HTTP adapters for jobs and quotes: parse, call the service, commit, then enqueue."""
+"""HTTP adapters for jobs and quotes: parse, call the service, shape the answer."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from app.db import end_read
 from app.deps import ApiKeyDep, SessionDep, SubmitterDep, WatchDep
 from app.http_body import StrictJSONRoute, read_body
 from app.images import convert_image
-from app.jobs import idempotency, service, watching
-from app.jobs.models import Job
+from app.jobs import service, submission, watching
 from app.jobs.schemas import JobCost, JobList, JobOut
 from app.jobs.service import JobSubmission, parse_submission
-from app.keys.models import ApiKey
 from app.settings import get_settings
 from app.sse import EventStreamResponse
-from worker.dispatch import enqueue_forward
 
 logger = logging.getLogger("fluxgate.api")
 
@@ -37,19 +33,6 @@ _JOB_BODY_DOC: dict[str, Any] = {
 }
 
 
-def commit_and_enqueue(session: Session, job_ids: Sequence[str]) -> None:
-    """Commit the new jobs, then send their ids to the broker (never before the commit)."""
-    session.commit()
-    for job_id in job_ids:
-        try:
-            enqueue_forward(job_id)
-        except Exception:
-            # The job is committed, so it is not lost: the sweeper sends it at its next pass.
-            logger.warning("broker unavailable; job %s left for the sweeper", job_id, exc_info=True)
-            service.mark_not_enqueued(session, job_id=job_id)
-            session.commit()
-
-
 async def job_body(request: Request) -> JobSubmission:
     settings = get_settings()
     body = await read_body(
@@ -64,40 +47,9 @@ async def job_body(request: Request) -> JobSubmission:
 JobBodyDep = Annotated[JobSubmission, Depends(job_body)]
 
 
-def _submit(
-    session: Session, api_key: ApiKey, body: JobSubmission, idempotency_key: str | None
-) -> tuple[Job, bool]:
-    """Create (or, for a repeated Idempotency-Key, find) the job; whether it was a replay."""
-    if idempotency_key is None:
-        job = service.create_job(session, api_key=api_key, submission=body)
-        commit_and_enqueue(session, [job.id])
-        return job, False
-    key = idempotency.check_key(idempotency_key)
-    earlier = idempotency.reserve(
-        session, api_key_id=api_key.id, key=key, fingerprint=idempotency.fingerprint(body)
-    )
-    session.commit()  # the reservation is visible to concurrent duplicates from here on
-    if earlier is not None:
-        job = service.get_job(session, api_key=api_key, job_id=earlier)
-        # End the read (commit keeps the loaded job): a waiting request holds no connection.
-        session.commit()
-        return job, True
-    try:
-        job = service.create_job(session, api_key=api_key, submission=body)
-        idempotency.complete(session, api_key_id=api_key.id, key=key, job_id=job.id)
-        commit_and_enqueue(session, [job.id])
-    except BaseException:
-        session.rollback()
-        idempotency.release(session, api_key_id=api_key.id, key=key)
-        session.commit()
-        raise
-    return job, False
-
-
-def _job_out(session: Session, job: Job) -> JobOut:
-    out = service.to_job_out(session, [job])[0]
-    session.rollback()  # end the read: a waiting request holds no connection
-    return out
+def _json(body: bytes, status: int, headers: dict[str, str]) -> Response:
+    """An answer already rendered (before its transaction committed)."""
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
 @router.post(
@@ -116,7 +68,6 @@ async def submit_job(
     api_key: SubmitterDep,
     body: JobBodyDep,
     session: SessionDep,
-    response: Response,
     watch: WatchDep,
     idempotency_key: Annotated[
         str | None,
@@ -132,24 +83,31 @@ async def submit_job(
             "202 after N seconds"
         ),
     ] = None,
-) -> JobOut:
+) -> Response:
     wait_seconds = watching.prefer_wait(prefer)
-    job, replayed = await run_in_threadpool(_submit, session, api_key, body, idempotency_key)
-    if replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
-    if wait_seconds is not None:
-        response.headers["Preference-Applied"] = f"wait={wait_seconds}"
-        finished = await watching.wait_until_final(
-            watch.hub,
-            [job.id],
-            timeout=wait_seconds,
-            disconnected=request.is_disconnected,
+    accepted = await run_in_threadpool(
+        lambda: submission.submit(
+            session, api_key=api_key, submissions=[body], idempotency_key=idempotency_key
         )
-        if finished:
-            response.status_code = 200
-        return await watch.read_job(job.id)
-    return await run_in_threadpool(_job_out, session, job)
+    )
+    job_id = accepted.jobs[0].id
+    headers = {"Location": f"/v1/jobs/{job_id}"}
+    if accepted.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    if wait_seconds is None:
+        return _json(accepted.rendered[0], 202, headers)
+    headers["Preference-Applied"] = f"wait={wait_seconds}"
+    try:
+        finished = await watching.wait_until_final(
+            watch.hub, [job_id], timeout=wait_seconds, disconnected=request.is_disconnected
+        )
+        latest = await watch.read_job(job_id)
+    except Exception:
+        # The job is accepted and committed: the answer must say so, or a client that retries
+        # after an error would pay twice.
+        logger.warning("job %s: could not wait for it; answering as accepted", job_id)
+        return _json(accepted.rendered[0], 202, headers)
+    return _json(latest.model_dump_json().encode(), 200 if finished else 202, headers)
 
 
 @router.get("/jobs", response_model=JobList, summary="List your jobs, newest first")
@@ -184,7 +142,7 @@ def job_events(
     job_id: str, session: SessionDep, api_key: ApiKeyDep, watch: WatchDep
 ) -> EventStreamResponse:
     service.get_job(session, api_key=api_key, job_id=job_id)  # 404 unless it is the caller's
-    session.commit()  # end the read; the stream reads with sessions of its own
+    end_read(session)  # the stream reads with sessions of its own
     return EventStreamResponse(
         watching.job_events(
             watch.hub,
@@ -198,7 +156,6 @@ def job_events(
 @router.post("/jobs/{job_id}/cancel", response_model=JobOut, summary="Cancel a queued job")
 def cancel_job(job_id: str, session: SessionDep, api_key: ApiKeyDep) -> JobOut:
     job = service.cancel_job(session, api_key=api_key, job_id=job_id)
-    session.commit()
     return service.to_job_out(session, [job])[0]
 
 

@@ -48,7 +48,6 @@ def key_out(session: Session, api_key: ApiKey) -> KeyOut:
 @router.post("", status_code=201, response_model=KeyCreated, summary="Create an API key")
 def create_key(body: KeyCreate, _admin: AdminKeyDep, session: SessionDep) -> KeyCreated:
     created = service.create_key_as(session, spec=body)
-    session.commit()
     shown = key_out(session, created.api_key)
     return KeyCreated(
         **shown.model_dump(), key=created.key, webhook_secret=created.api_key.webhook_secret
@@ -68,14 +67,12 @@ def get_key(key_id: str, _admin: AdminKeyDep, session: SessionDep) -> KeyOut:
 @router.patch("/{key_id}", response_model=KeyOut, summary="Change a key's name or budget")
 def update_key(key_id: str, body: KeyUpdate, _admin: AdminKeyDep, session: SessionDep) -> KeyOut:
     api_key = service.update_key(session, key_id=key_id, changes=body.changes())
-    session.commit()
     return key_out(session, api_key)
 
 
 @router.delete("/{key_id}", response_model=KeyOut, summary="Revoke an API key")
 def revoke_key(key_id: str, _admin: AdminKeyDep, session: SessionDep) -> KeyOut:
     api_key = service.revoke_key(session, key_id=key_id)
-    session.commit()
     return key_out(session, api_key)
 
 
@@ -95,7 +92,6 @@ def rotate_webhook_secret(
     if grace is None:
         grace = settings.webhook_secret_grace_seconds
     api_key = service.rotate_webhook_secret(session, key_id=key_id, grace_seconds=grace)
-    session.commit()
     assert api_key.previous_webhook_secret_expires_at is not None
     return WebhookSecretRotated(
         id=api_key.id,

@@ -10,22 +10,19 @@ from fastapi import APIRouter, Request, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from app.db import end_read
 from app.deps import SessionDep, SubmitterDep, WatchDep
 from app.errors import InvalidParameter, UpstreamFailed, WaitTimeout
 from app.http_body import RequestBody, StrictJSONRoute, read_body
 from app.images import convert_image
-from app.jobs import service as job_service
-from app.jobs import watching
+from app.jobs import submission, watching
 from app.jobs.models import Job, JobStatus
-from app.jobs.routes import commit_and_enqueue
 from app.jobs.watching import Watch
 from app.keys.models import ApiKey
 from app.openai_compat import service
 from app.settings import Settings, get_settings
 
-router = APIRouter(
-    prefix="/v1/images", tags=["openai-compatible"], route_class=StrictJSONRoute
-)
+router = APIRouter(prefix="/v1/images", tags=["openai-compatible"], route_class=StrictJSONRoute)
 
 
 async def _read(request: Request, settings: Settings) -> RequestBody:
@@ -37,18 +34,13 @@ async def _read(request: Request, settings: Settings) -> RequestBody:
 
 
 def _create_jobs(session: Session, api_key: ApiKey, parsed: service.ImagesRequest) -> list[str]:
-    jobs = [
-        job_service.create_job(session, api_key=api_key, submission=submission)
-        for submission in parsed.submissions
-    ]
-    job_ids = [job.id for job in jobs]
-    commit_and_enqueue(session, job_ids)
-    return job_ids
+    accepted = submission.submit(session, api_key=api_key, submissions=parsed.submissions)
+    return [job.id for job in accepted.jobs]
 
 
 def _states(session: Session, job_ids: Sequence[str]) -> dict[str, Job]:
     states = service.job_states(session, job_ids=job_ids)
-    session.commit()  # end the read, keeping the loaded jobs
+    end_read(session)
     return states
 
 
@@ -88,8 +80,9 @@ async def _run(
         )
     base_url = (settings.public_url or str(request.base_url)).rstrip("/")
 
-    def respond() -> dict[str, Any]:
-        body = service.images_response(
+    # The links it makes are committed once this answer is rendered.
+    return await run_in_threadpool(
+        lambda: service.images_response(
             session,
             jobs=jobs,
             response_format=parsed.response_format,
@@ -97,10 +90,7 @@ async def _run(
             base_url=base_url,
             ttl_seconds=settings.image_url_ttl_seconds,
         )
-        session.commit()  # the links
-        return body
-
-    return await run_in_threadpool(respond)
+    )
 
 
 @router.post("/generations", summary="OpenAI-compatible image generation")

@@ -68,5 +68,4 @@ def get_delivery(delivery_id: str, session: SessionDep, _admin: AdminKeyDep) -> 
 )
 def redeliver(delivery_id: str, session: SessionDep, _admin: AdminKeyDep) -> DeliveryOut:
     delivery = service.redeliver(session, delivery_id=delivery_id)
-    session.commit()  # the outbox sends the attempt after this
     return _out(session, [delivery])[0]

@@ -1,0 +1,94 @@
+"""Accepting jobs, for every route that submits (``POST /v1/jobs``, the OpenAI endpoints).
+
+The jobs are stored and their answer rendered in one transaction; only a rendered answer is
+committed, and only committed jobs are sent to the broker. A repeated ``Idempotency-Key``
+finds the job the first request made instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from app.db import end_read
+from app.jobs import idempotency, service
+from app.jobs.models import Job
+from app.jobs.schemas import JobOut
+from app.jobs.service import JobSubmission
+from app.keys.models import ApiKey
+from worker.dispatch import enqueue_forward
+
+logger = logging.getLogger("fluxgate.api")
+
+
+@dataclass(frozen=True)
+class Accepted:
+    jobs: list[JobOut]
+    # Each job's JSON as the answer carries it, rendered before anything was committed.
+    rendered: list[bytes]
+    replayed: bool = False
+
+
+def _commit_and_enqueue(session: Session, job_ids: Sequence[str]) -> None:
+    """Commit the new jobs, then send their ids to the broker (never before the commit).
+    Nothing after the commit may fail the request: the jobs are accepted."""
+    session.commit()
+    for job_id in job_ids:
+        try:
+            enqueue_forward(job_id)
+        except Exception:
+            # The job is committed, so it is not lost: the sweeper sends it.
+            logger.warning("broker unavailable; job %s left for the sweeper", job_id, exc_info=True)
+            try:
+                service.mark_not_enqueued(session, job_id=job_id)  # sooner: at its next pass
+                session.commit()
+            except Exception:
+                session.rollback()  # then after REQUEUE_AFTER_SECONDS
+
+
+def _answer(session: Session, jobs: Sequence[Job]) -> Accepted:
+    out = service.to_job_out(session, jobs)
+    return Accepted(jobs=out, rendered=[job.model_dump_json().encode() for job in out])
+
+
+def submit(
+    session: Session,
+    *,
+    api_key: ApiKey,
+    submissions: Sequence[JobSubmission],
+    idempotency_key: str | None = None,
+) -> Accepted:
+    """Create one job per submission, render the answer, commit, enqueue. With an
+    ``idempotency_key`` (one submission only), a repeat returns the first request's job."""
+    if idempotency_key is None:
+        jobs = [
+            service.create_job(session, api_key=api_key, submission=submission)
+            for submission in submissions
+        ]
+        accepted = _answer(session, jobs)
+        _commit_and_enqueue(session, [job.id for job in jobs])
+        return accepted
+    (submission,) = submissions
+    key = idempotency.check_key(idempotency_key)
+    earlier = idempotency.reserve(
+        session, api_key_id=api_key.id, key=key, fingerprint=idempotency.fingerprint(submission)
+    )
+    session.commit()  # the reservation is visible to concurrent duplicates from here on
+    if earlier is not None:
+        replay = _answer(session, [service.get_job(session, api_key=api_key, job_id=earlier)])
+        end_read(session)
+        return Accepted(jobs=replay.jobs, rendered=replay.rendered, replayed=True)
+    try:
+        job = service.create_job(session, api_key=api_key, submission=submission)
+        idempotency.complete(session, api_key_id=api_key.id, key=key, job_id=job.id)
+        accepted = _answer(session, [job])
+        _commit_and_enqueue(session, [job.id])
+    except BaseException:
+        session.rollback()
+        idempotency.release(session, api_key_id=api_key.id, key=key)
+        session.commit()
+        raise
+    return accepted
