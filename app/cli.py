@@ -49,6 +49,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from app.http_limits import LimitedHttpToolsProtocol
+
     settings = get_settings()
     uvicorn.run(
         "app.main:create_app",
@@ -59,6 +61,7 @@ def cmd_api(args: argparse.Namespace) -> int:
         log_level=settings.log_level.lower(),
         proxy_headers=True,
         timeout_graceful_shutdown=30,
+        http=LimitedHttpToolsProtocol,
     )
     return 0
 

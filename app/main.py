@@ -14,14 +14,16 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 
 import app.models  # noqa: F401  # every table, for foreign keys across domains
 from app import ops
 from app.billing import routes as billing_routes
 from app.billing.service import NoPriceError
-from app.body_limit import BodySizeLimit
 from app.errors import FluxgateError
 from app.http_body import check_path_and_query
+from app.http_limits import RequestBodyLimits
 from app.jobs import routes as job_routes
 from app.jobs import watching
 from app.jobs.schemas import JobCreate
@@ -41,6 +43,7 @@ _HTTP_CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     413: "request_too_large",
     415: "unsupported_media_type",
 }
@@ -116,6 +119,12 @@ def install_error_handlers(app: FastAPI) -> None:
             request, error.status_code, code, str(error.detail), headers=error.headers
         )
 
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, error: ClientDisconnect) -> Response:
+        # Not our error and nobody to tell: the client left while sending its request.
+        logger.info("client disconnected while sending %s %s", request.method, request.url.path)
+        return Response(status_code=400)
+
     @app.exception_handler(NoPriceError)
     async def no_price(request: Request, error: NoPriceError) -> JSONResponse:
         logger.error("%s: add a price row (fluxgate migrate seeds the defaults)", error)
@@ -175,7 +184,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.watch = watching.Watch(hub)
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(
+        RequestBodyLimits,
+        max_bytes=settings.max_request_bytes,
+        timeout_seconds=settings.request_body_timeout_seconds,
+    )
     app.include_router(ops.router)
     app.include_router(job_routes.router)
     app.include_router(billing_routes.router)

@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     input_image_max_pixels: int = Field(default=40_000_000, ge=256 * 256)
     # Inputs are downscaled to fit INPUT_MAX_SIDE x INPUT_MAX_SIDE before forwarding.
     input_max_side: int = Field(default=512, ge=64, le=4096)
+    # The request head (request line and headers): its bytes, its headers, the time to send it.
+    max_header_bytes: int = Field(default=32 * 1024, ge=4 * 1024, le=1024 * 1024)
+    max_headers: int = Field(default=100, ge=16, le=10_000)
+    request_header_timeout_seconds: PositiveSeconds = 10.0
+    # The whole body must arrive within this long after the head, however it trickles.
+    request_body_timeout_seconds: PositiveSeconds = 60.0
 
     # OpenAI-compatible endpoints: how long they wait for the jobs, how long url links live.
     openai_wait_seconds: PositiveSeconds = 300.0

@@ -216,6 +216,9 @@ class Stack:
             "FLUXGATE_MAX_REQUEST_BYTES": str(4 * 1024 * 1024),
             "FLUXGATE_INPUT_IMAGE_MAX_BYTES": str(1024 * 1024),
             "FLUXGATE_INPUT_IMAGE_MAX_PIXELS": str(16_000_000),
+            # Slow clients are cut off quickly, so the tests of it are quick.
+            "FLUXGATE_REQUEST_HEADER_TIMEOUT_SECONDS": "3",
+            "FLUXGATE_REQUEST_BODY_TIMEOUT_SECONDS": "3",
             **{f"FLUXGATE_{k.upper()}": v for k, v in settings.items()},
         }
         self.cli("migrate")
@@ -239,6 +242,10 @@ class Stack:
         )
         assert sim.popen.poll() is None
         self.api_url = ""
+
+    def process(self, name: str) -> Process:
+        """The first process started under ``name`` (e.g. "api")."""
+        return next(process for process in self.processes if process.name == name)
 
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Process:
         process = Process(name, argv, env or self.env, self.log_dir)
