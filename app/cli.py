@@ -50,18 +50,21 @@ def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.http_limits import LimitedHttpToolsProtocol
+    from app.serve import serve
 
     settings = get_settings()
-    uvicorn.run(
-        "app.main:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level=settings.log_level.lower(),
-        proxy_headers=True,
-        timeout_graceful_shutdown=30,
-        http=LimitedHttpToolsProtocol,
+    serve(
+        uvicorn.Config(
+            "app.main:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level=settings.log_level.lower(),
+            proxy_headers=True,
+            timeout_graceful_shutdown=30,
+            http=LimitedHttpToolsProtocol,
+        )
     )
     return 0
 

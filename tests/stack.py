@@ -58,7 +58,7 @@ def wait_until(
     raise TimeoutError(f"timed out after {timeout}s waiting for {what or check}")
 
 
-def _answers(url: str) -> bool:
+def answers(url: str) -> bool:
     try:
         return httpx.get(url, timeout=1).status_code < 500
     except httpx.HTTPError:
@@ -238,7 +238,7 @@ class Stack:
             ],
         )
         wait_until(
-            lambda: _answers(f"{self.simulator.url}/__sim/stats"), timeout=20, what="simulator"
+            lambda: answers(f"{self.simulator.url}/__sim/stats"), timeout=20, what="simulator"
         )
         assert sim.popen.poll() is None
         self.api_url = ""
@@ -273,7 +273,7 @@ class Stack:
         port = free_port()
         api = self.start("api", [*FLUXGATE, "api", "--port", str(port)])
         url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: _answers(f"{url}/healthz"), timeout=20, what="api")
+        wait_until(lambda: answers(f"{url}/healthz"), timeout=20, what="api")
         return api, url
 
     def start_worker(

@@ -13,5 +13,16 @@ __all__ = ["SimulatorConfig", "create_app", "serve"]
 
 
 def serve(config: SimulatorConfig, host: str, port: int) -> None:
-    """Run the simulator with uvicorn until interrupted (blocking)."""
-    uvicorn.run(create_app(config), host=host, port=port, log_level="warning")
+    """Run the simulator with uvicorn until interrupted (blocking). A stop waits at most a
+    second for calls in flight: a hanging call (the hang fault) must not keep it alive."""
+    from app.serve import serve as serve_asgi
+
+    serve_asgi(
+        uvicorn.Config(
+            create_app(config),
+            host=host,
+            port=port,
+            log_level="warning",
+            timeout_graceful_shutdown=1,
+        )
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from app.settings import ConfigError
 from app.simulator import SimulatorConfig, serve
 from app.simulator.faults import parse_rates
 
@@ -51,7 +52,10 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m app.simulator", description=__doc__)
     add_arguments(parser)
-    run(parser, parser.parse_args(argv))
+    try:
+        run(parser, parser.parse_args(argv))
+    except ConfigError as error:  # e.g. the port is taken
+        raise SystemExit(f"simulator: {error}") from None
 
 
 if __name__ == "__main__":

@@ -1,0 +1,38 @@
+"""Serving an ASGI app with uvicorn, for the API and the simulator.
+
+The socket is bound before anything else starts, so a taken port stops the role at once with
+one line and a non-zero exit (uvicorn would log the error after starting the app, and then
+wait on it).
+"""
+
+from __future__ import annotations
+
+import socket
+
+import uvicorn
+from uvicorn.supervisors import Multiprocess
+
+from app.settings import ConfigError
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (listening is left to uvicorn); ConfigError if taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+    sock.set_inheritable(True)  # uvicorn's worker processes serve it too
+    return sock
+
+
+def serve(config: uvicorn.Config) -> None:
+    """Run ``config`` on a socket bound first, in one process or ``config.workers``."""
+    sock = listen(config.host, config.port)
+    if config.workers > 1:
+        Multiprocess(config, sockets=[sock]).run()
+    else:
+        uvicorn.Server(config).run(sockets=[sock])
