@@ -9,11 +9,11 @@ import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import exists, select, update
+from sqlalchemy.orm import Session, aliased
 
-from app.db import utcnow
-from app.errors import NotFound
+from app.db import rows_affected, utcnow
+from app.errors import Conflict, NotFound
 from app.ids import new_id
 from app.keys.models import ApiKey
 from app.keys.schemas import KeyCreate
@@ -125,9 +125,32 @@ def rotate_webhook_secret(session: Session, *, key_id: str, grace_seconds: int) 
 
 
 def revoke_key(session: Session, *, key_id: str) -> ApiKey:
-    """From the next request on, the key is refused (nothing caches keys)."""
+    """From the next request on, the key is refused (nothing caches keys). The last active
+    admin key cannot be revoked (409): nobody could manage keys any more."""
     api_key = get_key(session, key_id=key_id)
-    if api_key.revoked_at is None:
-        api_key.revoked_at = utcnow()
-        session.flush()
+    if api_key.revoked_at is not None:
+        return api_key
+    conditions = [ApiKey.id == key_id, ApiKey.revoked_at.is_(None)]
+    if api_key.is_admin:
+        # Lock the live admin keys (PostgreSQL), so two admins revoking each other at once
+        # take turns; the condition below then sees the first one's revocation.
+        session.execute(
+            select(ApiKey.id).where(ApiKey.is_admin, ApiKey.revoked_at.is_(None)).with_for_update()
+        )
+        other = aliased(ApiKey)
+        conditions.append(
+            exists().where(other.is_admin, other.revoked_at.is_(None), other.id != key_id)
+        )
+    revoked = session.execute(
+        update(ApiKey)
+        .where(*conditions)
+        .values(revoked_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    session.refresh(api_key)
+    if rows_affected(revoked) != 1 and api_key.revoked_at is None:
+        raise Conflict(
+            "this is the last active admin key; create another admin key before revoking it",
+            code="last_admin_key",
+        )
     return api_key
