@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import io
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 # Pillow format name -> MIME type; the only decoders ever enabled when opening.
 FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
@@ -75,11 +81,87 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
+class DecodeBudget:
+    """Bytes of decoded pixels this process may hold at once, shared by every request: a
+    decode waits for its share, so concurrent uploads cannot add up past the budget."""
+
+    def __init__(self, total_bytes: int) -> None:
+        self.total_bytes = total_bytes
+        self._used = 0
+        self._freed = threading.Condition()
+
+    @contextmanager
+    def hold(self, nbytes: int, *, wait_seconds: float) -> Iterator[None]:
+        if nbytes > self.total_bytes:
+            raise InputImageError(
+                "too_large",
+                f"needs {nbytes // 2**20} MiB to decode, more than this server's decode budget",
+            )
+        with self._freed:
+            if not self._freed.wait_for(
+                lambda: self._used + nbytes <= self.total_bytes, timeout=wait_seconds
+            ):
+                raise InputImageError("busy", "cannot be decoded now: the server is busy")
+            self._used += nbytes
+        try:
+            yield
+        finally:
+            with self._freed:
+                self._used -= nbytes
+                self._freed.notify_all()
+
+    @property
+    def used_bytes(self) -> int:
+        return self._used
+
+
+@lru_cache(maxsize=4)
+def decode_budget(total_bytes: int) -> DecodeBudget:
+    """The process's budget (one per size asked for: in practice, one)."""
+    return DecodeBudget(total_bytes)
+
+
+def return_freed_pixels_to_the_os() -> None:
+    """Have glibc give every allocation of 1 MiB or more its own mapping, unmapped when freed.
+
+    Pillow holds decoded pixels in such blocks. With glibc's default (a threshold that grows
+    up to 32 MiB), freed blocks stay in the threads' arenas: a burst of decodes left the API
+    at a 1.1 GB peak and 790 MB resident afterwards, against 810 MB and 115 MB with this
+    (bench/README.md), so the decode budget bounds the process's memory. Elsewhere than glibc
+    (musl, macOS) it does nothing.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    m_mmap_threshold = -3  # <malloc.h>
+    mallopt(m_mmap_threshold, 1024 * 1024)
+
+
+# How long a decode waits for its share of the budget before the request is told to retry.
+DECODE_WAIT_SECONDS = 10.0
+# Rows handled at once when flattening and shrinking a decoded image.
+_STRIP_BYTES = 4 * 1024 * 1024
+
+
+def decoded_bytes(width: int, height: int, mode: str) -> int:
+    """Memory Pillow holds for a decoded ``mode`` image (1, 2 or 4 bytes a pixel)."""
+    if mode in ("1", "L", "P"):
+        per_pixel = 1
+    elif mode.startswith("I;16"):
+        per_pixel = 2
+    else:
+        per_pixel = 4  # RGB is stored as 4 bytes too
+    return width * height * per_pixel
+
+
 @dataclass(frozen=True)
 class InputLimits:
     max_bytes: int
     max_pixels: int
     max_side: int  # forwarded images fit in max_side x max_side
+    budget: DecodeBudget
 
 
 @dataclass(frozen=True)
@@ -98,7 +180,7 @@ class InputImageError(ValueError):
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
-        self.kind = kind  # "too_large" | "unsupported" | "invalid"
+        self.kind = kind  # "too_large" | "unsupported" | "invalid" | "busy"
 
 
 def prepare_input_image(data: bytes, *, limits: InputLimits) -> PreparedInput:
@@ -106,6 +188,8 @@ def prepare_input_image(data: bytes, *, limits: InputLimits) -> PreparedInput:
 
     The pixel count is read from the header and checked before any decoding, so a
     decompression bomb costs nothing; only PNG, JPEG and WebP decoders are ever enabled.
+    Memory is bounded: the decoded pixels are held once (JPEG decodes at a reduced scale),
+    within the process's decode budget, and everything after works on a small copy.
     """
     if len(data) > limits.max_bytes:
         raise InputImageError("too_large", f"is {len(data)} bytes; at most {limits.max_bytes}")
@@ -126,26 +210,26 @@ def prepare_input_image(data: bytes, *, limits: InputLimits) -> PreparedInput:
             if image_format == "JPEG":
                 # Let the JPEG decoder scale down by up to 8x while decoding: far less memory.
                 image.draft("RGB", (limits.max_side, limits.max_side))
-            image.load()
-            upright = ImageOps.exif_transpose(image)
-            opaque = _flatten(upright)
+            needed = decode_cost(image_format, *image.size, image.mode, max_side=limits.max_side)
+            with limits.budget.hold(needed, wait_seconds=DECODE_WAIT_SECONDS):
+                image.load()
+                small = _shrunk_opaque(image, limits.max_side)
+            upright = ImageOps.exif_transpose(small)
     except InputImageError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
         raise InputImageError("invalid", f"is truncated or corrupt ({error})") from None
     except Image.DecompressionBombError:
         raise InputImageError("too_large", "has too many pixels") from None
-    if max(opaque.size) > limits.max_side:
-        opaque.thumbnail((limits.max_side, limits.max_side), Image.Resampling.LANCZOS)
     out = io.BytesIO()
-    opaque.save(out, format="PNG", compress_level=6)
+    upright.save(out, format="PNG", compress_level=6)
     encoded = out.getvalue()
     return PreparedInput(
         data=encoded,
         info=ImageInfo(
             content_type="image/png",
-            width=opaque.width,
-            height=opaque.height,
+            width=upright.width,
+            height=upright.height,
             size_bytes=len(encoded),
             sha256=hashlib.sha256(encoded).hexdigest(),
         ),
@@ -153,6 +237,46 @@ def prepare_input_image(data: bytes, *, limits: InputLimits) -> PreparedInput:
         original_width=width,
         original_height=height,
     )
+
+
+def _reduction(width: int, height: int, max_side: int) -> int:
+    """The integer box reduction done first: down to at least twice the target (as Pillow's
+    ``reducing_gap`` does), leaving the rest to Lanczos on the small image."""
+    return max(1, max(width, height) // (2 * max_side))
+
+
+# Pillow's WebP decoder holds the frame four times over while decoding (libwebp's canvas,
+# the frame as bytes, a copy of them, the image); PNG and JPEG decode straight into the image.
+_DECODE_COPIES = {"PNG": 1, "JPEG": 1, "WEBP": 4}
+
+
+def decode_cost(image_format: str, width: int, height: int, mode: str, *, max_side: int) -> int:
+    """Peak bytes of :func:`prepare_input_image` for such an image (measured; see
+    bench/README.md): the decoding, the reduced copy and the strips in between."""
+    factor = _reduction(width, height, max_side)
+    reduced = decoded_bytes(-(-width // factor), -(-height // factor), "RGB")
+    decoding = decoded_bytes(width, height, mode) * _DECODE_COPIES[image_format]
+    return decoding + reduced + 5 * _STRIP_BYTES
+
+
+def _shrunk_opaque(image: Image.Image, max_side: int) -> Image.Image:
+    """``image`` flattened onto white and fitted into ``max_side`` x ``max_side``, made strip
+    by strip so no second full-size copy ever exists. Carries the EXIF orientation."""
+    width, height = image.size
+    factor = _reduction(width, height, max_side)
+    rows = max(factor, _STRIP_BYTES // max(1, 4 * width) // factor * factor)
+    reduced = Image.new("RGB", (-(-width // factor), -(-height // factor)), (255, 255, 255))
+    for top in range(0, height, rows):
+        strip = _flatten(image.crop((0, top, width, min(height, top + rows))))
+        reduced.paste(strip.reduce(factor) if factor > 1 else strip, (0, top // factor))
+    if max(reduced.size) > max_side:
+        reduced.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    orientation = image.getexif().get(ExifTags.Base.Orientation)
+    if orientation is not None:
+        exif = Image.Exif()
+        exif[ExifTags.Base.Orientation] = orientation
+        reduced.info["exif"] = exif.tobytes()
+    return reduced
 
 
 def _flatten(image: Image.Image) -> Image.Image:

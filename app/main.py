@@ -24,6 +24,7 @@ from app.billing.service import NoPriceError
 from app.errors import FluxgateError
 from app.http_body import check_path_and_query
 from app.http_limits import RequestBodyLimits
+from app.images import return_freed_pixels_to_the_os
 from app.jobs import routes as job_routes
 from app.jobs import watching
 from app.jobs.schemas import JobCreate
@@ -157,6 +158,7 @@ def install_error_handlers(app: FastAPI) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure(settings)
+    return_freed_pixels_to_the_os()
     hub = JobWatchHub(
         settings,
         read_statuses=watching.read_statuses,

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     input_image_max_pixels: int = Field(default=40_000_000, ge=256 * 256)
     # Inputs are downscaled to fit INPUT_MAX_SIDE x INPUT_MAX_SIDE before forwarding.
     input_max_side: int = Field(default=512, ge=64, le=4096)
+    # Memory one API process spends decoding input images at once (4 bytes a pixel; WebP 16
+    # while it decodes); further uploads wait for their share.
+    input_decode_memory_bytes: int = Field(default=768 * 1024 * 1024, ge=32 * 1024 * 1024)
     # The request head (request line and headers): its bytes, its headers, the time to send it.
     max_header_bytes: int = Field(default=32 * 1024, ge=4 * 1024, le=1024 * 1024)
     max_headers: int = Field(default=100, ge=16, le=10_000)
@@ -170,6 +173,13 @@ class Settings(BaseSettings):
             raise ValueError(
                 "FLUXGATE_JOB_LEASE_SECONDS must exceed FLUXGATE_UPSTREAM_TIMEOUT_SECONDS "
                 "+ FLUXGATE_UPSTREAM_CONNECT_TIMEOUT_SECONDS"
+            )
+        # The largest image allowed must fit alone (a WebP: 16 bytes a pixel, + working space).
+        if self.input_decode_memory_bytes < 16 * self.input_image_max_pixels + 32 * 1024 * 1024:
+            raise ValueError(
+                "FLUXGATE_INPUT_DECODE_MEMORY_BYTES must be at least 16 x "
+                "FLUXGATE_INPUT_IMAGE_MAX_PIXELS + 32 MiB, or an image at the limit could not "
+                "be decoded"
             )
         if self.retry_max_seconds < self.retry_base_seconds:
             raise ValueError("FLUXGATE_RETRY_MAX_SECONDS must be >= FLUXGATE_RETRY_BASE_SECONDS")

@@ -61,3 +61,22 @@ def gif(width: int, height: int) -> bytes:
     out = io.BytesIO()
     Image.new("P", (width, height)).save(out, format="GIF")
     return out.getvalue()
+
+
+def huge_png(width: int, height: int, *, mode: str = "RGBA") -> bytes:
+    """A valid PNG of one colour, built row by row: a few hundred KB for tens of megapixels,
+    without ever holding the pixels (the probe's 6320 x 6320 RGBA image)."""
+    channels, color_type = {"RGBA": (4, 6), "RGB": (3, 2)}[mode]
+    row = b"\x00" + bytes([10, 200, 30, 128][:channels]) * width  # filter 0, then pixels
+    compressor = zlib.compressobj(9)
+    pixels = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    )

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from app.images import InputImageError, InputLimits, prepare_input_image
+from app.images import DecodeBudget, InputImageError, InputLimits, prepare_input_image
 from tests.images import (
     b64,
     exif_rotated_jpeg,
@@ -24,7 +24,9 @@ from tests.images import (
 from tests.stack import FINAL, Stack, unique, wait_for_job
 from tests.test_validation import assert_error
 
-LIMITS = InputLimits(max_bytes=1024 * 1024, max_pixels=16_000_000, max_side=512)
+LIMITS = InputLimits(
+    max_bytes=1024 * 1024, max_pixels=16_000_000, max_side=512, budget=DecodeBudget(2**30)
+)
 
 
 def stored_inputs(stack: Stack, job_id: str) -> list[Image.Image]:
@@ -232,7 +234,10 @@ def test_api_stays_up_under_concurrent_hostile_uploads(stack: Stack, client: htt
 
 def test_input_max_side_is_a_setting() -> None:
     prepared = prepare_input_image(
-        picture(800, 400), limits=InputLimits(max_bytes=10**7, max_pixels=10**8, max_side=256)
+        picture(800, 400),
+        limits=InputLimits(
+            max_bytes=10**7, max_pixels=10**8, max_side=256, budget=DecodeBudget(2**32)
+        ),
     )
     assert (prepared.info.width, prepared.info.height) == (256, 128)
     assert (prepared.original_width, prepared.original_height) == (800, 400)

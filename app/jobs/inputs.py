@@ -11,16 +11,42 @@ import re
 from collections.abc import Sequence
 
 from app import catalog
-from app.errors import FluxgateError, InvalidParameter, PayloadTooLarge, UnsupportedMediaType
+from app.errors import (
+    DependencyUnavailable,
+    FluxgateError,
+    InvalidParameter,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 from app.http_body import RequestBody
-from app.images import InputImageError, InputLimits, PreparedInput, prepare_input_image
+from app.images import (
+    InputImageError,
+    InputLimits,
+    PreparedInput,
+    decode_budget,
+    prepare_input_image,
+)
+from app.settings import Settings
 
 _FILE_FIELD = re.compile(r"input_image_([0-3])")
 _DATA_URL = re.compile(r"data:image/[a-z]+;base64,", re.IGNORECASE)
 
 
+def input_limits(settings: Settings) -> InputLimits:
+    return InputLimits(
+        max_bytes=settings.input_image_max_bytes,
+        max_pixels=settings.input_image_max_pixels,
+        max_side=settings.input_max_side,
+        budget=decode_budget(settings.input_decode_memory_bytes),
+    )
+
+
 def _refusal(error: InputImageError, label: str, param: str) -> FluxgateError:
     message = f"{label} {error}"
+    if error.kind == "busy":
+        return DependencyUnavailable(
+            f"{message}; retry in a moment", code="busy", param=param, headers={"Retry-After": "1"}
+        )
     if error.kind == "too_large":
         return PayloadTooLarge(message, code="image_too_large", param=param)
     if error.kind == "unsupported":

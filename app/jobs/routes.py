@@ -190,9 +190,11 @@ def get_image(
     "/quote",
     response_model=JobCost,
     openapi_extra=_JOB_BODY_DOC,
-    summary="Price a job without running it",
+    summary="Price a job without running it (counts against the key's submissions a minute)",
     tags=["billing"],
 )
-def quote(api_key: ApiKeyDep, body: JobBodyDep, session: SessionDep) -> JobCost:
+def quote(_submitter: SubmitterDep, body: JobBodyDep, session: SessionDep) -> JobCost:
+    # Rate-limited like a submission, and checked before the body is read: a quote decodes
+    # its input images just as a submission does.
     priced = service.quote(session, submission=body)
     return service.cost_out(priced.cost)

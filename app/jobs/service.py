@@ -15,9 +15,9 @@ from app.db import rows_affected, utcnow
 from app.errors import Conflict, InvalidParameter, NotFound
 from app.http_body import RequestBody
 from app.ids import new_id
-from app.images import InputLimits, PreparedInput
+from app.images import PreparedInput
 from app.jobs import accounting
-from app.jobs.inputs import collect_input_images
+from app.jobs.inputs import collect_input_images, input_limits
 from app.jobs.models import Job, JobImage, JobStatus
 from app.jobs.schemas import (
     JobCost,
@@ -62,11 +62,7 @@ def parse_submission(body: RequestBody, settings: Settings) -> JobSubmission:
     inputs = collect_input_images(
         body,
         request.input_images,
-        limits=InputLimits(
-            max_bytes=settings.input_image_max_bytes,
-            max_pixels=settings.input_image_max_pixels,
-            max_side=settings.input_max_side,
-        ),
+        limits=input_limits(settings),
     )
     return JobSubmission(request=request, inputs=inputs)
 

@@ -19,8 +19,8 @@ from sqlalchemy.orm import Session
 from app import catalog
 from app.db import utcnow
 from app.errors import InvalidParameter, NotFound
-from app.images import InputLimits, convert_image
-from app.jobs.inputs import prepare_all
+from app.images import convert_image
+from app.jobs.inputs import input_limits, prepare_all
 from app.jobs.models import ImageLink, Job, JobImage, JobStatus
 from app.jobs.schemas import parse_job_create
 from app.jobs.service import JobSubmission
@@ -113,11 +113,7 @@ def parse_images_request(
     )
     inputs = prepare_all(
         [(label, "image", data) for label, data in images],
-        limits=InputLimits(
-            max_bytes=settings.input_image_max_bytes,
-            max_pixels=settings.input_image_max_pixels,
-            max_side=settings.input_max_side,
-        ),
+        limits=input_limits(settings),
         param="image",
     )
     submissions = []
