@@ -88,8 +88,9 @@ def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20) -> Eng
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
     else:
-        # Dates (usage by day) are UTC days, whatever the server's time zone.
-        kwargs["connect_args"] = {"options": "-c timezone=UTC"}
+        # Dates (usage by day) are UTC days, whatever the server's time zone; a server that
+        # does not answer fails a connection attempt in seconds (libpq would wait forever).
+        kwargs["connect_args"] = {"options": "-c timezone=UTC", "connect_timeout": 5}
     engine = create_engine(url, **kwargs)
     event.listen(engine, "before_cursor_execute", _count_statement)
     if url.startswith("sqlite"):
@@ -155,25 +156,36 @@ def end_read(session: Session) -> None:
     session.commit()
 
 
+# Without a deadline from the caller, give a busy or restarting database this long.
+DEFAULT_RETRY_SECONDS = 3.0
+MAX_BACKOFF_SECONDS = 2.0
+
+
 def with_transaction(
     work: Callable[[Session], T],
     *,
-    attempts: int = 5,
+    until: float | None = None,
     backoff_seconds: float = 0.2,
     sessions: Callable[[], Session] | None = None,
 ) -> T:
-    """Run ``work`` in a transaction of its own, again when the database is briefly out of
-    reach (too many clients, a dropped connection, SQLite busy, every pooled connection
-    taken). ``work`` must be safe to repeat: in the worker it is a conditional update, which
-    changes nothing the second time.
+    """Run ``work`` in a transaction of its own, again while the database is out of reach
+    (too many clients, a dropped connection, a restart, SQLite busy, every pooled connection
+    taken): for a few seconds, or until ``until`` (a ``time.monotonic()`` deadline), for a
+    caller holding something it must not lose, such as an image already paid for upstream.
+    ``work`` must be safe to repeat: in the worker it is a conditional update, which changes
+    nothing the second time.
     """
-    for attempt in range(1, attempts + 1):
+    deadline = time.monotonic() + DEFAULT_RETRY_SECONDS if until is None else until
+    attempt = 0
+    while True:
+        attempt += 1
         try:
             with session_scope(sessions) as session:
                 return work(session)
         except (OperationalError, PoolTimeout):
-            if attempt == attempts:
+            delay = min(MAX_BACKOFF_SECONDS, backoff_seconds * 2 ** (attempt - 1))
+            delay *= random.uniform(0.5, 1.0)
+            if time.monotonic() + delay >= deadline:
                 raise
-            logger.warning("database unavailable (attempt %d of %d); retrying", attempt, attempts)
-            time.sleep(backoff_seconds * 2 ** (attempt - 1) * random.uniform(0.5, 1.0))
-    raise AssertionError("unreachable")
+            logger.warning("database unavailable (attempt %d); retrying", attempt)
+            time.sleep(delay)

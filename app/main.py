@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
+import redis
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
@@ -135,6 +136,17 @@ def install_error_handlers(app: FastAPI) -> None:
     async def database_down(request: Request, error: OperationalError) -> JSONResponse:
         logger.error("database error: %s", error.__class__.__name__)
         return error_response(request, 503, "database_unavailable", "the database is not reachable")
+
+    @app.exception_handler(redis.RedisError)
+    async def redis_down(request: Request, error: redis.RedisError) -> JSONResponse:
+        logger.error("Redis error: %s", error.__class__.__name__)
+        return error_response(
+            request,
+            503,
+            "redis_unavailable",
+            "Redis is not reachable; try again shortly",
+            headers={"Retry-After": "1"},
+        )
 
     @app.exception_handler(PoolTimeout)
     async def database_busy(request: Request, error: PoolTimeout) -> JSONResponse:

@@ -298,7 +298,10 @@ def test_with_transaction_retries_when_the_database_is_briefly_unavailable(tmp_p
     assert len(calls) == 3
     calls.clear()
     with pytest.raises(OperationalError):
-        with_transaction(work, attempts=2, backoff_seconds=0.001, sessions=sessions)
+        # A deadline that leaves room for one retry, not two.
+        with_transaction(
+            work, until=time.monotonic() + 0.15, backoff_seconds=0.1, sessions=sessions
+        )
     assert len(calls) == 2
 
 

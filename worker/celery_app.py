@@ -22,7 +22,8 @@ SWEEP_TASK = "fluxgate.sweep"
 celery_app = Celery("fluxgate", include=["worker.tasks"])
 
 
-FILESYSTEM_TRANSPORT = "worker.fs_transport:AtomicFilesystemTransport"
+FILESYSTEM_TRANSPORT = "worker.transports:AtomicFilesystemTransport"
+REDIS_TRANSPORT = "worker.transports:RecoveringRedisTransport"
 
 
 def _transport(settings: Settings) -> tuple[str, str | None, dict[str, Any]]:
@@ -31,7 +32,7 @@ def _transport(settings: Settings) -> tuple[str, str | None, dict[str, Any]]:
     if folder is None:
         return (
             settings.effective_broker_url,
-            None,
+            REDIS_TRANSPORT,
             {
                 # Messages of a worker that died unacked come back after this; the sweeper
                 # usually gets there first (job_lease_seconds).

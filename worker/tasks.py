@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 
+import redis
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
 import app.models  # noqa: F401  # every table, for foreign keys across domains
@@ -19,7 +23,7 @@ from app.webhooks import service as webhooks
 from app.webhooks.signing import signed_headers
 from app.workers_ai import GenerationResult, UpstreamError, WorkersAIClient
 from worker.celery_app import DELIVER_WEBHOOK_TASK, FORWARD_TASK, SWEEP_TASK, celery_app
-from worker.dispatch import enqueue_forward
+from worker.dispatch import send_job
 
 logger = logging.getLogger("fluxgate.worker")
 
@@ -122,6 +126,14 @@ def upstream_gate() -> Gate:
         return _gate
 
 
+# The database or Redis out of reach (a restart, a network blip).
+DEPENDENCY_DOWN = (OperationalError, PoolTimeout, redis.RedisError)
+# A dispatch slot that could not claim a job during an outage is sent again this much later.
+SLOT_RETRY_SECONDS = 5.0
+# A result is written while the lease holds: after it, the sweeper may hand the job on.
+LEASE_MARGIN_SECONDS = 1.0
+
+
 @celery_app.task(name=FORWARD_TASK, ignore_result=True)
 def forward_job(job_id: str) -> None:
     """One dispatch slot: wait for the account-wide limiter, then run one attempt of the
@@ -129,10 +141,23 @@ def forward_job(job_id: str) -> None:
     job may go first). Safe to run any number of times."""
     settings = get_settings()
     gate = upstream_gate()
-    waited = wait_for_turn(gate)
-    claim = with_transaction(
-        lambda session: execution.claim_next(session, lease_seconds=settings.job_lease_seconds)
-    )
+    try:
+        waited = wait_for_turn(gate)
+        lease_ends = time.monotonic() + settings.job_lease_seconds
+        claim = with_transaction(
+            lambda session: execution.claim_next(session, lease_seconds=settings.job_lease_seconds)
+        )
+    except DEPENDENCY_DOWN as error:
+        # Nothing was claimed. Try the slot again soon, rather than leave the job to the
+        # sweeper's REQUEUE_AFTER_SECONDS.
+        logger.warning(
+            "slot for job %s: %s; sending it again in %.0fs",
+            job_id,
+            error.__class__.__name__,
+            SLOT_RETRY_SECONDS,
+        )
+        send_job(job_id, countdown=SLOT_RETRY_SECONDS)
+        return
     if claim is None:
         logger.debug("message for %s found no due job (all done, canceled or running)", job_id)
         return
@@ -140,14 +165,12 @@ def forward_job(job_id: str) -> None:
         logger.info("job %s waited %.1fs for the upstream limiter", claim.job_id, waited)
 
     outcome = call_upstream(claim)
-    # Retried if the database is briefly unavailable: an image already paid for upstream
-    # must not be lost to a full connection table.
+    # What came back (an image is already paid for upstream) is written while the lease holds,
+    # through any database outage shorter than that.
     recorded = with_transaction(
-        lambda session: record_outcome(session, claim=claim, outcome=outcome, settings=settings)
+        lambda session: record_outcome(session, claim=claim, outcome=outcome, settings=settings),
+        until=lease_ends - LEASE_MARGIN_SECONDS,
     )
-    if isinstance(outcome, UpstreamError) and outcome.http_status == 429 and outcome.retryable:
-        # Out of capacity or over the rate: every worker holds back, not just this one.
-        gate.pause(outcome.retry_after or recorded.retry_in or settings.retry_base_seconds)
     if not recorded.done:
         logger.warning(
             "job %s attempt %s lost its lease; result dropped", claim.job_id, claim.attempt
@@ -155,7 +178,13 @@ def forward_job(job_id: str) -> None:
         return
     logger.info("job %s attempt %s %s", claim.job_id, claim.attempt, recorded.summary)
     if recorded.retry_in is not None:
-        enqueue_forward(claim.job_id, countdown=recorded.retry_in)
+        send_job(claim.job_id, countdown=recorded.retry_in)
+    if isinstance(outcome, UpstreamError) and outcome.http_status == 429 and outcome.retryable:
+        # Out of capacity or over the rate: every worker holds back, not just this one.
+        try:
+            gate.pause(outcome.retry_after or recorded.retry_in or settings.retry_base_seconds)
+        except DEPENDENCY_DOWN:
+            logger.warning("could not pause the upstream limiter after a 429", exc_info=True)
 
 
 @celery_app.task(name=SWEEP_TASK, ignore_result=True)
@@ -179,7 +208,7 @@ def sweep() -> None:
     if deliveries:
         logger.info("sweep: %d webhook deliveries sent", len(deliveries))
     for job_id in result.to_enqueue:
-        enqueue_forward(job_id)
+        send_job(job_id)
     if result.to_enqueue or result.failed_expired:
         logger.info(
             "sweep: %d leases expired, %d re-sent, %d failed after exhausting attempts",
@@ -197,6 +226,7 @@ def deliver_webhook(delivery_id: str) -> None:
     # An attempt ends by its deadline (the timeout); the lease is well beyond it, so no second
     # worker starts it. If this worker dies, the sweeper sends the attempt once it runs out.
     lease = settings.webhook_timeout_seconds * 2 + 5
+    lease_ends = time.monotonic() + lease
     claim = with_transaction(
         lambda session: webhooks.claim(session, delivery_id=delivery_id, lease_seconds=lease)
     )
@@ -221,7 +251,8 @@ def deliver_webhook(delivery_id: str) -> None:
             result=result,
             started_at=started_at,
             delays=settings.webhook_delays,
-        )
+        ),
+        until=lease_ends - LEASE_MARGIN_SECONDS,
     )
     logger.info(
         "webhook %s attempt %d: %s%s",

@@ -7,7 +7,6 @@ finds the job the first request made instead.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,9 +18,7 @@ from app.jobs.models import Job
 from app.jobs.schemas import JobOut
 from app.jobs.service import JobSubmission
 from app.keys.models import ApiKey
-from worker.dispatch import enqueue_forward
-
-logger = logging.getLogger("fluxgate.api")
+from worker.dispatch import send_job
 
 
 @dataclass(frozen=True)
@@ -37,16 +34,7 @@ def _commit_and_enqueue(session: Session, job_ids: Sequence[str]) -> None:
     Nothing after the commit may fail the request: the jobs are accepted."""
     session.commit()
     for job_id in job_ids:
-        try:
-            enqueue_forward(job_id)
-        except Exception:
-            # The job is committed, so it is not lost: the sweeper sends it.
-            logger.warning("broker unavailable; job %s left for the sweeper", job_id, exc_info=True)
-            try:
-                service.mark_not_enqueued(session, job_id=job_id)  # sooner: at its next pass
-                session.commit()
-            except Exception:
-                session.rollback()  # then after REQUEUE_AFTER_SECONDS
+        send_job(job_id)
 
 
 def _answer(session: Session, jobs: Sequence[Job]) -> Accepted:
