@@ -372,15 +372,23 @@ FINAL = {"succeeded", "failed", "canceled"}
 
 @contextmanager
 def running_gateway(
-    log_dir: Path, *, backend: str, latency: float, worker: bool, **settings: str
+    log_dir: Path,
+    *,
+    backend: str,
+    latency: float,
+    worker: bool,
+    beat: bool = True,
+    **settings: str,
 ) -> Iterator[Stack]:
-    """A gateway with its API and beat started (and a worker, unless the test runs its own)."""
+    """A gateway with its API and beat started (and a worker, unless the test runs its own;
+    no beat where the test must see what happens without the sweeper)."""
     gateway = Stack(log_dir, backend=backend, latency=latency, **settings)
     try:
         gateway.start_api()
         if worker:
             gateway.start_worker()
-        gateway.start_beat()
+        if beat:
+            gateway.start_beat()
         yield gateway
     finally:
         gateway.close()

@@ -145,7 +145,9 @@ def forward_job(job_id: str) -> None:
         waited = wait_for_turn(gate)
         lease_ends = time.monotonic() + settings.job_lease_seconds
         claim = with_transaction(
-            lambda session: execution.claim_next(session, lease_seconds=settings.job_lease_seconds)
+            lambda session: execution.claim_next(
+                session, lease_seconds=settings.job_lease_seconds, slot_of=job_id
+            )
         )
     except DEPENDENCY_DOWN as error:
         # Nothing was claimed. Try the slot again soon, rather than leave the job to the
@@ -161,6 +163,9 @@ def forward_job(job_id: str) -> None:
     if claim is None:
         logger.debug("message for %s found no due job (all done, canceled or running)", job_id)
         return
+    if claim.resend_for is not None:
+        # This message started another job; the one it was sent for has none on its way.
+        send_job(claim.resend_for)
     if waited > 1:
         logger.info("job %s waited %.1fs for the upstream limiter", claim.job_id, waited)
 

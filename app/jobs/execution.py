@@ -8,7 +8,7 @@ unique ``charges.job_id`` makes a second charge impossible as well.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, func, or_, select, update
@@ -28,6 +28,9 @@ class Claim:
     job_id: str
     attempt: int
     request: GenerationRequest
+    # The job this message was sent for, if it started another one and the first is left
+    # without a message on its way: send it one once this commits.
+    resend_for: str | None = None
 
 
 CANDIDATES_PER_KEY = 16
@@ -76,11 +79,12 @@ def fairest_candidates(session: Session, *, now: datetime) -> list[str]:
     )
 
 
-def claim_next(session: Session, *, lease_seconds: float) -> Claim | None:
+def claim_next(session: Session, *, lease_seconds: float, slot_of: str) -> Claim | None:
     """Claim the fairest due job (see :func:`fairest_candidates`); ``None`` if none is left.
 
     A broker message is a dispatch slot, not a particular job: every job sent its own
-    message, so every job is claimed by one of them.
+    message, so every job is claimed by one of them. ``slot_of`` is the job this message was
+    sent for; if another job is started instead, see :func:`_pass_on_message`.
     """
     for _ in range(CLAIM_ROUNDS):
         candidates = fairest_candidates(session, now=utcnow())
@@ -90,9 +94,31 @@ def claim_next(session: Session, *, lease_seconds: float) -> Claim | None:
         offset = random.randrange(len(candidates))
         for job_id in candidates[offset:] + candidates[:offset]:
             claimed = claim(session, job_id=job_id, lease_seconds=lease_seconds)
-            if claimed is not None:
-                return claimed
+            if claimed is None:
+                continue
+            if job_id != slot_of and _pass_on_message(session, used_for=job_id, sent_for=slot_of):
+                return replace(claimed, resend_for=slot_of)
+            return claimed
     return None
+
+
+def _pass_on_message(session: Session, *, used_for: str, sent_for: str) -> bool:
+    """A message sent for ``sent_for`` started ``used_for``. ``sent_for`` takes over what
+    ``used_for`` had on its way: its message (``enqueued_at``; the sweeper re-sends it if it
+    goes stale), or none (``NULL``). Returns whether ``sent_for`` is still queued with none,
+    and so must be sent one now (it is marked as sent in this transaction).
+
+    Messages are interchangeable, so the bookkeeping moves with them; otherwise a job whose
+    message another job used would wait out REQUEUE_AFTER_SECONDS believing one was coming.
+    """
+    theirs = session.scalar(select(Job.enqueued_at).where(Job.id == used_for))
+    updated = session.execute(
+        update(Job)
+        .where(Job.id == sent_for, Job.status == JobStatus.QUEUED)
+        .values(enqueued_at=theirs or utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return rows_affected(updated) == 1 and theirs is None
 
 
 def claim(session: Session, *, job_id: str, lease_seconds: float) -> Claim | None:
@@ -351,14 +377,18 @@ def sweep(
         .order_by(Job.id)
         .limit(batch)
     )
-    stale = list(session.scalars(stale_query))
-    if stale:
+    # Every job that needs a message gets one in this pass, a batch at a time (a batch marked
+    # as sent is not stale any more). Whichever job each message then starts, the bookkeeping
+    # follows the message (see _pass_on_message), so none is left waiting.
+    stale: list[str] = []
+    while batch_ids := list(session.scalars(stale_query)):
         session.execute(
             update(Job)
-            .where(Job.id.in_(stale), Job.status == JobStatus.QUEUED)
+            .where(Job.id.in_(batch_ids), Job.status == JobStatus.QUEUED)
             .values(enqueued_at=now)
             .execution_options(synchronize_session=False)
         )
+        stale.extend(batch_ids)
     return SweepResult(
         requeued_expired=requeued, failed_expired=failed, to_enqueue=requeued + stale
     )
