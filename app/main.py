@@ -10,7 +10,6 @@ from typing import Any
 import redis
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -20,6 +19,7 @@ from starlette.responses import Response
 
 import app.models  # noqa: F401  # every table, for foreign keys across domains
 from app import ops
+from app.api_docs import openapi_schema
 from app.billing import routes as billing_routes
 from app.billing.service import NoPriceError
 from app.errors import FluxgateError
@@ -28,10 +28,10 @@ from app.http_limits import RequestBodyLimits
 from app.images import return_freed_pixels_to_the_os
 from app.jobs import routes as job_routes
 from app.jobs import watching
-from app.jobs.schemas import JobCreate
 from app.keys import routes as key_routes
 from app.notifications import JobWatchHub
 from app.openai_compat import routes as openai_routes
+from app.openai_compat.schemas import OPENAI_PREFIX
 from app.openai_compat.service import OPENAI_PARAMS
 from app.settings import Settings, get_settings
 from app.webhooks import routes as webhook_routes
@@ -51,7 +51,6 @@ _HTTP_CODES = {
 }
 
 
-OPENAI_PREFIX = "/v1/images/"
 _OPENAI_TYPES = {
     401: "authentication_error",
     403: "permission_error",
@@ -214,18 +213,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = get_openapi(
-                title=app.title, version=app.version, description=app.description, routes=app.routes
-            )
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            components["JobCreate"] = JobCreate.model_json_schema(
-                ref_template="#/components/schemas/{model}"
-            )
-            schema.setdefault("components", {})["securitySchemes"] = {
-                "bearer": {"type": "http", "scheme": "bearer"}
-            }
-            schema["security"] = [{"bearer": []}]
-            app.openapi_schema = schema
+            app.openapi_schema = openapi_schema(app)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import text
 
+from app.api_docs import error_responses
 from app.db import get_engine, statements_executed
 from app.errors import DependencyUnavailable
 from app.http_body import StrictJSONRoute
@@ -19,7 +20,7 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="The database and the broker answer")
+@router.get("/readyz", summary="The database and the broker answer", responses=error_responses(503))
 def readyz() -> dict[str, str]:
     try:
         with get_engine().connect() as connection:

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.orm import Session
 
 from app import catalog
+from app.api_docs import error_responses
 from app.billing import service as billing_service
 from app.billing import usage
 from app.billing.models import Price
@@ -299,7 +300,11 @@ def list_prices(_admin: AdminKeyDep, session: SessionDep) -> PriceList:
 
 
 @admin_router.post(
-    "/prices", status_code=201, response_model=PriceOut, summary="Add a price from a date on"
+    "/prices",
+    status_code=201,
+    response_model=PriceOut,
+    summary="Add a price from a date on",
+    responses=error_responses(409),
 )
 def add_price(body: PriceCreate, _admin: AdminKeyDep, session: SessionDep) -> PriceOut:
     price = billing_service.add_price(session, price=body.to_price())

@@ -6,6 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from sqlalchemy.orm import Session
 
+from app.api_docs import error_responses
 from app.billing import budgets
 from app.db import utcnow
 from app.deps import AdminKeyDep, SessionDep, SettingsDep
@@ -70,7 +71,12 @@ def update_key(key_id: str, body: KeyUpdate, _admin: AdminKeyDep, session: Sessi
     return key_out(session, api_key)
 
 
-@router.delete("/{key_id}", response_model=KeyOut, summary="Revoke an API key")
+@router.delete(
+    "/{key_id}",
+    response_model=KeyOut,
+    summary="Revoke an API key (not the last active admin key)",
+    responses=error_responses(409),
+)
 def revoke_key(key_id: str, _admin: AdminKeyDep, session: SessionDep) -> KeyOut:
     api_key = service.revoke_key(session, key_id=key_id)
     return key_out(session, api_key)

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from app.api_docs import error_responses
 from app.db import end_read
 from app.deps import SessionDep, SubmitterDep, WatchDep
 from app.errors import InvalidParameter, UpstreamFailed, WaitTimeout
@@ -20,9 +21,18 @@ from app.jobs.models import Job, JobStatus
 from app.jobs.watching import Watch
 from app.keys.models import ApiKey
 from app.openai_compat import service
+from app.openai_compat.schemas import (
+    OPENAI_PREFIX,
+    ImagesEdit,
+    ImagesGenerate,
+    ImagesResponse,
+    request_body,
+)
 from app.settings import Settings, get_settings
 
-router = APIRouter(prefix="/v1/images", tags=["openai-compatible"], route_class=StrictJSONRoute)
+router = APIRouter(
+    prefix=OPENAI_PREFIX.rstrip("/"), tags=["openai-compatible"], route_class=StrictJSONRoute
+)
 
 
 async def _read(request: Request, settings: Settings) -> RequestBody:
@@ -93,7 +103,13 @@ async def _run(
     )
 
 
-@router.post("/generations", summary="OpenAI-compatible image generation")
+@router.post(
+    "/generations",
+    summary="OpenAI-compatible image generation",
+    response_model=ImagesResponse,
+    openapi_extra=request_body(ImagesGenerate, "application/json", "multipart/form-data"),
+    responses=error_responses(402, 502, 504),
+)
 async def generations(
     request: Request, api_key: SubmitterDep, session: SessionDep, watch: WatchDep
 ) -> dict[str, Any]:
@@ -109,7 +125,13 @@ async def generations(
     return await _run(request, session, api_key, watch, parsed)
 
 
-@router.post("/edits", summary="OpenAI-compatible image edits (multipart image / image[])")
+@router.post(
+    "/edits",
+    summary="OpenAI-compatible image edits (multipart image / image[])",
+    response_model=ImagesResponse,
+    openapi_extra=request_body(ImagesEdit, "multipart/form-data"),
+    responses=error_responses(402, 502, 504),
+)
 async def edits(
     request: Request, api_key: SubmitterDep, session: SessionDep, watch: WatchDep
 ) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from sqlalchemy.orm import Session
 
+from app.api_docs import error_responses
 from app.deps import AdminKeyDep, ApiKeyDep, SessionDep
 from app.http_body import StrictJSONRoute
 from app.jobs import service as job_service
@@ -65,6 +66,7 @@ def get_delivery(delivery_id: str, session: SessionDep, _admin: AdminKeyDep) -> 
     "/{delivery_id}/redeliver",
     response_model=DeliveryOut,
     summary="Send the event again now, with the same webhook-id",
+    responses=error_responses(409),
 )
 def redeliver(delivery_id: str, session: SessionDep, _admin: AdminKeyDep) -> DeliveryOut:
     delivery = service.redeliver(session, delivery_id=delivery_id)

@@ -1,0 +1,151 @@
+"""The OpenAPI description's error answers: every status each operation can return, with the
+envelope it returns them in.
+
+Most statuses follow from what an operation depends on, so they are derived here rather than
+repeated on every route: a key (401), an admin key (403), the submission limit (429), the
+database (503), a path id (404), a body (400, 413, 415, 422). Statuses only a route knows
+about (402, 409, 502, ...) it declares itself with :func:`error_responses`. Any request can
+meet the bounds on its head and body (408, 431) and the text rule on its query (422).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.dependencies.models import Dependant
+from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
+from pydantic import BaseModel, Field
+
+from app import deps
+from app.jobs.schemas import JobCreate
+from app.openai_compat.schemas import OPENAI_PREFIX, ImagesEdit, ImagesGenerate
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="snake_case, stable: what to branch on")
+    message: str = Field(description="a sentence for people")
+    param: str | None = Field(description="the field, parameter or header at fault")
+
+
+class ErrorBody(BaseModel):
+    """Every error Fluxgate answers, outside the OpenAI-compatible routes."""
+
+    error: ErrorDetail
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class OpenAIErrorBody(BaseModel):
+    """Errors of the OpenAI-compatible routes, in OpenAI's shape."""
+
+    error: OpenAIErrorDetail
+
+
+DESCRIPTIONS = {
+    400: "The request is malformed (e.g. the body is not valid JSON)",
+    401: "No API key, or one that is not valid or has been revoked",
+    402: "The key's budget cannot hold this job's cost",
+    403: "This needs an admin key",
+    404: "Nothing with this id, or not the caller's",
+    408: "The request was not received in time",
+    409: "It conflicts with the resource's state",
+    413: "The request, or an image in it, is too large",
+    415: "The body, or an image in it, has a type that is not accepted",
+    422: "A field, parameter or header broke a rule; `param` names it",
+    429: "Over the key's limits; `Retry-After` says when to try again",
+    431: "The request's headers are too large or too many",
+    502: "Every job ended in an upstream failure",
+    503: "A dependency is down or busy; try again shortly",
+    504: "The jobs did not finish in time; they go on as ordinary jobs",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """What a route declares for the statuses only it can answer."""
+    return {status: {"description": DESCRIPTIONS[status]} for status in statuses}
+
+
+def _calls(dependant: Dependant) -> Iterator[Any]:
+    for dependency in dependant.dependencies:
+        yield dependency.call
+        yield from _calls(dependency)
+
+
+def inferred_statuses(route: RouteContext) -> set[int]:
+    # The protocol's bounds on the request head, and the text rule on any query string.
+    statuses = {408, 422, 431}
+    calls = set(_calls(route.dependant))
+    if deps.get_api_key in calls:
+        statuses.add(401)
+    if deps.require_admin in calls:
+        statuses.add(403)
+    if deps.get_submitter in calls:
+        statuses.add(429)
+    if deps.get_session in calls:
+        statuses.add(503)
+    if route.dependant.path_params:
+        statuses.add(404)
+    documented_body = "requestBody" in (route.openapi_extra or {})
+    if route.body_field is not None or documented_body:
+        statuses |= {400, 413, 422}
+    if documented_body:  # read by the route itself: JSON or multipart, and nothing else
+        statuses.add(415)
+    return statuses
+
+
+def openapi_schema(app: FastAPI) -> dict[str, Any]:
+    """The app's OpenAPI description: routes, the bodies routes read themselves, every error
+    status, bearer authentication."""
+    schema = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
+    _add_models(schema, JobCreate, ImagesGenerate, ImagesEdit, ErrorBody, OpenAIErrorBody)
+    document_errors(app, schema)
+    schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    schema["security"] = [{"bearer": []}]
+    return schema
+
+
+def _add_models(schema: dict[str, Any], *models: type[BaseModel]) -> None:
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for model in models:
+        model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(model_schema.pop("$defs", {}))
+        components[model.__name__] = model_schema
+
+
+def _ref(model: type[BaseModel]) -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}
+
+
+def document_errors(app: FastAPI, schema: dict[str, Any]) -> None:
+    """Add every error status to each operation of ``schema`` (FastAPI's own 422, with its
+    ``detail`` list, is not what Fluxgate answers: it is replaced)."""
+    for route in iter_route_contexts(app.routes):
+        if not isinstance(route.original_route, APIRoute) or not route.include_in_schema:
+            continue
+        path = route.path_format or ""
+        envelope = OpenAIErrorBody if path.startswith(OPENAI_PREFIX) else ErrorBody
+        for method in route.methods or ():
+            operation = schema["paths"][path][method.lower()]
+            responses = operation.setdefault("responses", {})
+            declared = {int(status) for status in responses if status.isdigit()}
+            for status in inferred_statuses(route) | {s for s in declared if s >= 400}:
+                if status == 422 and envelope is OpenAIErrorBody:
+                    status = 400  # OpenAI's client expects invalid input as a 400
+                responses[str(status)] = {
+                    "description": DESCRIPTIONS[status],
+                    "content": _ref(envelope),
+                }
+            if envelope is OpenAIErrorBody:
+                responses.pop("422", None)
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schema["components"]["schemas"].pop(unused, None)
