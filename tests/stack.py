@@ -163,8 +163,16 @@ class Stack:
     """One gateway: its database, Redis db, simulator, and the processes started on demand."""
 
     def __init__(
-        self, log_dir: Path, *, backend: str = "postgres", latency: float = 0.05, **settings: str
+        self,
+        log_dir: Path,
+        *,
+        backend: str = "postgres",
+        latency: float = 0.05,
+        faults: str = "",
+        **settings: str,
     ) -> None:
+        """``faults``: the simulator's fault rates, e.g. ``"3040=0.05,hang=0.01"``;
+        ``settings``: FLUXGATE_* settings by lower-case name, e.g. ``job_lease_seconds="40"``."""
         self.log_dir = log_dir
         self.backend = backend
         self.processes: list[Process] = []
@@ -235,6 +243,7 @@ class Stack:
                 str(latency),
                 "--hang-seconds",
                 "4",
+                f"--faults={faults}",
             ],
         )
         wait_until(

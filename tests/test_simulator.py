@@ -424,6 +424,9 @@ def test_hang_outlasts_the_client_timeout(faulty_sim: str) -> None:
     started = time.monotonic()
     _image(_run(faulty_sim, fields, timeout=10))
     assert time.monotonic() - started >= 1.4
+    # The answer the impatient client left behind is recorded as never taken.
+    records = httpx.get(f"{faulty_sim}/__sim/requests", params={"prompt": prompt}).json()
+    assert [record["status"] for record in records] == [499, 200]
 
 
 def test_concurrency_is_tracked(slow_sim: str) -> None:
@@ -495,12 +498,14 @@ def test_requests_are_recorded_with_field_names(sim: str) -> None:
                 }
             },
             "status": 200,
+            "fault": "ok",
         },
         {
             "content_type": "multipart/form-data",
             "fields": {"prompt": prompt, "width": "99"},
             "files": {},
             "status": 400,
+            "fault": None,  # refused before any fault was drawn
         },
     ]
     nobody = httpx.get(f"{sim}/__sim/requests", params={"prompt": "never sent"})

@@ -87,6 +87,7 @@ class _Seen:
     prompt: str | None = None
     fields: dict[str, str] = field(default_factory=dict)
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fault: str | None = None  # the fault applied; "ok" when it was answered with a picture
 
 
 class _Invalid(Exception):
@@ -246,7 +247,9 @@ class Simulator:
         status = 499  # stays so if the client went away and the handler was cancelled
         try:
             response = await self._answer(request, seen)
-            status = response.status_code
+            # An answer nobody is there to take (the client timed out or died) is recorded as
+            # 499: what a job was really given back is what counts upstream.
+            status = 499 if await request.is_disconnected() else response.status_code
             return response
         finally:
             self.in_flight -= 1
@@ -259,6 +262,7 @@ class Simulator:
                         "fields": seen.fields,
                         "files": seen.files,
                         "status": status,
+                        "fault": seen.fault,
                         "received_at": received_at,
                     }
                 )
@@ -310,12 +314,13 @@ class Simulator:
             job = _validate(model, fields, files, sizes, config.input_max_side)
         except _Invalid as exc:
             return _envelope_error(400, 5004, str(exc))
-        return await self._generate(job)
+        return await self._generate(job, seen)
 
-    async def _generate(self, job: _Job) -> Response:
+    async def _generate(self, job: _Job, seen: _Seen) -> Response:
         """Apply latency and the request's fault, then answer (usually with a picture)."""
         config = self.config
         fault = self.plan.next_fault(job.prompt)
+        seen.fault = fault.name
         delay = config.latency_seconds + random.uniform(0.0, config.latency_jitter_seconds)
         if delay > 0:
             await asyncio.sleep(delay)
