@@ -16,6 +16,7 @@ import app.models  # noqa: F401  # every table, for foreign keys across domains
 from app.db import get_sessionmaker, utcnow, with_transaction
 from app.images import ImageError, ImageInfo, inspect_image
 from app.jobs import execution, idempotency
+from app.jobs.dispatch import send_job
 from app.settings import Settings, get_settings
 from app.upstream_gate import DatabaseGate, Gate, RedisGate, wait_for_turn
 from app.webhooks import sender
@@ -23,7 +24,6 @@ from app.webhooks import service as webhooks
 from app.webhooks.signing import signed_headers
 from app.workers_ai import GenerationResult, UpstreamError, WorkersAIClient
 from worker.celery_app import DELIVER_WEBHOOK_TASK, FORWARD_TASK, SWEEP_TASK, celery_app
-from worker.dispatch import send_job
 
 logger = logging.getLogger("fluxgate.worker")
 

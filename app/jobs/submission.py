@@ -14,11 +14,11 @@ from sqlalchemy.orm import Session
 
 from app.db import end_read
 from app.jobs import idempotency, service
+from app.jobs.dispatch import send_job
 from app.jobs.models import Job
 from app.jobs.schemas import JobOut
 from app.jobs.service import JobSubmission
 from app.keys.models import ApiKey
-from worker.dispatch import send_job
 
 
 @dataclass(frozen=True)
