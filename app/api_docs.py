@@ -4,8 +4,9 @@ envelope it returns them in.
 Most statuses follow from what an operation depends on, so they are derived here rather than
 repeated on every route: a key (401), an admin key (403), the submission limit (429), the
 database (503), a path id (404), a body (400, 413, 415, 422). Statuses only a route knows
-about (402, 409, 502, ...) it declares itself with :func:`error_responses`. Any request can
-meet the bounds on its head and body (408, 431) and the text rule on its query (422).
+about (402, 409, 502, ...) it declares itself with :func:`app.errors.error_responses`. Any
+request can meet the bounds on its head and body (408, 431) and the text rule on its query
+(422).
 """
 
 from __future__ import annotations
@@ -17,60 +18,12 @@ from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from app import deps
+from app.errors import DESCRIPTIONS, ErrorBody, OpenAIErrorBody
 from app.jobs.schemas import JobCreate
 from app.openai_compat.schemas import OPENAI_PREFIX, ImagesEdit, ImagesGenerate
-
-
-class ErrorDetail(BaseModel):
-    code: str = Field(description="snake_case, stable: what to branch on")
-    message: str = Field(description="a sentence for people")
-    param: str | None = Field(description="the field, parameter or header at fault")
-
-
-class ErrorBody(BaseModel):
-    """Every error Fluxgate answers, outside the OpenAI-compatible routes."""
-
-    error: ErrorDetail
-
-
-class OpenAIErrorDetail(BaseModel):
-    message: str
-    type: str
-    param: str | None
-    code: str | None
-
-
-class OpenAIErrorBody(BaseModel):
-    """Errors of the OpenAI-compatible routes, in OpenAI's shape."""
-
-    error: OpenAIErrorDetail
-
-
-DESCRIPTIONS = {
-    400: "The request is malformed (e.g. the body is not valid JSON)",
-    401: "No API key, or one that is not valid or has been revoked",
-    402: "The key's budget cannot hold this job's cost",
-    403: "This needs an admin key",
-    404: "Nothing with this id, or not the caller's",
-    408: "The request was not received in time",
-    409: "It conflicts with the resource's state",
-    413: "The request, or an image in it, is too large",
-    415: "The body, or an image in it, has a type that is not accepted",
-    422: "A field, parameter or header broke a rule; `param` names it",
-    429: "Over the key's limits; `Retry-After` says when to try again",
-    431: "The request's headers are too large or too many",
-    502: "Every job ended in an upstream failure",
-    503: "A dependency is down or busy; try again shortly",
-    504: "The jobs did not finish in time; they go on as ordinary jobs",
-}
-
-
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """What a route declares for the statuses only it can answer."""
-    return {status: {"description": DESCRIPTIONS[status]} for status in statuses}
 
 
 def _calls(dependant: Dependant) -> Iterator[Any]:

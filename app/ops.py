@@ -6,9 +6,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import text
 
-from app.api_docs import error_responses
 from app.db import get_engine, statements_executed
-from app.errors import DependencyUnavailable
+from app.errors import DependencyUnavailable, error_responses
 from app.http_body import StrictJSONRoute
 from worker.dispatch import check_broker
 

@@ -8,9 +8,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from app.api_docs import error_responses
 from app.db import end_read
 from app.deps import ApiKeyDep, SessionDep, SubmitterDep, WatchDep
+from app.errors import error_responses
 from app.http_body import StrictJSONRoute, read_body
 from app.images import convert_image
 from app.jobs import service, submission, watching

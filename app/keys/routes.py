@@ -6,10 +6,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 from sqlalchemy.orm import Session
 
-from app.api_docs import error_responses
 from app.billing import budgets
 from app.db import utcnow
 from app.deps import AdminKeyDep, SessionDep, SettingsDep
+from app.errors import error_responses
 from app.http_body import StrictJSONRoute
 from app.keys import service
 from app.keys.models import ApiKey

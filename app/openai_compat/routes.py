@@ -10,10 +10,9 @@ from fastapi import APIRouter, Request, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from app.api_docs import error_responses
 from app.db import end_read
 from app.deps import SessionDep, SubmitterDep, WatchDep
-from app.errors import InvalidParameter, UpstreamFailed, WaitTimeout
+from app.errors import InvalidParameter, UpstreamFailed, WaitTimeout, error_responses
 from app.http_body import RequestBody, StrictJSONRoute, read_body
 from app.images import convert_image
 from app.jobs import submission, watching

@@ -9,8 +9,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from sqlalchemy.orm import Session
 
-from app.api_docs import error_responses
 from app.deps import AdminKeyDep, ApiKeyDep, SessionDep
+from app.errors import error_responses
 from app.http_body import StrictJSONRoute
 from app.jobs import service as job_service
 from app.webhooks import service
