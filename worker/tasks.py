@@ -164,7 +164,7 @@ def forward_job(job_id: str) -> None:
         logger.debug("message for %s found no due job (all done, canceled or running)", job_id)
         return
     if claim.resend_for is not None:
-        # This message started another job; the one it was sent for has none on its way.
+        # This message started a job that never had one of its own: one is missing now.
         send_job(claim.resend_for)
     if waited > 1:
         logger.info("job %s waited %.1fs for the upstream limiter", claim.job_id, waited)

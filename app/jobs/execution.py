@@ -28,8 +28,8 @@ class Claim:
     job_id: str
     attempt: int
     request: GenerationRequest
-    # The job this message was sent for, if it started another one and the first is left
-    # without a message on its way: send it one once this commits.
+    # Set when this message started a job that had none of its own: a message is missing,
+    # to be sent once this commits (labelled with the job the message was sent for).
     resend_for: str | None = None
 
 
@@ -84,7 +84,11 @@ def claim_next(session: Session, *, lease_seconds: float, slot_of: str) -> Claim
 
     A broker message is a dispatch slot, not a particular job: every job sent its own
     message, so every job is claimed by one of them. ``slot_of`` is the job this message was
-    sent for; if another job is started instead, see :func:`_pass_on_message`.
+    sent for. When it starts another job, that job's own message (if it has one) is still on its
+    way and serves whichever job is left. If it has none (never sent: ``enqueued_at`` is NULL),
+    one message is missing from then on: the claim asks for one (``Claim.resend_for``; marked as
+    sent if ``slot_of`` is still queued), rather than leave a job to wait out
+    REQUEUE_AFTER_SECONDS. Like every message, the new one starts whichever job is due.
     """
     for _ in range(CLAIM_ROUNDS):
         candidates = fairest_candidates(session, now=utcnow())
@@ -96,29 +100,22 @@ def claim_next(session: Session, *, lease_seconds: float, slot_of: str) -> Claim
             claimed = claim(session, job_id=job_id, lease_seconds=lease_seconds)
             if claimed is None:
                 continue
-            if job_id != slot_of and _pass_on_message(session, used_for=job_id, sent_for=slot_of):
+            had_message = session.get_one(Job, job_id).enqueued_at is not None  # loaded by claim
+            if job_id != slot_of and not had_message:
+                _mark_sent(session, job_id=slot_of)
                 return replace(claimed, resend_for=slot_of)
             return claimed
     return None
 
 
-def _pass_on_message(session: Session, *, used_for: str, sent_for: str) -> bool:
-    """A message sent for ``sent_for`` started ``used_for``. ``sent_for`` takes over what
-    ``used_for`` had on its way: its message (``enqueued_at``; the sweeper re-sends it if it
-    goes stale), or none (``NULL``). Returns whether ``sent_for`` is still queued with none,
-    and so must be sent one now (it is marked as sent in this transaction).
-
-    Messages are interchangeable, so the bookkeeping moves with them; otherwise a job whose
-    message another job used would wait out REQUEUE_AFTER_SECONDS believing one was coming.
-    """
-    theirs = session.scalar(select(Job.enqueued_at).where(Job.id == used_for))
-    updated = session.execute(
+def _mark_sent(session: Session, *, job_id: str) -> None:
+    """Record that a message is being sent for a job, if it is still queued."""
+    session.execute(
         update(Job)
-        .where(Job.id == sent_for, Job.status == JobStatus.QUEUED)
-        .values(enqueued_at=theirs or utcnow())
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+        .values(enqueued_at=utcnow())
         .execution_options(synchronize_session=False)
     )
-    return rows_affected(updated) == 1 and theirs is None
 
 
 def claim(session: Session, *, job_id: str, lease_seconds: float) -> Claim | None:
@@ -378,8 +375,8 @@ def sweep(
         .limit(batch)
     )
     # Every job that needs a message gets one in this pass, a batch at a time (a batch marked
-    # as sent is not stale any more). Whichever job each message then starts, the bookkeeping
-    # follows the message (see _pass_on_message), so none is left waiting.
+    # as sent is not stale any more). Whichever job each message then starts, none is left
+    # waiting (see claim_next).
     stale: list[str] = []
     while batch_ids := list(session.scalars(stale_query)):
         session.execute(
