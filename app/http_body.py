@@ -1,7 +1,8 @@
 """Reading request bodies with every bound enforced while streaming, never after buffering.
 
-A body larger than the limit is refused as soon as the limit is crossed (413); multipart
-bodies stream straight into Starlette's parser, which spools file parts to disk. JSON, whether
+A body larger than the limit is refused as soon as the limit is crossed (413, by
+app/http_limits.py:RequestBodyLimits, for every route); multipart bodies stream straight into
+Starlette's parser, which spools file parts to disk. JSON, whether
 a route reads it here or lets FastAPI read it (:class:`StrictJSONRoute`), goes through
 :func:`app.text.parse_json`, and multipart text fields are strict UTF-8 held to the same text
 rule.
@@ -19,7 +20,6 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Message
 
 from app.errors import (
     FluxgateError,
@@ -49,27 +49,9 @@ class RequestBody:
         return [name for name, _ in self.files]
 
 
-def _too_large(max_bytes: int) -> PayloadTooLarge:
-    return PayloadTooLarge(f"the request body exceeds {max_bytes} bytes", code="request_too_large")
-
-
-def _capped(request: Request, max_bytes: int) -> Request:
-    """The same request, whose body stream fails once it passes ``max_bytes``."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise _too_large(max_bytes)
-    received = 0
-
-    async def receive() -> Message:
-        nonlocal received
-        message = await request.receive()
-        if message["type"] == "http.request":
-            received += len(message.get("body", b""))
-            if received > max_bytes:
-                raise _too_large(max_bytes)
-        return message
-
-    return Request(request.scope, receive)
+def media_type(request: Request) -> str:
+    """The Content-Type without its parameters, lower-case ("" when there is none)."""
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
 async def _read_all(request: Request) -> bytes:
@@ -109,23 +91,23 @@ class _StrictMultiPartParser(MultiPartParser):
         self.items.append((part.field_name, value))
 
 
-async def read_body(request: Request, *, max_bytes: int, max_file_bytes: int) -> RequestBody:
-    """The body's fields from JSON or multipart/form-data (text fields and file parts)."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+async def read_body(request: Request, *, max_file_bytes: int) -> RequestBody:
+    """The body's fields from JSON or multipart/form-data (text fields and file parts); its
+    size and the time to send it are bounded for every route by RequestBodyLimits."""
+    content_type = media_type(request)
     if content_type not in ("application/json", "multipart/form-data"):
         raise UnsupportedMediaType(
             "send application/json or multipart/form-data", code="unsupported_media_type"
         )
-    capped = _capped(request, max_bytes)
     if content_type == "application/json":
-        data = await read_json(await _read_all(capped))
+        data = await read_json(await _read_all(request))
         if not isinstance(data, dict):
             raise FluxgateError("the body must be a JSON object", code="invalid_json")
         return RequestBody(fields=data)
 
     parser = _StrictMultiPartParser(
-        capped.headers,
-        capped.stream(),
+        request.headers,
+        request.stream(),
         max_fields=MAX_FORM_FIELDS,
         max_files=MAX_FORM_FILES,
         max_part_size=MAX_TEXT_PART_BYTES,
@@ -181,7 +163,7 @@ class StrictJSONRoute(APIRoute):
             return handler  # no body, or one the route reads itself with read_body
 
         async def strict_handler(request: Request) -> Response:
-            content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            content_type = media_type(request)
             if content_type == "application/json" or content_type.endswith("+json"):
                 parsed = _ParsedJSONRequest(request.scope, request.receive)
                 raw = await parsed.body()

@@ -132,10 +132,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
 
 class RequestBodyLimits:
-    """The request body may be at most ``max_bytes`` (413) and must arrive within
-    ``timeout_seconds`` of the request head (408), however slowly it trickles; counted while
-    it streams in, whatever the route. Once the body is complete, waiting on ``receive`` (for
-    a disconnect) is not limited."""
+    """The request body may be at most ``max_bytes`` (413: refused from its declared length
+    when it has one, else once the bytes received pass it) and must arrive within
+    ``timeout_seconds`` of the request head (408), however slowly it trickles; for every route,
+    when it reads its body. Once the body is complete, waiting on ``receive`` (for a
+    disconnect) is not limited."""
 
     def __init__(self, app: ASGIApp, *, max_bytes: int, timeout_seconds: float) -> None:
         self.app = app
@@ -147,17 +148,28 @@ class RequestBodyLimits:
             await self.app(scope, receive, send)
             return
         deadline = time.monotonic() + self.timeout_seconds
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        declared = int(length) if length.isdigit() else 0
         received = 0
         complete = False
+
+        def too_large() -> HTTPException:
+            # An HTTPException passes through FastAPI's body parsing unchanged.
+            return HTTPException(
+                413,
+                f"the request body exceeds {self.max_bytes} bytes",
+                headers={"Connection": "close"},
+            )
 
         async def limited() -> Message:
             nonlocal received, complete
             if complete:
                 return await receive()
+            if declared > self.max_bytes:
+                raise too_large()
             with anyio.move_on_after(deadline - time.monotonic()) as waiting:
                 message = await receive()
             if waiting.cancelled_caught:
-                # An HTTPException passes through FastAPI's body parsing unchanged.
                 raise HTTPException(
                     408,
                     f"the request body was not received within {self.timeout_seconds:g}s",
@@ -166,11 +178,7 @@ class RequestBodyLimits:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise HTTPException(
-                        413,
-                        f"the request body exceeds {self.max_bytes} bytes",
-                        headers={"Connection": "close"},
-                    )
+                    raise too_large()
                 complete = not message.get("more_body", False)
             return message
 

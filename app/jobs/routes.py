@@ -36,11 +36,7 @@ _JOB_BODY_DOC: dict[str, Any] = {
 
 async def job_body(request: Request) -> JobSubmission:
     settings = get_settings()
-    body = await read_body(
-        request,
-        max_bytes=settings.max_request_bytes,
-        max_file_bytes=settings.input_image_max_bytes,
-    )
+    body = await read_body(request, max_file_bytes=settings.input_image_max_bytes)
     # Validation and image decoding are CPU work on untrusted bytes: off the event loop.
     return await run_in_threadpool(parse_submission, body, settings)
 

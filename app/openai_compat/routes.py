@@ -35,11 +35,7 @@ router = APIRouter(
 
 
 async def _read(request: Request, settings: Settings) -> RequestBody:
-    return await read_body(
-        request,
-        max_bytes=settings.max_request_bytes,
-        max_file_bytes=settings.input_image_max_bytes,
-    )
+    return await read_body(request, max_file_bytes=settings.input_image_max_bytes)
 
 
 def _create_jobs(session: Session, api_key: ApiKey, parsed: service.ImagesRequest) -> list[str]:
