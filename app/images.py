@@ -110,10 +110,6 @@ class DecodeBudget:
                 self._used -= nbytes
                 self._freed.notify_all()
 
-    @property
-    def used_bytes(self) -> int:
-        return self._used
-
 
 @lru_cache(maxsize=4)
 def decode_budget(total_bytes: int) -> DecodeBudget:

@@ -8,7 +8,7 @@ finds the job the first request made instead.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy.orm import Session
 
@@ -68,7 +68,7 @@ def submit(
     if earlier is not None:
         replay = _answer(session, [service.get_job(session, api_key=api_key, job_id=earlier)])
         end_read(session)
-        return Accepted(jobs=replay.jobs, rendered=replay.rendered, replayed=True)
+        return replace(replay, replayed=True)
     try:
         job = service.create_job(session, api_key=api_key, submission=submission)
         idempotency.complete(session, api_key_id=api_key.id, key=key, job_id=job.id)
