@@ -18,22 +18,22 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 import app.models  # noqa: F401  # every table, for foreign keys across domains
-from app import ops
-from app.api_docs import openapi_schema
 from app.billing import routes as billing_routes
 from app.billing.service import NoPriceError
-from app.errors import FluxgateError
-from app.http_body import check_path_and_query
-from app.http_limits import RequestBodyLimits
-from app.images import return_freed_pixels_to_the_os
+from app.core.errors import FluxgateError
+from app.core.images import return_freed_pixels_to_the_os
+from app.core.notifications import JobWatchHub
+from app.core.settings import Settings, get_settings
+from app.http import ops
+from app.http.body import check_path_and_query
+from app.http.limits import RequestBodyLimits
+from app.http.openapi import openapi_schema
 from app.jobs import routes as job_routes
 from app.jobs import watching
 from app.keys import routes as key_routes
-from app.notifications import JobWatchHub
 from app.openai_compat import routes as openai_routes
 from app.openai_compat.schemas import OPENAI_PREFIX
 from app.openai_compat.service import OPENAI_PARAMS
-from app.settings import Settings, get_settings
 from app.webhooks import routes as webhook_routes
 from worker.celery_app import configure
 

@@ -1,7 +1,7 @@
 """Every table, imported in one place so Alembic and the services see the whole schema."""
 
 from app.billing.models import BudgetPeriod, Charge, Price
-from app.db import Base
+from app.core.db import Base
 from app.jobs.models import IdempotencyKey, ImageLink, Job, JobImage
 from app.keys.models import ApiKey
 from app.webhooks.models import WebhookAttempt, WebhookDelivery

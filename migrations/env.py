@@ -5,9 +5,9 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
-from app.db import make_engine
+from app.core.db import make_engine
+from app.core.settings import get_settings, normalize_database_url
 from app.models import Base
-from app.settings import get_settings, normalize_database_url
 
 config = context.config
 target_metadata = Base.metadata

@@ -23,8 +23,8 @@ import psycopg
 import redis
 import sqlalchemy as sa
 
-from app.db import make_engine
-from app.settings import normalize_database_url
+from app.core.db import make_engine
+from app.core.settings import normalize_database_url
 
 PG_ADMIN_URL = os.environ.get(
     "FLUXGATE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -347,7 +347,7 @@ class Stack:
     def send_duplicates(self, job_id: str, count: int) -> None:
         """Publish ``count`` more forward messages for ``job_id``, as redeliveries would."""
         script = (
-            "from app.settings import get_settings; from worker.celery_app import configure; "
+            "from app.core.settings import get_settings; from worker.celery_app import configure; "
             "from worker.dispatch import enqueue_forward; configure(get_settings()); "
             f"[enqueue_forward({job_id!r}) for _ in range({count})]"
         )

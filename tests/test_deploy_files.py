@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from app.cli import build_parser
-from app.settings import Settings
+from app.cli.commands import build_parser
+from app.core.settings import Settings
 from tests.stack import ROOT
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from app.images import DecodeBudget, InputImageError, InputLimits, prepare_input_image
+from app.core.images import DecodeBudget, InputImageError, InputLimits, prepare_input_image
 from tests.images import (
     b64,
     exif_rotated_jpeg,

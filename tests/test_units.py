@@ -15,12 +15,17 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.billing.rules import PriceSchedule, job_cost, megapixels, tiles
-from app.db import make_engine, with_transaction
-from app.ids import new_id
+from app.core.db import make_engine, with_transaction
+from app.core.ids import new_id
+from app.core.money import MAX_BUDGET_NANOS, format_usd, parse_usd
+from app.core.settings import ConfigError, Settings, load_settings
 from app.jobs.execution import backoff_seconds
-from app.money import MAX_BUDGET_NANOS, format_usd, parse_usd
-from app.settings import ConfigError, Settings, load_settings
-from app.workers_ai import FINAL_CODES, RETRYABLE_CODES, classify_failure, parse_retry_after
+from app.upstream.workers_ai import (
+    FINAL_CODES,
+    RETRYABLE_CODES,
+    classify_failure,
+    parse_retry_after,
+)
 
 KLEIN_4B = PriceSchedule("flux-2-klein-4b", "tile", "tile", False, 287_000, 287_000, 59_000)
 KLEIN_9B = PriceSchedule(
@@ -307,8 +312,8 @@ def test_with_transaction_retries_when_the_database_is_briefly_unavailable(tmp_p
 
 @pytest.mark.parametrize("token", ["-starts-with-a-dash", "--looks-like-an-option", "plain_token"])
 def test_dev_passes_any_random_simulator_token_intact(token: str) -> None:
-    from app.cli import build_parser
-    from app.embedded import simulator_arguments
+    from app.cli.commands import build_parser
+    from app.cli.dev import simulator_arguments
 
     args = build_parser().parse_args(simulator_arguments(8787, token, 0.5))
     assert args.token == token

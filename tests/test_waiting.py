@@ -16,7 +16,7 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
-from app.errors import InvalidParameter
+from app.core.errors import InvalidParameter
 from app.jobs.watching import prefer_wait
 from tests.receiver import Receiver
 from tests.stack import Process, Stack, running_gateway, unique, wait_until

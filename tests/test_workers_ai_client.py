@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from app.workers_ai import GenerationRequest, UpstreamError, WorkersAIClient
+from app.upstream.workers_ai import GenerationRequest, UpstreamError, WorkersAIClient
 from tests.stack import SIM_TOKEN, Stack
 
 

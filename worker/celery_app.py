@@ -7,7 +7,7 @@ from typing import Any
 
 from celery import Celery
 
-from app.settings import Settings
+from app.core.settings import Settings
 
 JOBS_QUEUE = "fluxgate.jobs"
 MAINTENANCE_QUEUE = "fluxgate.maintenance"

@@ -13,16 +13,16 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
 import app.models  # noqa: F401  # every table, for foreign keys across domains
-from app.db import get_sessionmaker, utcnow, with_transaction
-from app.images import ImageError, ImageInfo, inspect_image
+from app.core.db import get_sessionmaker, utcnow, with_transaction
+from app.core.images import ImageError, ImageInfo, inspect_image
+from app.core.settings import Settings, get_settings
 from app.jobs import execution, idempotency
 from app.jobs.dispatch import send_job
-from app.settings import Settings, get_settings
-from app.upstream_gate import DatabaseGate, Gate, RedisGate, wait_for_turn
+from app.upstream.gate import DatabaseGate, Gate, RedisGate, wait_for_turn
+from app.upstream.workers_ai import GenerationResult, UpstreamError, WorkersAIClient
 from app.webhooks import sender
 from app.webhooks import service as webhooks
 from app.webhooks.signing import signed_headers
-from app.workers_ai import GenerationResult, UpstreamError, WorkersAIClient
 from worker.celery_app import DELIVER_WEBHOOK_TASK, FORWARD_TASK, SWEEP_TASK, celery_app
 
 logger = logging.getLogger("fluxgate.worker")

@@ -15,10 +15,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.billing.models import BudgetPeriod
-from app.db import rows_affected
-from app.errors import FluxgateError
+from app.core.db import rows_affected
+from app.core.errors import FluxgateError
+from app.core.money import format_usd
 from app.keys.models import ApiKey
-from app.money import format_usd
 
 TOTAL_PERIOD_START = datetime(1970, 1, 1, tzinfo=UTC)
 

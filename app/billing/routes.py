@@ -9,16 +9,16 @@ from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.orm import Session
 
-from app import catalog
 from app.billing import service as billing_service
 from app.billing import usage
 from app.billing.models import Price
 from app.billing.service import prices_in_force
-from app.db import as_utc, utcnow
-from app.deps import AdminKeyDep, ApiKeyDep, SessionDep
-from app.errors import error_responses
-from app.http_body import StrictJSONRoute
-from app.money import MAX_UNIT_PRICE_NANOS, format_usd, parse_usd
+from app.core.db import as_utc, utcnow
+from app.core.errors import error_responses
+from app.core.money import MAX_UNIT_PRICE_NANOS, format_usd, parse_usd
+from app.http.body import StrictJSONRoute
+from app.http.deps import AdminKeyDep, ApiKeyDep, SessionDep
+from app.upstream import catalog
 
 router = APIRouter(prefix="/v1", tags=["billing"], route_class=StrictJSONRoute)
 

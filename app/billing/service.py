@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session
 
 from app.billing.models import Charge, Price
 from app.billing.rules import Cost, job_cost
-from app.db import utcnow
-from app.errors import Conflict
+from app.core.db import utcnow
+from app.core.errors import Conflict
 
 
 class NoPriceError(LookupError):

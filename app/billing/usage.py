@@ -12,10 +12,10 @@ from sqlalchemy import ColumnElement, Select, func, select
 from sqlalchemy.orm import Session
 
 from app.billing.models import Charge
-from app.db import as_utc
-from app.errors import InvalidParameter
+from app.core.db import as_utc
+from app.core.errors import InvalidParameter
+from app.core.money import format_usd
 from app.jobs.models import Job
-from app.money import format_usd
 
 GroupBy = Literal["day", "model", "key"]
 

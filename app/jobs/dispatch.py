@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from app.db import with_transaction
+from app.core.db import with_transaction
 from app.jobs.service import mark_not_enqueued
 from worker.dispatch import enqueue_forward
 

@@ -14,13 +14,13 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from app import catalog
 from app.billing.service import record_charge
-from app.db import rows_affected, utcnow
-from app.images import ImageInfo
+from app.core.db import rows_affected, utcnow
+from app.core.images import ImageInfo
 from app.jobs.models import Job, JobImage, JobStatus
 from app.jobs.service import job_changed, job_ended
-from app.workers_ai import GenerationRequest, InputImage, UpstreamError
+from app.upstream import catalog
+from app.upstream.workers_ai import GenerationRequest, InputImage, UpstreamError
 
 
 @dataclass(frozen=True)

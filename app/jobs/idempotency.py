@@ -15,8 +15,8 @@ from sqlalchemy import delete, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.db import rows_affected, utcnow
-from app.errors import Conflict, InvalidParameter
+from app.core.db import rows_affected, utcnow
+from app.core.errors import Conflict, InvalidParameter
 from app.jobs.models import IdempotencyKey
 from app.jobs.service import JobSubmission
 

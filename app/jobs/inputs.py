@@ -10,23 +10,23 @@ import binascii
 import re
 from collections.abc import Sequence
 
-from app import catalog
-from app.errors import (
+from app.core.errors import (
     DependencyUnavailable,
     FluxgateError,
     InvalidParameter,
     PayloadTooLarge,
     UnsupportedMediaType,
 )
-from app.http_body import RequestBody
-from app.images import (
+from app.core.images import (
     InputImageError,
     InputLimits,
     PreparedInput,
     decode_budget,
     prepare_input_image,
 )
-from app.settings import Settings
+from app.core.settings import Settings
+from app.http.body import RequestBody
+from app.upstream import catalog
 
 _FILE_FIELD = re.compile(r"input_image_([0-3])")
 _DATA_URL = re.compile(r"data:image/[a-z]+;base64,", re.IGNORECASE)

@@ -8,16 +8,16 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from app.db import end_read
-from app.deps import ApiKeyDep, SessionDep, SubmitterDep, WatchDep
-from app.errors import error_responses
-from app.http_body import StrictJSONRoute, read_body
-from app.images import convert_image
+from app.core.db import end_read
+from app.core.errors import error_responses
+from app.core.images import convert_image
+from app.core.settings import get_settings
+from app.http.body import StrictJSONRoute, read_body
+from app.http.deps import ApiKeyDep, SessionDep, SubmitterDep, WatchDep
+from app.http.sse import EventStreamResponse
 from app.jobs import service, submission, watching
 from app.jobs.schemas import JobCost, JobList, JobOut
 from app.jobs.service import JobSubmission, parse_submission
-from app.settings import get_settings
-from app.sse import EventStreamResponse
 
 logger = logging.getLogger("fluxgate.api")
 

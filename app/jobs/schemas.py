@@ -14,9 +14,9 @@ from pydantic import (
     model_validator,
 )
 
-from app import catalog
-from app.errors import FluxgateError, InvalidParameter
-from app.text import parse_json
+from app.core.errors import FluxgateError, InvalidParameter
+from app.core.text import parse_json
+from app.upstream import catalog
 
 MAX_METADATA_KEYS = 16
 MAX_METADATA_KEY_CHARS = 64

@@ -8,14 +8,17 @@ from dataclasses import dataclass
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, load_only
 
-from app import outbox
 from app.billing.rules import Cost
 from app.billing.service import estimate, price_in_force
-from app.db import rows_affected, utcnow
-from app.errors import Conflict, InvalidParameter, NotFound
-from app.http_body import RequestBody
-from app.ids import new_id
-from app.images import PreparedInput
+from app.core import outbox
+from app.core.db import rows_affected, utcnow
+from app.core.errors import Conflict, InvalidParameter, NotFound
+from app.core.ids import new_id
+from app.core.images import PreparedInput
+from app.core.money import format_usd
+from app.core.paging import newest_first
+from app.core.settings import Settings
+from app.http.body import RequestBody
 from app.jobs import accounting
 from app.jobs.inputs import collect_input_images, input_limits
 from app.jobs.models import Job, JobImage, JobStatus
@@ -29,9 +32,6 @@ from app.jobs.schemas import (
     parse_job_create,
 )
 from app.keys.models import ApiKey
-from app.money import format_usd
-from app.paging import newest_first
-from app.settings import Settings
 from app.webhooks import service as webhooks
 from app.webhooks.targets import UnsafeTarget, check_webhook_url
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 from sqlalchemy.orm import Session
 
-from app.db import end_read
+from app.core.db import end_read
 from app.jobs import idempotency, service
 from app.jobs.dispatch import send_job
 from app.jobs.models import Job

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 
 import anyio.to_thread
 
-from app.db import session_scope
-from app.errors import InvalidParameter
+from app.core.db import session_scope
+from app.core.errors import InvalidParameter
+from app.core.notifications import JobWatchHub
 from app.jobs import service
 from app.jobs.models import FINAL_STATUSES, Job
 from app.jobs.schemas import JobOut
-from app.notifications import JobWatchHub
 
 JobReader = Callable[[str], Awaitable[JobOut]]
 DisconnectCheck = Callable[[], Awaitable[bool]]

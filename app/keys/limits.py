@@ -16,8 +16,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.billing.models import RateWindow
-from app.db import rows_affected
-from app.errors import FluxgateError
+from app.core.db import rows_affected
+from app.core.errors import FluxgateError
 from app.keys.models import ApiKey
 
 

@@ -7,10 +7,11 @@ from fastapi import APIRouter
 from sqlalchemy.orm import Session
 
 from app.billing import budgets
-from app.db import utcnow
-from app.deps import AdminKeyDep, SessionDep, SettingsDep
-from app.errors import error_responses
-from app.http_body import StrictJSONRoute
+from app.core.db import utcnow
+from app.core.errors import error_responses
+from app.core.money import format_usd
+from app.http.body import StrictJSONRoute
+from app.http.deps import AdminKeyDep, SessionDep, SettingsDep
 from app.keys import service
 from app.keys.models import ApiKey
 from app.keys.schemas import (
@@ -22,7 +23,6 @@ from app.keys.schemas import (
     WebhookSecretRotate,
     WebhookSecretRotated,
 )
-from app.money import format_usd
 
 router = APIRouter(prefix="/v1/admin/keys", tags=["admin"], route_class=StrictJSONRoute)
 

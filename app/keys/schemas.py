@@ -7,8 +7,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from app.money import MAX_BUDGET_NANOS, parse_usd
-from app.text import Text
+from app.core.money import MAX_BUDGET_NANOS, parse_usd
+from app.core.text import Text
 
 Limit = Annotated[int, Field(ge=1, le=1_000_000)]
 

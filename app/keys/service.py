@@ -12,9 +12,9 @@ from datetime import timedelta
 from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session, aliased
 
-from app.db import rows_affected, utcnow
-from app.errors import Conflict, NotFound
-from app.ids import new_id
+from app.core.db import rows_affected, utcnow
+from app.core.errors import Conflict, NotFound
+from app.core.ids import new_id
 from app.keys.models import ApiKey
 from app.keys.schemas import KeyCreate
 

@@ -10,11 +10,12 @@ from fastapi import APIRouter, Request, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from app.db import end_read
-from app.deps import SessionDep, SubmitterDep, WatchDep
-from app.errors import InvalidParameter, UpstreamFailed, WaitTimeout, error_responses
-from app.http_body import RequestBody, StrictJSONRoute, read_body
-from app.images import convert_image
+from app.core.db import end_read
+from app.core.errors import InvalidParameter, UpstreamFailed, WaitTimeout, error_responses
+from app.core.images import convert_image
+from app.core.settings import Settings, get_settings
+from app.http.body import RequestBody, StrictJSONRoute, read_body
+from app.http.deps import SessionDep, SubmitterDep, WatchDep
 from app.jobs import submission, watching
 from app.jobs.models import Job, JobStatus
 from app.jobs.watching import Watch
@@ -27,7 +28,6 @@ from app.openai_compat.schemas import (
     ImagesResponse,
     request_body,
 )
-from app.settings import Settings, get_settings
 
 router = APIRouter(
     prefix=OPENAI_PREFIX.rstrip("/"), tags=["openai-compatible"], route_class=StrictJSONRoute

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from app import catalog
+from app.upstream import catalog
 
 # Every route under it answers errors in OpenAI's shape.
 OPENAI_PREFIX = "/v1/images/"

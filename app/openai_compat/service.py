@@ -16,15 +16,15 @@ from typing import Any, Literal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app import catalog
-from app.db import utcnow
-from app.errors import InvalidParameter, NotFound
-from app.images import convert_image
+from app.core.db import utcnow
+from app.core.errors import InvalidParameter, NotFound
+from app.core.images import convert_image
+from app.core.settings import Settings
 from app.jobs.inputs import input_limits, prepare_all
 from app.jobs.models import ImageLink, Job, JobImage, JobStatus
 from app.jobs.schemas import parse_job_create
 from app.jobs.service import JobSubmission
-from app.settings import Settings
+from app.upstream import catalog
 
 MAX_N = 4
 DEFAULT_SIZE = "1024x1024"

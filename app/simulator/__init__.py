@@ -15,7 +15,7 @@ __all__ = ["SimulatorConfig", "create_app", "serve"]
 def serve(config: SimulatorConfig, host: str, port: int) -> None:
     """Run the simulator with uvicorn until interrupted (blocking). A stop waits at most a
     second for calls in flight: a hanging call (the hang fault) must not keep it alive."""
-    from app.serve import serve as serve_asgi
+    from app.http.serve import serve as serve_asgi
 
     serve_asgi(
         uvicorn.Config(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from app.settings import ConfigError
+from app.core.settings import ConfigError
 from app.simulator import SimulatorConfig, serve
 from app.simulator.faults import parse_rates
 

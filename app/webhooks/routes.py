@@ -9,9 +9,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from sqlalchemy.orm import Session
 
-from app.deps import AdminKeyDep, ApiKeyDep, SessionDep
-from app.errors import error_responses
-from app.http_body import StrictJSONRoute
+from app.core.errors import error_responses
+from app.http.body import StrictJSONRoute
+from app.http.deps import AdminKeyDep, ApiKeyDep, SessionDep
 from app.jobs import service as job_service
 from app.webhooks import service
 from app.webhooks.models import WebhookDelivery

@@ -12,12 +12,12 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from app import outbox
-from app.db import rows_affected, utcnow
-from app.errors import Conflict, InvalidParameter, NotFound
-from app.ids import new_id
+from app.core import outbox
+from app.core.db import rows_affected, utcnow
+from app.core.errors import Conflict, InvalidParameter, NotFound
+from app.core.ids import new_id
+from app.core.paging import newest_first
 from app.keys.models import ApiKey
-from app.paging import newest_first
 from app.webhooks.models import DeliveryStatus, WebhookAttempt, WebhookDelivery
 from app.webhooks.sender import SendResult
 

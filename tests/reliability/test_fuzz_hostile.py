@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.text import text_problem
+from app.core.text import text_problem
 from tests.stack import Stack
 
 FUZZ = settings(

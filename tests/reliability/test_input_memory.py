@@ -24,7 +24,7 @@ MIB = 2**20
 MEASURE = """
 import resource, sys
 from PIL import Image
-import app.images as images
+import app.core.images as images
 data = open(sys.argv[1], "rb").read()
 limits = images.InputLimits(
     max_bytes=10**9, max_pixels=10**9, max_side=512, budget=images.DecodeBudget(2**40)

@@ -27,7 +27,7 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from app.settings import Settings, get_settings
+from app.core.settings import Settings, get_settings
 
 logger = logging.getLogger("fluxgate.notifications")
 

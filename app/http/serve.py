@@ -12,7 +12,7 @@ import socket
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
-from app.settings import ConfigError
+from app.core.settings import ConfigError
 
 
 def listen(host: str, port: int) -> socket.socket:

@@ -8,13 +8,13 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from app.db import end_read, session_scope, utcnow
-from app.errors import Forbidden, Unauthorized
+from app.core.db import end_read, session_scope, utcnow
+from app.core.errors import Forbidden, Unauthorized
+from app.core.settings import Settings, get_settings
 from app.jobs.watching import Watch
 from app.keys import limits
 from app.keys.models import ApiKey
 from app.keys.service import authenticate
-from app.settings import Settings, get_settings
 
 
 def get_session() -> Iterator[Session]:

@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from app.settings import get_settings
+from app.core.settings import get_settings
 
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 _LINGER_SECONDS = 1.0

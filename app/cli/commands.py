@@ -13,7 +13,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
-from app.settings import ConfigError, get_settings
+from app.core.settings import ConfigError, get_settings
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -31,7 +31,7 @@ def _setup_logging() -> None:
 
 def cmd_migrate(_: argparse.Namespace) -> int:
     settings = get_settings()
-    from app.migrate import upgrade_to_head
+    from app.core.migrate import upgrade_to_head
 
     upgrade_to_head(settings.database_url)
     print("database is at the latest schema")
@@ -39,7 +39,7 @@ def cmd_migrate(_: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from app.embedded import run_dev
+    from app.cli.dev import run_dev
 
     return run_dev(
         port=args.port, data_dir=Path(args.data_dir), simulator_latency=args.simulator_latency
@@ -49,8 +49,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from app.http_limits import LimitedHttpToolsProtocol
-    from app.serve import serve
+    from app.http.limits import LimitedHttpToolsProtocol
+    from app.http.serve import serve
 
     settings = get_settings()
     serve(
@@ -142,7 +142,7 @@ def _key_fields(model: type[ModelT], fields: dict[str, object]) -> ModelT:
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
     import app.models  # noqa: F401
-    from app.db import session_scope
+    from app.core.db import session_scope
     from app.keys.schemas import KeyCreate
     from app.keys.service import create_key_as
 
@@ -171,9 +171,9 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
     import app.models  # noqa: F401
-    from app.db import session_scope
+    from app.core.db import session_scope
+    from app.core.money import format_usd
     from app.keys.service import list_keys
-    from app.money import format_usd
 
     get_settings()
     with session_scope() as session:
@@ -201,7 +201,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
 def cmd_keys_update(args: argparse.Namespace) -> int:
     import app.models  # noqa: F401
-    from app.db import session_scope
+    from app.core.db import session_scope
     from app.keys.schemas import KeyUpdate
     from app.keys.service import update_key
 
@@ -233,7 +233,7 @@ def cmd_keys_update(args: argparse.Namespace) -> int:
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
     import app.models  # noqa: F401
-    from app.db import session_scope
+    from app.core.db import session_scope
     from app.keys.service import revoke_key
 
     get_settings()
@@ -245,7 +245,7 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 
 def cmd_keys_rotate_webhook_secret(args: argparse.Namespace) -> int:
     import app.models  # noqa: F401
-    from app.db import session_scope
+    from app.core.db import session_scope
     from app.keys.service import rotate_webhook_secret
 
     grace = args.grace_seconds
@@ -266,7 +266,7 @@ def cmd_prices_list(_: argparse.Namespace) -> int:
     import app.models  # noqa: F401
     from app.billing.routes import price_out
     from app.billing.service import list_prices
-    from app.db import session_scope
+    from app.core.db import session_scope
 
     get_settings()
     with session_scope() as session:
@@ -281,7 +281,7 @@ def cmd_prices_add(args: argparse.Namespace) -> int:
     import app.models  # noqa: F401
     from app.billing.routes import PriceCreate, price_out
     from app.billing.service import add_price
-    from app.db import session_scope
+    from app.core.db import session_scope
 
     get_settings()
     try:
@@ -443,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging()
-    from app.errors import FluxgateError
+    from app.core.errors import FluxgateError
 
     try:
         return int(args.handler(args))
@@ -453,7 +453,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FluxgateError as error:  # e.g. no such key, a price that already exists
         print(f"fluxgate: {error.message}", file=sys.stderr)
         return 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

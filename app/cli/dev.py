@@ -20,8 +20,8 @@ from types import FrameType
 
 import httpx
 
-from app.migrate import upgrade_to_head
-from app.settings import get_settings
+from app.core.migrate import upgrade_to_head
+from app.core.settings import get_settings
 
 ADMIN_KEY_FILE = "admin-key"
 STOP_TIMEOUT_SECONDS = 30.0
@@ -70,7 +70,7 @@ def _admin_key(data_dir: Path) -> str:
     """The admin key kept in ``data_dir/admin-key`` (mode 0600): created on first start, and
     again only if the database no longer knows it."""
     import app.models  # noqa: F401  # every table, for foreign keys across domains
-    from app.db import session_scope
+    from app.core.db import session_scope
     from app.keys.service import authenticate, create_key
 
     path = data_dir / ADMIN_KEY_FILE

@@ -17,7 +17,7 @@ import redis
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db import rows_affected, with_transaction
+from app.core.db import rows_affected, with_transaction
 from app.jobs.models import UpstreamGate
 
 MICROS = 1_000_000

@@ -13,7 +13,7 @@ from typing import Annotated, Any, NoReturn
 
 from pydantic import AfterValidator
 
-from app.errors import FluxgateError, InvalidParameter
+from app.core.errors import FluxgateError, InvalidParameter
 
 
 def text_problem(value: str) -> str | None:

@@ -1,10 +1,10 @@
 """Reading request bodies with every bound enforced while streaming, never after buffering.
 
 A body larger than the limit is refused as soon as the limit is crossed (413, by
-app/http_limits.py:RequestBodyLimits, for every route); multipart bodies stream straight into
+app/http/limits.py:RequestBodyLimits, for every route); multipart bodies stream straight into
 Starlette's parser, which spools file parts to disk. JSON, whether
 a route reads it here or lets FastAPI read it (:class:`StrictJSONRoute`), goes through
-:func:`app.text.parse_json`, and multipart text fields are strict UTF-8 held to the same text
+:func:`app.core.text.parse_json`, and multipart text fields are strict UTF-8 held to the same text
 rule.
 """
 
@@ -21,14 +21,14 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.errors import (
+from app.core.errors import (
     FluxgateError,
     InvalidParameter,
     NotFound,
     PayloadTooLarge,
     UnsupportedMediaType,
 )
-from app.text import parse_json, text_problem
+from app.core.text import parse_json, text_problem
 
 MAX_FORM_FIELDS = 32
 MAX_FORM_FILES = 8

@@ -4,7 +4,7 @@ envelope it returns them in.
 Most statuses follow from what an operation depends on, so they are derived here rather than
 repeated on every route: a key (401), an admin key (403), the submission limit (429), the
 database (503), a path id (404), a body (400, 413, 415, 422). Statuses only a route knows
-about (402, 409, 502, ...) it declares itself with :func:`app.errors.error_responses`. Any
+about (402, 409, 502, ...) it declares itself with :func:`app.core.errors.error_responses`. Any
 request can meet the bounds on its head and body (408, 431) and the text rule on its query
 (422).
 """
@@ -20,8 +20,8 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
 from pydantic import BaseModel
 
-from app import deps
-from app.errors import DESCRIPTIONS, ErrorBody, OpenAIErrorBody
+from app.core.errors import DESCRIPTIONS, ErrorBody, OpenAIErrorBody
+from app.http import deps
 from app.jobs.schemas import JobCreate
 from app.openai_compat.schemas import OPENAI_PREFIX, ImagesEdit, ImagesGenerate
 

@@ -8,8 +8,8 @@ from typing import Any, Protocol, TypeVar
 from sqlalchemy import Select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from app.errors import InvalidParameter
-from app.ids import ID_CHARS
+from app.core.errors import InvalidParameter
+from app.core.ids import ID_CHARS
 
 MAX_PAGE_SIZE = 100
 

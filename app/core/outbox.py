@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from sqlalchemy import event
 from sqlalchemy.orm import Session, SessionTransaction
 
-from app import notifications
+from app.core import notifications
 
 logger = logging.getLogger("fluxgate.outbox")
 

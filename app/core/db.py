@@ -23,7 +23,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
-from app.settings import get_settings
+from app.core.settings import get_settings
 
 logger = logging.getLogger("fluxgate.db")
 T = TypeVar("T")

@@ -6,9 +6,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import text
 
-from app.db import get_engine, statements_executed
-from app.errors import DependencyUnavailable, error_responses
-from app.http_body import StrictJSONRoute
+from app.core.db import get_engine, statements_executed
+from app.core.errors import DependencyUnavailable, error_responses
+from app.http.body import StrictJSONRoute
 from worker.dispatch import check_broker
 
 router = APIRouter(tags=["operations"], route_class=StrictJSONRoute)

@@ -1,0 +1,3 @@
+from app.cli.commands import main
+
+raise SystemExit(main())
