@@ -17,9 +17,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
-import app.models  # noqa: F401  # every table, for foreign keys across domains
+from app import backends
 from app.billing import routes as billing_routes
-from app.billing.service import NoPriceError
 from app.core.errors import FluxgateError
 from app.core.images import return_freed_pixels_to_the_os
 from app.core.notifications import JobWatchHub
@@ -27,15 +26,14 @@ from app.core.settings import Settings, get_settings
 from app.http import ops
 from app.http.body import check_path_and_query
 from app.http.limits import RequestBodyLimits
-from app.http.openapi import openapi_schema
 from app.jobs import routes as job_routes
 from app.jobs import watching
 from app.keys import routes as key_routes
 from app.openai_compat import routes as openai_routes
 from app.openai_compat.schemas import OPENAI_PREFIX
 from app.openai_compat.service import OPENAI_PARAMS
+from app.openapi import openapi_schema
 from app.webhooks import routes as webhook_routes
-from worker.celery_app import configure
 
 logger = logging.getLogger("fluxgate.api")
 
@@ -126,11 +124,6 @@ def install_error_handlers(app: FastAPI) -> None:
         logger.info("client disconnected while sending %s %s", request.method, request.url.path)
         return Response(status_code=400)
 
-    @app.exception_handler(NoPriceError)
-    async def no_price(request: Request, error: NoPriceError) -> JSONResponse:
-        logger.error("%s: add a price row (fluxgate migrate seeds the defaults)", error)
-        return error_response(request, 503, "price_unavailable", str(error))
-
     @app.exception_handler(OperationalError)
     async def database_down(request: Request, error: OperationalError) -> JSONResponse:
         logger.error("database error: %s", error.__class__.__name__)
@@ -168,10 +161,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    configure(settings)
+    pieces = backends.connect(settings)
     return_freed_pixels_to_the_os()
     hub = JobWatchHub(
-        settings,
+        pieces.notifications,
         read_statuses=watching.read_statuses,
         reconcile_seconds=settings.events_reconcile_seconds,
     )
@@ -195,6 +188,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             '`{"error": {"code", "message", "param"}}`. Money is a decimal string of USD.'
         ),
     )
+    app.state.settings = settings
+    app.state.backends = pieces
     app.state.watch = watching.Watch(hub)
     install_error_handlers(app)
     app.add_middleware(

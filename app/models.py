@@ -1,9 +1,11 @@
-"""Every table, imported in one place so Alembic and the services see the whole schema."""
+"""Every table, imported in one place: where the session factory is built (app/core/db.py)
+and by Alembic, so relationships and foreign keys across domains always resolve."""
 
 from app.billing.models import BudgetPeriod, Charge, Price
-from app.core.db import Base
+from app.core.orm import Base
 from app.jobs.models import IdempotencyKey, ImageLink, Job, JobImage
-from app.keys.models import ApiKey
+from app.keys.models import ApiKey, RateWindow
+from app.upstream.models import UpstreamGate
 from app.webhooks.models import WebhookAttempt, WebhookDelivery
 
 __all__ = [
@@ -16,6 +18,8 @@ __all__ = [
     "Job",
     "JobImage",
     "Price",
+    "RateWindow",
+    "UpstreamGate",
     "WebhookAttempt",
     "WebhookDelivery",
 ]

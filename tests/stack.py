@@ -347,9 +347,9 @@ class Stack:
     def send_duplicates(self, job_id: str, count: int) -> None:
         """Publish ``count`` more forward messages for ``job_id``, as redeliveries would."""
         script = (
-            "from app.core.settings import get_settings; from worker.celery_app import configure; "
-            "from worker.dispatch import enqueue_forward; configure(get_settings()); "
-            f"[enqueue_forward({job_id!r}) for _ in range({count})]"
+            "from app import backends; from app.core import queue; "
+            "from app.core.settings import get_settings; backends.connect(get_settings()); "
+            f"[queue.send_forward({job_id!r}) for _ in range({count})]"
         )
         subprocess.run(
             [sys.executable, "-c", script], env=self.env, cwd=ROOT, check=True, timeout=60

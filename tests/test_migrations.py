@@ -15,8 +15,9 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 
 import app.models  # noqa: F401  # every table on the metadata
-from app.core.db import Base, make_engine
+from app.core.db import make_engine
 from app.core.migrate import alembic_config
+from app.core.orm import Base
 from app.core.settings import normalize_database_url
 from tests.stack import postgres_database
 

@@ -8,14 +8,13 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_add
 
 import pytest
 
+from app.core.settings import Network, parse_networks
 from app.webhooks.targets import (
     Address,
-    Network,
     UnsafeTarget,
     WebhookTarget,
     address_allowed,
     check_url,
-    parse_networks,
     parse_target,
     resolve,
 )

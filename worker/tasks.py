@@ -1,4 +1,5 @@
-"""Celery tasks: the transaction edge for job execution. The logic is in app.jobs.execution."""
+"""The worker's edge: the Celery tasks, each a transaction edge. The logic is in
+app.jobs.execution and app.webhooks.service; messages leave through the outbox."""
 
 from __future__ import annotations
 
@@ -12,18 +13,19 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
-import app.models  # noqa: F401  # every table, for foreign keys across domains
-from app.core.db import get_sessionmaker, utcnow, with_transaction
+from app import backends
+from app.core import outbox
+from app.core.db import with_transaction
 from app.core.images import ImageError, ImageInfo, inspect_image
+from app.core.orm import utcnow
+from app.core.queue import DELIVER_WEBHOOK_TASK, FORWARD_TASK, SWEEP_TASK, celery_app
 from app.core.settings import Settings, get_settings
 from app.jobs import execution, idempotency
-from app.jobs.dispatch import send_job
-from app.upstream.gate import DatabaseGate, Gate, RedisGate, wait_for_turn
+from app.upstream.gate import wait_for_turn
 from app.upstream.workers_ai import GenerationResult, UpstreamError, WorkersAIClient
 from app.webhooks import sender
 from app.webhooks import service as webhooks
 from app.webhooks.signing import signed_headers
-from worker.celery_app import DELIVER_WEBHOOK_TASK, FORWARD_TASK, SWEEP_TASK, celery_app
 
 logger = logging.getLogger("fluxgate.worker")
 
@@ -109,23 +111,6 @@ def record_outcome(
     return Recorded(done, f"failed: {outcome.code}")
 
 
-_gate: Gate | None = None
-
-
-def upstream_gate() -> Gate:
-    """The account-wide limiter, shared through Redis or the database by every worker."""
-    global _gate
-    with _client_lock:
-        if _gate is None:
-            settings = get_settings()
-            _gate = (
-                RedisGate(settings.redis_url, rpm=settings.upstream_rpm)
-                if settings.redis_url
-                else DatabaseGate(get_sessionmaker(), rpm=settings.upstream_rpm)
-            )
-        return _gate
-
-
 # The database or Redis out of reach (a restart, a network blip).
 DEPENDENCY_DOWN = (OperationalError, PoolTimeout, redis.RedisError)
 # A dispatch slot that could not claim a job during an outage is sent again this much later.
@@ -140,7 +125,7 @@ def forward_job(job_id: str) -> None:
     fairest due job (``job_id`` is the job whose submission sent this message; another key's
     job may go first). Safe to run any number of times."""
     settings = get_settings()
-    gate = upstream_gate()
+    gate = backends.connect(settings).upstream_gate
     try:
         waited = wait_for_turn(gate)
         lease_ends = time.monotonic() + settings.job_lease_seconds
@@ -158,14 +143,11 @@ def forward_job(job_id: str) -> None:
             error.__class__.__name__,
             SLOT_RETRY_SECONDS,
         )
-        send_job(job_id, countdown=SLOT_RETRY_SECONDS)
+        outbox.send_now(outbox.ForwardJob(job_id, countdown=SLOT_RETRY_SECONDS))
         return
     if claim is None:
         logger.debug("message for %s found no due job (all done, canceled or running)", job_id)
         return
-    if claim.resend_for is not None:
-        # This message started a job that never had one of its own: one is missing now.
-        send_job(claim.resend_for)
     if waited > 1:
         logger.info("job %s waited %.1fs for the upstream limiter", claim.job_id, waited)
 
@@ -182,8 +164,6 @@ def forward_job(job_id: str) -> None:
         )
         return
     logger.info("job %s attempt %s %s", claim.job_id, claim.attempt, recorded.summary)
-    if recorded.retry_in is not None:
-        send_job(claim.job_id, countdown=recorded.retry_in)
     if isinstance(outcome, UpstreamError) and outcome.http_status == 429 and outcome.retryable:
         # Out of capacity or over the rate: every worker holds back, not just this one.
         try:
@@ -212,13 +192,11 @@ def sweep() -> None:
     )
     if deliveries:
         logger.info("sweep: %d webhook deliveries sent", len(deliveries))
-    for job_id in result.to_enqueue:
-        send_job(job_id)
-    if result.to_enqueue or result.failed_expired:
+    if result.resent or result.failed_expired:
         logger.info(
             "sweep: %d leases expired, %d re-sent, %d failed after exhausting attempts",
             len(result.requeued_expired),
-            len(result.to_enqueue),
+            len(result.resent),
             len(result.failed_expired),
         )
 

@@ -7,14 +7,13 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     ForeignKey,
-    Integer,
     String,
     UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.billing.rules import PriceSchedule, Unit
-from app.core.db import Base, UTCDateTime, utcnow
+from app.core.orm import Base, UTCDateTime, utcnow
 
 
 class Price(Base):
@@ -77,14 +76,3 @@ class BudgetPeriod(Base):
     period_start: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
     held_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
     charged_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
-
-
-class RateWindow(Base):
-    """Job submissions of a key in one minute, where no Redis is configured (the embedded
-    default); production counts in Redis."""
-
-    __tablename__ = "rate_windows"
-
-    api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"), primary_key=True)
-    window_start: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
-    count: Mapped[int] = mapped_column(Integer, default=0)

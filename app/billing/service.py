@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -11,12 +12,17 @@ from sqlalchemy.orm import Session
 
 from app.billing.models import Charge, Price
 from app.billing.rules import Cost, job_cost
-from app.core.db import utcnow
-from app.core.errors import Conflict
+from app.core.errors import Conflict, FluxgateError
+from app.core.orm import utcnow
+
+logger = logging.getLogger("fluxgate.billing")
 
 
-class NoPriceError(LookupError):
-    pass
+class NoPriceError(FluxgateError):
+    """A model without a price row in force: an operator's omission, not the caller's."""
+
+    status_code = 503
+    code = "price_unavailable"
 
 
 def price_in_force(session: Session, *, model: str, at: datetime | None = None) -> Price:
@@ -29,6 +35,9 @@ def price_in_force(session: Session, *, model: str, at: datetime | None = None) 
         .limit(1)
     )
     if price is None:
+        logger.error(
+            "no price in force for %s: add a price row (fluxgate migrate seeds them)", model
+        )
         raise NoPriceError(f"no price in force for {model}")
     return price
 

@@ -12,9 +12,9 @@ from sqlalchemy import ColumnElement, Select, func, select
 from sqlalchemy.orm import Session
 
 from app.billing.models import Charge
-from app.core.db import as_utc
 from app.core.errors import InvalidParameter
 from app.core.money import format_usd
+from app.core.orm import as_utc
 from app.jobs.models import Job
 
 GroupBy = Literal["day", "model", "key"]

@@ -13,15 +13,18 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
-from app.core.settings import ConfigError, get_settings
+from app.core.settings import ConfigError, get_settings, use_settings
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 def _setup_logging() -> None:
-    level = os.environ.get("FLUXGATE_LOG_LEVEL", "INFO").upper()
+    try:
+        level = get_settings().log_level
+    except ConfigError:
+        level = "INFO"  # a command that needs the settings reports what is wrong with them
     logging.basicConfig(
-        level=level if level in ("DEBUG", "INFO", "WARNING", "ERROR") else "INFO",
+        level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # One line per upstream call at 64 in flight is noise; our own log says what happened.
@@ -69,13 +72,18 @@ def cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_worker(args: argparse.Namespace) -> int:
-    if args.concurrency is not None:
-        os.environ["FLUXGATE_WORKER_CONCURRENCY"] = str(args.concurrency)
-        get_settings.cache_clear()
-    settings = get_settings()
-    from worker.celery_app import QUEUES, configure
+# The worker's tasks, loaded by Celery by name in worker processes only: nothing in app/
+# imports the worker edge.
+WORKER_TASKS = "worker.tasks"
 
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from app import backends
+    from app.core.queue import QUEUES, celery_app
+
+    settings = get_settings()
+    if args.concurrency is not None:
+        settings = use_settings(settings, worker_concurrency=args.concurrency)
     names = [name.strip() for name in args.queues.split(",") if name.strip()]
     unknown = [name for name in names if name not in QUEUES]
     if unknown or not names:
@@ -83,8 +91,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if "jobs" in names:
         settings.require_upstream()
 
-    app = configure(settings)
-    app.worker_main(
+    backends.connect(settings)
+    celery_app.conf.include = [WORKER_TASKS]
+    celery_app.worker_main(
         [
             "worker",
             "--pool=threads",
@@ -100,12 +109,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_beat(_: argparse.Namespace) -> int:
-    settings = get_settings()
-    from worker.celery_app import configure
+    from app import backends
+    from app.core.queue import celery_app
 
-    app = configure(settings)
+    settings = get_settings()
+    backends.connect(settings)
     # The schedule is one fixed interval: nothing to persist between restarts.
-    app.start(["beat", "--scheduler=celery.beat:Scheduler", f"--loglevel={settings.log_level}"])
+    celery_app.start(
+        ["beat", "--scheduler=celery.beat:Scheduler", f"--loglevel={settings.log_level}"]
+    )
     return 0
 
 
@@ -141,7 +153,6 @@ def _key_fields(model: type[ModelT], fields: dict[str, object]) -> ModelT:
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
-    import app.models  # noqa: F401
     from app.core.db import session_scope
     from app.keys.schemas import KeyCreate
     from app.keys.service import create_key_as
@@ -170,7 +181,6 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
-    import app.models  # noqa: F401
     from app.core.db import session_scope
     from app.core.money import format_usd
     from app.keys.service import list_keys
@@ -200,7 +210,6 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_update(args: argparse.Namespace) -> int:
-    import app.models  # noqa: F401
     from app.core.db import session_scope
     from app.keys.schemas import KeyUpdate
     from app.keys.service import update_key
@@ -232,7 +241,6 @@ def cmd_keys_update(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
-    import app.models  # noqa: F401
     from app.core.db import session_scope
     from app.keys.service import revoke_key
 
@@ -244,7 +252,6 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_rotate_webhook_secret(args: argparse.Namespace) -> int:
-    import app.models  # noqa: F401
     from app.core.db import session_scope
     from app.keys.service import rotate_webhook_secret
 
@@ -263,8 +270,7 @@ def cmd_keys_rotate_webhook_secret(args: argparse.Namespace) -> int:
 
 
 def cmd_prices_list(_: argparse.Namespace) -> int:
-    import app.models  # noqa: F401
-    from app.billing.routes import price_out
+    from app.billing.schemas import price_out
     from app.billing.service import list_prices
     from app.core.db import session_scope
 
@@ -278,8 +284,7 @@ def cmd_prices_list(_: argparse.Namespace) -> int:
 def cmd_prices_add(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    import app.models  # noqa: F401
-    from app.billing.routes import PriceCreate, price_out
+    from app.billing.schemas import PriceCreate, price_out
     from app.billing.service import add_price
     from app.core.db import session_scope
 

@@ -21,7 +21,7 @@ from types import FrameType
 import httpx
 
 from app.core.migrate import upgrade_to_head
-from app.core.settings import get_settings
+from app.core.settings import child_environment, load_settings, use_settings
 
 ADMIN_KEY_FILE = "admin-key"
 STOP_TIMEOUT_SECONDS = 30.0
@@ -39,21 +39,20 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def embedded_environment(data_dir: Path, *, simulator_port: int | None) -> dict[str, str]:
-    """The settings every child gets: state under ``data_dir``; the operator's own
-    ``FLUXGATE_*`` variables still apply where the embedded default does not decide."""
-    env = dict(os.environ)
-    env["FLUXGATE_DATABASE_URL"] = f"sqlite:///{data_dir / 'fluxgate.db'}"
-    env["FLUXGATE_BROKER_URL"] = f"filesystem://{data_dir / 'broker'}"
-    env.pop("FLUXGATE_REDIS_URL", None)
-    # The broker moves each message into the temp dir before reading it: on the same file
-    # system as the broker folder that move is an atomic rename.
-    env["TMPDIR"] = str(data_dir / "tmp")
+def embedded_settings(data_dir: Path, *, simulator_port: int | None) -> dict[str, str | None]:
+    """The settings every child gets: state under ``data_dir``, no Redis, and the simulator's
+    address unless Cloudflare is used; the operator's own ``FLUXGATE_*`` variables still apply
+    where the embedded default does not decide."""
+    settings: dict[str, str | None] = {
+        "database_url": f"sqlite:///{data_dir / 'fluxgate.db'}",
+        "broker_url": f"filesystem://{data_dir / 'broker'}",
+        "redis_url": None,
+    }
     if simulator_port is not None:
-        env["FLUXGATE_CF_ACCOUNT_ID"] = "local-simulator"
-        env["FLUXGATE_CF_API_TOKEN"] = secrets.token_urlsafe(24)
-        env["FLUXGATE_CF_BASE_URL"] = f"http://127.0.0.1:{simulator_port}/client/v4"
-    return env
+        settings["cf_account_id"] = "local-simulator"
+        settings["cf_api_token"] = secrets.token_urlsafe(24)
+        settings["cf_base_url"] = f"http://127.0.0.1:{simulator_port}/client/v4"
+    return settings
 
 
 def simulator_arguments(port: int, token: str, latency: float) -> list[str]:
@@ -69,7 +68,6 @@ def _fluxgate(*args: str) -> list[str]:
 def _admin_key(data_dir: Path) -> str:
     """The admin key kept in ``data_dir/admin-key`` (mode 0600): created on first start, and
     again only if the database no longer knows it."""
-    import app.models  # noqa: F401  # every table, for foreign keys across domains
     from app.core.db import session_scope
     from app.keys.service import authenticate, create_key
 
@@ -139,15 +137,15 @@ def run_dev(
     data_dir = data_dir.resolve()
     for folder in (data_dir, data_dir / "tmp", data_dir / "logs"):
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    use_cloudflare = bool(os.environ.get("FLUXGATE_CF_ACCOUNT_ID")) and bool(
-        os.environ.get("FLUXGATE_CF_API_TOKEN")
-    )
+    given = embedded_settings(data_dir, simulator_port=None)
+    use_cloudflare = bool(load_settings(**given).cf_account_id)
     simulator_port = None if use_cloudflare else _free_port()
-    env = embedded_environment(data_dir, simulator_port=simulator_port)
+    given = embedded_settings(data_dir, simulator_port=simulator_port)
+    # The broker moves each message into the temp dir before reading it: on the same file
+    # system as the broker folder that move is an atomic rename.
+    env = child_environment(given, other={"TMPDIR": str(data_dir / "tmp")})
     # This process uses the same settings as its children (migrations, the admin key).
-    os.environ.update(env)
-    get_settings.cache_clear()
-    settings = get_settings()
+    settings = use_settings(load_settings(**given))
     logging.getLogger("alembic").setLevel(logging.WARNING)  # the banner says what matters
     upgrade_to_head(settings.database_url)
     key = _admin_key(data_dir)
@@ -177,7 +175,7 @@ def run_dev(
                 "simulator",
                 _fluxgate(
                     *simulator_arguments(
-                        simulator_port, env["FLUXGATE_CF_API_TOKEN"], simulator_latency
+                        simulator_port, settings.require_upstream()[1], simulator_latency
                     )
                 ),
             )

@@ -1,4 +1,5 @@
-"""The database: one declarative base, one engine per process, sessions for the edges.
+"""The database: one engine per process, sessions for the edges (the tables' base and column
+types are in app/core/orm.py).
 
 Services take a ``Session`` and flush; the edge (an HTTP request, a task, a CLI command)
 commits.
@@ -12,66 +13,18 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import CursorResult, DateTime, Engine, MetaData, Result, create_engine, event
-from sqlalchemy.engine import Dialect
+from sqlalchemy import CursorResult, Engine, Result, create_engine, event
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.settings import get_settings
 
 logger = logging.getLogger("fluxgate.db")
 T = TypeVar("T")
-
-NAMING_CONVENTION = {
-    "ix": "ix_%(column_0_label)s",
-    "uq": "uq_%(table_name)s_%(column_0_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
-
-
-class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING_CONVENTION)
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """Timezone-aware UTC datetimes on every backend (SQLite has no time zones)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        value = as_utc(value)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def as_utc(value: datetime) -> datetime:
-    """``value`` in UTC; a ValueError for a naive time, or one that UTC cannot hold (a time
-    zone pushing it past year 1 or 9999)."""
-    if value.tzinfo is None:
-        raise ValueError("give a time zone, e.g. 2026-12-01T00:00:00Z")
-    try:
-        return value.astimezone(UTC)
-    except OverflowError:
-        raise ValueError("is out of range") from None
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def rows_affected(result: Result[Any]) -> int:
@@ -133,6 +86,10 @@ def get_engine() -> Engine:
 
 @lru_cache(maxsize=1)
 def get_sessionmaker() -> sessionmaker[Session]:
+    # Every table registered where sessions are made, so foreign keys across domains resolve
+    # whichever models a process imported first.
+    import app.models  # noqa: F401
+
     return sessionmaker(bind=get_engine(), expire_on_commit=False)
 
 

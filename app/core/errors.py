@@ -31,11 +31,6 @@ class FluxgateError(Exception):
         return {"error": {"code": self.code, "message": self.message, "param": self.param}}
 
 
-class InvalidRequest(FluxgateError):
-    status_code = 400
-    code = "invalid_request"
-
-
 class InvalidParameter(FluxgateError):
     status_code = 422
     code = "invalid_parameter"

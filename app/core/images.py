@@ -63,6 +63,14 @@ def convert_image(data: bytes, target: str) -> tuple[bytes, str]:
     return out.getvalue(), FORMATS[pillow_format]
 
 
+def in_format(data: bytes, content_type: str, target: str | None) -> tuple[bytes, str]:
+    """A stored image as asked for: as it is when ``target`` is ``None`` or its own format,
+    else re-encoded; the bytes and their MIME type."""
+    if target is None or content_type == f"image/{target}":
+        return data, content_type
+    return convert_image(data, target)
+
+
 # ---- input images (editing and multi-reference) ------------------------------------------
 
 _SIGNATURES = (

@@ -5,13 +5,13 @@ A wrong or missing setting stops start-up with one clear line (see :func:`load_s
 
 from __future__ import annotations
 
-from functools import lru_cache
-from typing import Annotated, Self
+import ipaddress
+import os
+from collections.abc import Mapping
+from typing import Annotated, Any, Self, TypeAlias
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from app.webhooks.targets import Network, parse_networks
 
 DEFAULT_CF_BASE_URL = "https://api.cloudflare.com/client/v4"
 # filesystem:///path/to/dir is kombu's filesystem transport: the embedded default's broker.
@@ -31,6 +31,36 @@ def normalize_database_url(url: str) -> str:
 
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
+
+
+Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(value: str) -> tuple[Network, ...]:
+    """Parse the operator's comma-separated allow-list of CIDRs ("" allows nothing).
+
+    A plain address counts as /32 or /128. A CIDR with host bits set (10.0.0.1/8) is refused
+    rather than silently widened: it usually means a typo, and guessing would open a network
+    the operator did not mean to open. Empty entries (a trailing comma) are skipped.
+    """
+    networks: list[Network] = []
+    for raw in value.split(","):
+        entry = raw.strip()
+        if not entry:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=True))
+        except ValueError:
+            try:
+                widened = ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{entry!r} is not an IP address or CIDR network (e.g. 10.0.0.0/8)"
+                ) from None
+            raise ValueError(
+                f"{entry!r} has host bits set; write the network address, e.g. {widened}"
+            ) from None
+    return tuple(networks)
 
 
 def parse_schedule(value: str) -> tuple[float, ...]:
@@ -214,6 +244,15 @@ class Settings(BaseSettings):
         return self.cf_account_id, self.cf_api_token
 
 
+class SimulatorSettings(BaseSettings):
+    """What the upstream simulator takes from the environment: the token a gateway beside it
+    sends (docker-compose.yml's simulator shares the gateway's environment file)."""
+
+    model_config = SettingsConfigDict(env_prefix="FLUXGATE_", extra="ignore")
+
+    cf_api_token: str = "simulator-token"  # noqa: S105  # the simulator's, not a secret
+
+
 def _one_line(error: ValidationError) -> str:
     parts = []
     for item in error.errors():
@@ -224,14 +263,48 @@ def _one_line(error: ValidationError) -> str:
     return "invalid configuration: " + "; ".join(parts)
 
 
-def load_settings() -> Settings:
-    """Read and check the settings; raise :class:`ConfigError` with one line if they are wrong."""
+def load_settings(**given: Any) -> Settings:
+    """Read and check the settings (``given`` ones over the environment's); raise
+    :class:`ConfigError` with one line if they are wrong."""
     try:
-        return Settings()  # filled from the environment
+        return Settings(**given)  # the rest from the environment
     except ValidationError as error:
         raise ConfigError(_one_line(error)) from None
 
 
-@lru_cache(maxsize=1)
+def child_environment(
+    settings: Mapping[str, str | None], *, other: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The environment for a child process: this one's, with ``settings`` (by field name, e.g.
+    ``database_url``) set, or removed where ``None``, and ``other`` variables set."""
+    env = {**os.environ, **(other or {})}
+    for name, value in settings.items():
+        variable = f"FLUXGATE_{name.upper()}"
+        if value is None:
+            env.pop(variable, None)
+        else:
+            env[variable] = value
+    return env
+
+
+_current: Settings | None = None
+
+
 def get_settings() -> Settings:
-    return load_settings()
+    """This process's settings: read from the environment on first use, unless its edge chose
+    them first (:func:`use_settings`)."""
+    global _current
+    if _current is None:
+        _current = load_settings()
+    return _current
+
+
+def use_settings(settings: Settings, **changes: Any) -> Settings:
+    """Make ``settings``, with ``changes`` checked as the environment's would be, this
+    process's settings (a command-line flag over the environment, ``fluxgate dev``'s own)."""
+    global _current
+    try:
+        _current = Settings.model_validate({**settings.model_dump(), **changes})
+    except ValidationError as error:
+        raise ConfigError(_one_line(error)) from None
+    return _current

@@ -8,8 +8,8 @@ from sqlalchemy import text
 
 from app.core.db import get_engine, statements_executed
 from app.core.errors import DependencyUnavailable, error_responses
+from app.core.queue import check_broker
 from app.http.body import StrictJSONRoute
-from worker.dispatch import check_broker
 
 router = APIRouter(tags=["operations"], route_class=StrictJSONRoute)
 

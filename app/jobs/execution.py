@@ -8,15 +8,17 @@ unique ``charges.job_id`` makes a second charge impossible as well.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.billing.service import record_charge
-from app.core.db import rows_affected, utcnow
+from app.core import outbox
+from app.core.db import rows_affected
 from app.core.images import ImageInfo
+from app.core.orm import utcnow
 from app.jobs.models import Job, JobImage, JobStatus
 from app.jobs.service import job_changed, job_ended
 from app.upstream import catalog
@@ -28,9 +30,6 @@ class Claim:
     job_id: str
     attempt: int
     request: GenerationRequest
-    # Set when this message started a job that had none of its own: a message is missing,
-    # to be sent once this commits (labelled with the job the message was sent for).
-    resend_for: str | None = None
 
 
 CANDIDATES_PER_KEY = 16
@@ -86,7 +85,7 @@ def claim_next(session: Session, *, lease_seconds: float, slot_of: str) -> Claim
     message, so every job is claimed by one of them. ``slot_of`` is the job this message was
     sent for. When it starts another job, that job's own message (if it has one) is still on its
     way and serves whichever job is left. If it has none (never sent: ``enqueued_at`` is NULL),
-    one message is missing from then on: the claim asks for one (``Claim.resend_for``; marked as
+    one message is missing from then on: the claim sends one (through the outbox; marked as
     sent if ``slot_of`` is still queued), rather than leave a job to wait out
     REQUEUE_AFTER_SECONDS. Like every message, the new one starts whichever job is due.
     """
@@ -103,7 +102,7 @@ def claim_next(session: Session, *, lease_seconds: float, slot_of: str) -> Claim
             had_message = session.get_one(Job, job_id).enqueued_at is not None  # loaded by claim
             if job_id != slot_of and not had_message:
                 _mark_sent(session, job_id=slot_of)
-                return replace(claimed, resend_for=slot_of)
+                outbox.add(session, outbox.ForwardJob(slot_of))
             return claimed
     return None
 
@@ -256,6 +255,7 @@ def schedule_retry(
     )
     if queued:
         job_changed(session, job_id=claim.job_id, status=JobStatus.QUEUED)
+        outbox.add(session, outbox.ForwardJob(claim.job_id, countdown=delay_seconds))
     return queued
 
 
@@ -301,7 +301,7 @@ def backoff_seconds(
 class SweepResult:
     requeued_expired: list[str]
     failed_expired: list[str]
-    to_enqueue: list[str]
+    resent: list[str]
 
 
 def sweep(
@@ -315,7 +315,7 @@ def sweep(
     """Find work nobody is doing: running jobs whose lease ran out (the worker died), and
     queued jobs whose broker message has not been seen for a while (lost or never sent).
 
-    Returns the ids to (re)enqueue once the caller has committed.
+    Each job found gets a message through the outbox, sent once the caller commits.
     """
     now = now or utcnow()
     expired = list(
@@ -386,6 +386,6 @@ def sweep(
             .execution_options(synchronize_session=False)
         )
         stale.extend(batch_ids)
-    return SweepResult(
-        requeued_expired=requeued, failed_expired=failed, to_enqueue=requeued + stale
-    )
+    for job_id in requeued + stale:
+        outbox.add(session, outbox.ForwardJob(job_id))
+    return SweepResult(requeued_expired=requeued, failed_expired=failed, resent=requeued + stale)

@@ -15,8 +15,9 @@ from sqlalchemy import delete, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.core.db import rows_affected, utcnow
+from app.core.db import rows_affected
 from app.core.errors import Conflict, InvalidParameter
+from app.core.orm import utcnow
 from app.jobs.models import IdempotencyKey
 from app.jobs.service import JobSubmission
 

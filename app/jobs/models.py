@@ -19,7 +19,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.core.db import Base, UTCDateTime, utcnow
+from app.core.orm import Base, UTCDateTime, utcnow
 
 
 class JobStatus(enum.StrEnum):
@@ -140,17 +140,3 @@ class IdempotencyKey(Base):
     job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"))
     locked_until: Mapped[datetime] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
-
-
-class UpstreamGate(Base):
-    """The account-wide upstream rate limiter's state where no Redis is configured: one row.
-
-    GCRA: ``tat_us`` is the theoretical arrival time of the next call (microseconds since the
-    epoch); ``paused_until_us`` holds every worker back after the upstream answered 429.
-    """
-
-    __tablename__ = "upstream_gate"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    tat_us: Mapped[int] = mapped_column(BigInteger, default=0)
-    paused_until_us: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -10,14 +10,15 @@ from starlette.concurrency import run_in_threadpool
 
 from app.core.db import end_read
 from app.core.errors import error_responses
-from app.core.images import convert_image
-from app.core.settings import get_settings
+from app.core.images import in_format
 from app.http.body import StrictJSONRoute, read_body
-from app.http.deps import ApiKeyDep, SessionDep, SubmitterDep, WatchDep
+from app.http.deps import SessionDep, SettingsDep
 from app.http.sse import EventStreamResponse
 from app.jobs import service, submission, watching
-from app.jobs.schemas import JobCost, JobList, JobOut
+from app.jobs.schemas import JobCost, JobList, JobOut, cost_out
 from app.jobs.service import JobSubmission, parse_submission
+from app.jobs.watching import WatchDep
+from app.keys.deps import ApiKeyDep, SubmitterDep
 
 logger = logging.getLogger("fluxgate.api")
 
@@ -34,8 +35,7 @@ _JOB_BODY_DOC: dict[str, Any] = {
 }
 
 
-async def job_body(request: Request) -> JobSubmission:
-    settings = get_settings()
+async def job_body(request: Request, settings: SettingsDep) -> JobSubmission:
     body = await read_body(request, max_file_bytes=settings.input_image_max_bytes)
     # Validation and image decoding are CPU work on untrusted bytes: off the event loop.
     return await run_in_threadpool(parse_submission, body, settings)
@@ -156,7 +156,7 @@ def get_job(job_id: str, session: SessionDep, api_key: ApiKeyDep) -> JobOut:
     responses={200: {"content": {"text/event-stream": {"schema": JOB_EVENT_SCHEMA}}}},
 )
 def job_events(
-    job_id: str, session: SessionDep, api_key: ApiKeyDep, watch: WatchDep
+    job_id: str, session: SessionDep, api_key: ApiKeyDep, watch: WatchDep, settings: SettingsDep
 ) -> EventStreamResponse:
     service.get_job(session, api_key=api_key, job_id=job_id)  # 404 unless it is the caller's
     end_read(session)  # the stream reads with sessions of its own
@@ -165,7 +165,7 @@ def job_events(
             watch.hub,
             job_id,
             read_job=watch.read_job,
-            keepalive_seconds=get_settings().events_keepalive_seconds,
+            keepalive_seconds=settings.events_keepalive_seconds,
         )
     )
 
@@ -210,10 +210,7 @@ def get_image(
     headers = {"ETag": etag, "Cache-Control": "private, max-age=31536000, immutable"}
     if if_none_match is not None and etag in {tag.strip() for tag in if_none_match.split(",")}:
         return Response(status_code=304, headers=headers)
-    if format is not None and converted:
-        data, content_type = convert_image(image.data, format)
-    else:
-        data, content_type = image.data, image.content_type
+    data, content_type = in_format(image.data, image.content_type, format)
     return Response(content=data, media_type=content_type, headers=headers)
 
 
@@ -228,4 +225,4 @@ def quote(_submitter: SubmitterDep, body: JobBodyDep, session: SessionDep) -> Jo
     # Rate-limited like a submission, and checked before the body is read: a quote decodes
     # its input images just as a submission does.
     priced = service.quote(session, submission=body)
-    return service.cost_out(priced.cost)
+    return cost_out(priced.cost)

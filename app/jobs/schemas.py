@@ -14,8 +14,11 @@ from pydantic import (
     model_validator,
 )
 
+from app.billing.rules import Cost
 from app.core.errors import FluxgateError, InvalidParameter
+from app.core.money import format_usd
 from app.core.text import parse_json
+from app.jobs.models import Job, JobImage, JobStatus
 from app.upstream import catalog
 
 MAX_METADATA_KEYS = 16
@@ -240,3 +243,61 @@ class JobList(BaseModel):
     object: Literal["list"] = "list"
     data: list[JobOut]
     next_cursor: str | None
+
+
+def cost_out(cost: Cost, *, charged_nanos: int | None = None) -> JobCost:
+    return JobCost(
+        estimated=format_usd(cost.total_nanos),
+        charged=None if charged_nanos is None else format_usd(charged_nanos),
+        input_tiles=cost.input_tiles,
+        output_tiles=cost.output_tiles,
+    )
+
+
+def job_out(job: Job, image: JobImage | None, position: int | None) -> JobOut:
+    failed = job.status in (JobStatus.FAILED, JobStatus.CANCELED) and job.error_code is not None
+    return JobOut(
+        id=job.id,
+        status=JobStatus(job.status).value,
+        model=job.model,
+        params=JobParams(
+            prompt=job.prompt,
+            width=job.width,
+            height=job.height,
+            seed=job.seed,
+            guidance=job.guidance,
+            steps=job.steps,
+            input_images=job.input_image_count,
+        ),
+        created_at=job.created_at,
+        started_at=job.started_at,
+        completed_at=job.completed_at,
+        queue_position=position,
+        attempts=job.attempts,
+        error=JobErrorOut(
+            code=job.error_code or "",
+            message=job.error_message or "",
+            upstream_code=job.error_upstream_code,
+        )
+        if failed
+        else None,
+        cost=JobCost(
+            estimated=format_usd(job.estimated_nanos),
+            charged=None if job.charged_nanos is None else format_usd(job.charged_nanos),
+            input_tiles=job.input_tiles,
+            output_tiles=job.output_tiles,
+            upstream_neurons=job.upstream_neurons,
+        ),
+        output=JobOutput(
+            image_url=f"/v1/jobs/{job.id}/image",
+            content_type=image.content_type,
+            width=image.width,
+            height=image.height,
+            bytes=image.size_bytes,
+            sha256=image.sha256,
+        )
+        if image is not None
+        else None,
+        metadata=job.metadata_ or {},
+        webhook_url=job.webhook_url,
+    )

@@ -11,11 +11,11 @@ from sqlalchemy.orm import Session, load_only
 from app.billing.rules import Cost
 from app.billing.service import estimate, price_in_force
 from app.core import outbox
-from app.core.db import rows_affected, utcnow
+from app.core.db import rows_affected
 from app.core.errors import Conflict, InvalidParameter, NotFound
 from app.core.ids import new_id
 from app.core.images import PreparedInput
-from app.core.money import format_usd
+from app.core.orm import utcnow
 from app.core.paging import newest_first
 from app.core.settings import Settings
 from app.http.body import RequestBody
@@ -23,12 +23,9 @@ from app.jobs import accounting
 from app.jobs.inputs import collect_input_images, input_limits
 from app.jobs.models import Job, JobImage, JobStatus
 from app.jobs.schemas import (
-    JobCost,
     JobCreate,
-    JobErrorOut,
     JobOut,
-    JobOutput,
-    JobParams,
+    job_out,
     parse_job_create,
 )
 from app.keys.models import ApiKey
@@ -87,8 +84,8 @@ def quote(session: Session, *, submission: JobSubmission) -> Quote:
 
 
 def create_job(session: Session, *, api_key: ApiKey, submission: JobSubmission) -> Job:
-    """Store a queued job, its input images and its exact price; the caller commits, then
-    enqueues it (the broker only ever carries the id)."""
+    """Store a queued job, its input images and its exact price; its broker message (the id
+    only) goes out through the outbox once the caller commits."""
     request = submission.request
     priced = quote(session, submission=submission)
     now = utcnow()
@@ -134,6 +131,7 @@ def create_job(session: Session, *, api_key: ApiKey, submission: JobSubmission) 
         for position, image in enumerate(submission.inputs)
     )
     session.flush()
+    outbox.add(session, outbox.ForwardJob(job.id))
     return job
 
 
@@ -262,15 +260,6 @@ def queue_positions(session: Session, *, jobs: Sequence[Job]) -> dict[str, int]:
     return {job_id: int(position) for job_id, position in rows}
 
 
-def cost_out(cost: Cost, *, charged_nanos: int | None = None) -> JobCost:
-    return JobCost(
-        estimated=format_usd(cost.total_nanos),
-        charged=None if charged_nanos is None else format_usd(charged_nanos),
-        input_tiles=cost.input_tiles,
-        output_tiles=cost.output_tiles,
-    )
-
-
 def to_job_out(session: Session, jobs: Sequence[Job]) -> list[JobOut]:
     """The contract's Job for each row; output metadata fetched in one query, without bytes."""
     succeeded = [job.id for job in jobs if job.status == JobStatus.SUCCEEDED]
@@ -292,53 +281,4 @@ def to_job_out(session: Session, jobs: Sequence[Job]) -> list[JobOut]:
         )
         outputs = {row.job_id: row for row in rows}
     positions = queue_positions(session, jobs=jobs)
-    return [_job_out(job, outputs.get(job.id), positions.get(job.id)) for job in jobs]
-
-
-def _job_out(job: Job, image: JobImage | None, position: int | None) -> JobOut:
-    failed = job.status in (JobStatus.FAILED, JobStatus.CANCELED) and job.error_code is not None
-    return JobOut(
-        id=job.id,
-        status=JobStatus(job.status).value,
-        model=job.model,
-        params=JobParams(
-            prompt=job.prompt,
-            width=job.width,
-            height=job.height,
-            seed=job.seed,
-            guidance=job.guidance,
-            steps=job.steps,
-            input_images=job.input_image_count,
-        ),
-        created_at=job.created_at,
-        started_at=job.started_at,
-        completed_at=job.completed_at,
-        queue_position=position,
-        attempts=job.attempts,
-        error=JobErrorOut(
-            code=job.error_code or "",
-            message=job.error_message or "",
-            upstream_code=job.error_upstream_code,
-        )
-        if failed
-        else None,
-        cost=JobCost(
-            estimated=format_usd(job.estimated_nanos),
-            charged=None if job.charged_nanos is None else format_usd(job.charged_nanos),
-            input_tiles=job.input_tiles,
-            output_tiles=job.output_tiles,
-            upstream_neurons=job.upstream_neurons,
-        ),
-        output=JobOutput(
-            image_url=f"/v1/jobs/{job.id}/image",
-            content_type=image.content_type,
-            width=image.width,
-            height=image.height,
-            bytes=image.size_bytes,
-            sha256=image.sha256,
-        )
-        if image is not None
-        else None,
-        metadata=job.metadata_ or {},
-        webhook_url=job.webhook_url,
-    )
+    return [job_out(job, outputs.get(job.id), positions.get(job.id)) for job in jobs]

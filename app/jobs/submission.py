@@ -1,8 +1,8 @@
 """Accepting jobs, for every route that submits (``POST /v1/jobs``, the OpenAI endpoints).
 
 The jobs are stored and their answer rendered in one transaction; only a rendered answer is
-committed, and only committed jobs are sent to the broker. A repeated ``Idempotency-Key``
-finds the job the first request made instead.
+committed, and the jobs' broker messages leave through the outbox once it is. A repeated
+``Idempotency-Key`` finds the job the first request made instead.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from sqlalchemy.orm import Session
 
 from app.core.db import end_read
 from app.jobs import idempotency, service
-from app.jobs.dispatch import send_job
 from app.jobs.models import Job
 from app.jobs.schemas import JobOut
 from app.jobs.service import JobSubmission
@@ -29,14 +28,6 @@ class Accepted:
     replayed: bool = False
 
 
-def _commit_and_enqueue(session: Session, job_ids: Sequence[str]) -> None:
-    """Commit the new jobs, then send their ids to the broker (never before the commit).
-    Nothing after the commit may fail the request: the jobs are accepted."""
-    session.commit()
-    for job_id in job_ids:
-        send_job(job_id)
-
-
 def _answer(session: Session, jobs: Sequence[Job]) -> Accepted:
     out = service.to_job_out(session, jobs)
     return Accepted(jobs=out, rendered=[job.model_dump_json().encode() for job in out])
@@ -49,15 +40,17 @@ def submit(
     submissions: Sequence[JobSubmission],
     idempotency_key: str | None = None,
 ) -> Accepted:
-    """Create one job per submission, render the answer, commit, enqueue. With an
-    ``idempotency_key`` (one submission only), a repeat returns the first request's job."""
+    """Create one job per submission, render the answer, commit (the outbox then sends the
+    jobs to the broker; nothing after the commit may fail the request: the jobs are accepted).
+    With an ``idempotency_key`` (one submission only), a repeat returns the first request's
+    job."""
     if idempotency_key is None:
         jobs = [
             service.create_job(session, api_key=api_key, submission=submission)
             for submission in submissions
         ]
         accepted = _answer(session, jobs)
-        _commit_and_enqueue(session, [job.id for job in jobs])
+        session.commit()
         return accepted
     (submission,) = submissions
     key = idempotency.check_key(idempotency_key)
@@ -73,7 +66,7 @@ def submit(
         job = service.create_job(session, api_key=api_key, submission=submission)
         idempotency.complete(session, api_key_id=api_key.id, key=key, job_id=job.id)
         accepted = _answer(session, [job])
-        _commit_and_enqueue(session, [job.id])
+        session.commit()
     except BaseException:
         session.rollback()
         idempotency.release(session, api_key_id=api_key.id, key=key)

@@ -9,8 +9,10 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Annotated
 
 import anyio.to_thread
+from fastapi import Depends, Request
 
 from app.core.db import session_scope
 from app.core.errors import InvalidParameter
@@ -126,3 +128,11 @@ class Watch:
 
     hub: JobWatchHub
     read_job: JobReader = read_job
+
+
+def get_watch(request: Request) -> Watch:
+    watch: Watch = request.app.state.watch
+    return watch
+
+
+WatchDep = Annotated[Watch, Depends(get_watch)]

@@ -1,24 +1,23 @@
 """Per-key limits: job submissions per minute, and jobs queued or running at once.
 
-Submissions per minute count in Redis where ``FLUXGATE_REDIS_URL`` is set (production), else in
-the database (the embedded default). The concurrency slot is a counter on the key's row, taken
-and given back by conditional updates, so concurrent submissions never exceed it.
+Submissions per minute count in Redis or in the database (app/backends.py picks the counter).
+The concurrency slot is a counter on the key's row, taken and given back by conditional
+updates, so concurrent submissions never exceed it.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from functools import lru_cache
+from typing import Protocol
 
 import redis
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.billing.models import RateWindow
-from app.core.db import rows_affected
+from app.core.db import rows_affected, session_scope
 from app.core.errors import FluxgateError
-from app.keys.models import ApiKey
+from app.keys.models import ApiKey, RateWindow
 
 
 class RateLimited(FluxgateError):
@@ -26,54 +25,61 @@ class RateLimited(FluxgateError):
     code = "rate_limited"
 
 
-@lru_cache(maxsize=4)
-def _redis(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+class RateCounter(Protocol):
+    def count(self, *, key_id: str, window: datetime, limit: int) -> bool:
+        """Count one submission in the key's minute ``window``; whether it is within
+        ``limit``. It counts even if the submission is refused later."""
 
 
-def _count_in_redis(url: str, key_id: str, window: datetime) -> int:
-    name = f"fluxgate:rate:{key_id}:{window:%Y%m%d%H%M}"
-    pipe = _redis(url).pipeline()
-    pipe.incr(name)
-    pipe.expire(name, 120)
-    count, _ = pipe.execute()
-    return int(count)
+class RedisRateCounter:
+    def __init__(self, client: redis.Redis) -> None:
+        self._redis = client
+
+    def count(self, *, key_id: str, window: datetime, limit: int) -> bool:
+        name = f"fluxgate:rate:{key_id}:{window:%Y%m%d%H%M}"
+        pipe = self._redis.pipeline()
+        pipe.incr(name)
+        pipe.expire(name, 120)
+        count, _ = pipe.execute()
+        return int(count) <= limit
 
 
-def _count_in_database(session: Session, key_id: str, window: datetime, limit: int) -> bool:
-    """Count one submission unless the window is full; whether it was counted."""
-    if session.get(RateWindow, (key_id, window)) is None:
-        try:
-            with session.begin_nested():
-                session.add(RateWindow(api_key_id=key_id, window_start=window, count=0))
-        except IntegrityError:
-            pass  # a concurrent submission made it
-    counted = session.execute(
-        update(RateWindow)
-        .where(
-            RateWindow.api_key_id == key_id,
-            RateWindow.window_start == window,
-            RateWindow.count < limit,
+class DatabaseRateCounter:
+    """A row per key and minute, counted in a transaction of its own."""
+
+    def count(self, *, key_id: str, window: datetime, limit: int) -> bool:
+        with session_scope() as session:
+            return self._count(session, key_id=key_id, window=window, limit=limit)
+
+    @staticmethod
+    def _count(session: Session, *, key_id: str, window: datetime, limit: int) -> bool:
+        """Count one submission unless the window is full; whether it was counted."""
+        if session.get(RateWindow, (key_id, window)) is None:
+            try:
+                with session.begin_nested():
+                    session.add(RateWindow(api_key_id=key_id, window_start=window, count=0))
+            except IntegrityError:
+                pass  # a concurrent submission made it
+        counted = session.execute(
+            update(RateWindow)
+            .where(
+                RateWindow.api_key_id == key_id,
+                RateWindow.window_start == window,
+                RateWindow.count < limit,
+            )
+            .values(count=RateWindow.count + 1)
+            .execution_options(synchronize_session=False)
         )
-        .values(count=RateWindow.count + 1)
-        .execution_options(synchronize_session=False)
-    )
-    return rows_affected(counted) == 1
+        return rows_affected(counted) == 1
 
 
-def check_submission_rate(
-    session: Session, *, api_key: ApiKey, now: datetime, redis_url: str | None
-) -> None:
+def check_submission_rate(counter: RateCounter, *, api_key: ApiKey, now: datetime) -> None:
     """Count a submission against the key's per-minute limit; 429 once it is used up."""
     limit = api_key.rate_limit_per_minute
     if limit is None:
         return
     window = now.replace(second=0, microsecond=0)
-    if redis_url is not None:
-        allowed = _count_in_redis(redis_url, api_key.id, window) <= limit
-    else:
-        allowed = _count_in_database(session, api_key.id, window, limit)
-    if not allowed:
+    if not counter.count(key_id=api_key.id, window=window, limit=limit):
         wait = max(1, int((window + timedelta(minutes=1) - now).total_seconds() + 0.999))
         raise RateLimited(
             f"this key may submit {limit} jobs per minute; try again in {wait}s",

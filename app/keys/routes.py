@@ -4,16 +4,12 @@ rotate the webhook secret."""
 from __future__ import annotations
 
 from fastapi import APIRouter
-from sqlalchemy.orm import Session
 
-from app.billing import budgets
-from app.core.db import utcnow
 from app.core.errors import error_responses
-from app.core.money import format_usd
 from app.http.body import StrictJSONRoute
-from app.http.deps import AdminKeyDep, SessionDep, SettingsDep
+from app.http.deps import SessionDep, SettingsDep
 from app.keys import service
-from app.keys.models import ApiKey
+from app.keys.deps import AdminKeyDep
 from app.keys.schemas import (
     KeyCreate,
     KeyCreated,
@@ -27,29 +23,10 @@ from app.keys.schemas import (
 router = APIRouter(prefix="/v1/admin/keys", tags=["admin"], route_class=StrictJSONRoute)
 
 
-def key_out(session: Session, api_key: ApiKey) -> KeyOut:
-    period = budgets.current_period(session, api_key=api_key, at=utcnow())
-    used = 0 if period is None else period.held_nanos + period.charged_nanos
-    return KeyOut(
-        id=api_key.id,
-        name=api_key.name,
-        prefix=api_key.display_prefix,
-        admin=api_key.is_admin,
-        budget_usd=None if api_key.budget_nanos is None else format_usd(api_key.budget_nanos),
-        budget_period="total" if api_key.budget_period == "total" else "month",
-        budget_used_usd=format_usd(used),
-        rate_limit_per_minute=api_key.rate_limit_per_minute,
-        max_concurrent_jobs=api_key.max_concurrent_jobs,
-        active_jobs=api_key.active_jobs,
-        created_at=api_key.created_at,
-        revoked_at=api_key.revoked_at,
-    )
-
-
 @router.post("", status_code=201, response_model=KeyCreated, summary="Create an API key")
 def create_key(body: KeyCreate, _admin: AdminKeyDep, session: SessionDep) -> KeyCreated:
     created = service.create_key_as(session, spec=body)
-    shown = key_out(session, created.api_key)
+    shown = service.to_key_out(session, created.api_key)
     return KeyCreated(
         **shown.model_dump(), key=created.key, webhook_secret=created.api_key.webhook_secret
     )
@@ -57,18 +34,18 @@ def create_key(body: KeyCreate, _admin: AdminKeyDep, session: SessionDep) -> Key
 
 @router.get("", response_model=KeyList, summary="List API keys")
 def list_keys(_admin: AdminKeyDep, session: SessionDep) -> KeyList:
-    return KeyList(data=[key_out(session, key) for key in service.list_keys(session)])
+    return KeyList(data=[service.to_key_out(session, key) for key in service.list_keys(session)])
 
 
 @router.get("/{key_id}", response_model=KeyOut, summary="Get an API key")
 def get_key(key_id: str, _admin: AdminKeyDep, session: SessionDep) -> KeyOut:
-    return key_out(session, service.get_key(session, key_id=key_id))
+    return service.to_key_out(session, service.get_key(session, key_id=key_id))
 
 
 @router.patch("/{key_id}", response_model=KeyOut, summary="Change a key's name or budget")
 def update_key(key_id: str, body: KeyUpdate, _admin: AdminKeyDep, session: SessionDep) -> KeyOut:
     api_key = service.update_key(session, key_id=key_id, changes=body.changes())
-    return key_out(session, api_key)
+    return service.to_key_out(session, api_key)
 
 
 @router.delete(
@@ -79,7 +56,7 @@ def update_key(key_id: str, body: KeyUpdate, _admin: AdminKeyDep, session: Sessi
 )
 def revoke_key(key_id: str, _admin: AdminKeyDep, session: SessionDep) -> KeyOut:
     api_key = service.revoke_key(session, key_id=key_id)
-    return key_out(session, api_key)
+    return service.to_key_out(session, api_key)
 
 
 @router.post(

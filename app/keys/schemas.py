@@ -7,8 +7,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from app.core.money import MAX_BUDGET_NANOS, parse_usd
+from app.core.money import MAX_BUDGET_NANOS, format_usd, parse_usd
 from app.core.text import Text
+from app.keys.models import ApiKey
 
 Limit = Annotated[int, Field(ge=1, le=1_000_000)]
 
@@ -126,4 +127,21 @@ class WebhookSecretRotated(BaseModel):
     webhook_secret: str = Field(description="shown once; signs this key's webhooks from now on")
     previous_secret_expires_at: datetime = Field(
         description="until then, deliveries carry the old secret's signature as well"
+    )
+
+
+def key_out(api_key: ApiKey, *, budget_used_nanos: int) -> KeyOut:
+    return KeyOut(
+        id=api_key.id,
+        name=api_key.name,
+        prefix=api_key.display_prefix,
+        admin=api_key.is_admin,
+        budget_usd=None if api_key.budget_nanos is None else format_usd(api_key.budget_nanos),
+        budget_period="total" if api_key.budget_period == "total" else "month",
+        budget_used_usd=format_usd(budget_used_nanos),
+        rate_limit_per_minute=api_key.rate_limit_per_minute,
+        max_concurrent_jobs=api_key.max_concurrent_jobs,
+        active_jobs=api_key.active_jobs,
+        created_at=api_key.created_at,
+        revoked_at=api_key.revoked_at,
     )

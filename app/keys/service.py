@@ -12,11 +12,13 @@ from datetime import timedelta
 from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session, aliased
 
-from app.core.db import rows_affected, utcnow
+from app.billing import budgets
+from app.core.db import rows_affected
 from app.core.errors import Conflict, NotFound
 from app.core.ids import new_id
+from app.core.orm import utcnow
 from app.keys.models import ApiKey
-from app.keys.schemas import KeyCreate
+from app.keys.schemas import KeyCreate, KeyOut, key_out
 
 KEY_PREFIX = "fgk_"
 DISPLAY_PREFIX_CHARS = 12
@@ -154,3 +156,10 @@ def revoke_key(session: Session, *, key_id: str) -> ApiKey:
             code="last_admin_key",
         )
     return api_key
+
+
+def to_key_out(session: Session, api_key: ApiKey) -> KeyOut:
+    """The key as the API shows it, with what it has used of its budget this period."""
+    period = budgets.current_period(session, api_key=api_key, at=utcnow())
+    used = 0 if period is None else period.held_nanos + period.charged_nanos
+    return key_out(api_key, budget_used_nanos=used)

@@ -12,13 +12,14 @@ from starlette.concurrency import run_in_threadpool
 
 from app.core.db import end_read
 from app.core.errors import InvalidParameter, UpstreamFailed, WaitTimeout, error_responses
-from app.core.images import convert_image
-from app.core.settings import Settings, get_settings
+from app.core.images import in_format
+from app.core.settings import Settings
 from app.http.body import RequestBody, StrictJSONRoute, read_body
-from app.http.deps import SessionDep, SubmitterDep, WatchDep
+from app.http.deps import SessionDep, SettingsDep
 from app.jobs import submission, watching
 from app.jobs.models import Job, JobStatus
-from app.jobs.watching import Watch
+from app.jobs.watching import Watch, WatchDep
+from app.keys.deps import SubmitterDep
 from app.keys.models import ApiKey
 from app.openai_compat import service
 from app.openai_compat.schemas import (
@@ -72,9 +73,9 @@ async def _run(
     session: Session,
     api_key: ApiKey,
     watch: Watch,
+    settings: Settings,
     parsed: service.ImagesRequest,
 ) -> dict[str, Any]:
-    settings = get_settings()
     job_ids = await run_in_threadpool(_create_jobs, session, api_key, parsed)
     jobs = await _wait(request, session, watch, job_ids, settings.openai_wait_seconds)
     if not any(job.status == JobStatus.SUCCEEDED for job in jobs):
@@ -106,9 +107,12 @@ async def _run(
     responses=error_responses(402, 502, 504),
 )
 async def generations(
-    request: Request, api_key: SubmitterDep, session: SessionDep, watch: WatchDep
+    request: Request,
+    api_key: SubmitterDep,
+    session: SessionDep,
+    watch: WatchDep,
+    settings: SettingsDep,
 ) -> dict[str, Any]:
-    settings = get_settings()
     body = await _read(request, settings)
     if body.files:
         raise InvalidParameter("generations take no images; use /v1/images/edits", param="image")
@@ -117,7 +121,7 @@ async def generations(
             body.fields, is_form=body.is_form, images=[], settings=settings
         )
     )
-    return await _run(request, session, api_key, watch, parsed)
+    return await _run(request, session, api_key, watch, settings, parsed)
 
 
 @router.post(
@@ -128,9 +132,12 @@ async def generations(
     responses=error_responses(402, 502, 504),
 )
 async def edits(
-    request: Request, api_key: SubmitterDep, session: SessionDep, watch: WatchDep
+    request: Request,
+    api_key: SubmitterDep,
+    session: SessionDep,
+    watch: WatchDep,
+    settings: SettingsDep,
 ) -> dict[str, Any]:
-    settings = get_settings()
     body = await _read(request, settings)
     if "mask" in body.file_names or "mask" in body.fields:
         raise InvalidParameter(
@@ -152,7 +159,7 @@ async def edits(
             body.fields, is_form=body.is_form, images=images, settings=settings
         )
     )
-    return await _run(request, session, api_key, watch, parsed)
+    return await _run(request, session, api_key, watch, settings, parsed)
 
 
 @router.get(
@@ -162,12 +169,9 @@ async def edits(
 )
 def shared_image(token: str, session: SessionDep, format: str | None = None) -> Response:
     image, seconds_left = service.linked_image(session, token=token)
-    data, content_type = image.data, image.content_type
-    if format is not None:
-        if format not in ("png", "jpeg", "webp"):
-            raise InvalidParameter("format must be png, jpeg or webp", param="format")
-        if content_type != f"image/{format}":
-            data, content_type = convert_image(data, format)
+    if format is not None and format not in ("png", "jpeg", "webp"):
+        raise InvalidParameter("format must be png, jpeg or webp", param="format")
+    data, content_type = in_format(image.data, image.content_type, format)
     return Response(
         content=data,
         media_type=content_type,

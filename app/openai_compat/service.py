@@ -16,9 +16,9 @@ from typing import Any, Literal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.core.db import utcnow
 from app.core.errors import InvalidParameter, NotFound
-from app.core.images import convert_image
+from app.core.images import in_format
+from app.core.orm import utcnow
 from app.core.settings import Settings
 from app.jobs.inputs import input_limits, prepare_all
 from app.jobs.models import ImageLink, Job, JobImage, JobStatus
@@ -186,8 +186,6 @@ def images_response(
             select(JobImage).where(JobImage.job_id == job.id, JobImage.role == "output")
         )
         assert image is not None  # a succeeded job has its image
-        payload = image.data
-        if output_format and image.content_type != f"image/{output_format}":
-            payload, _ = convert_image(payload, output_format)
+        payload, _ = in_format(image.data, image.content_type, output_format or None)
         data.append({"b64_json": base64.b64encode(payload).decode()})
     return {"created": int(time.time()), "data": data}

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import os
 
-from app.core.settings import ConfigError
+from app.core.settings import ConfigError, SimulatorSettings
 from app.simulator import SimulatorConfig, serve
 from app.simulator.faults import parse_rates
 
@@ -18,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latency-jitter", type=float, default=0.0, help="extra 0..S seconds")
     parser.add_argument(
         "--token",
-        default=os.environ.get("FLUXGATE_CF_API_TOKEN", "simulator-token"),
+        default=SimulatorSettings().cf_api_token,
         help="expected bearer token (default: $FLUXGATE_CF_API_TOKEN or 'simulator-token')",
     )
     parser.add_argument(

@@ -3,8 +3,8 @@ and, when Workers AI answers 429, all of them hold back together.
 
 GCRA (a token bucket kept as one timestamp): each call moves the "theoretical arrival time"
 forward by 60/RPM seconds; a call may go when that time is no more than one second's worth of
-calls ahead of now. State lives in Redis where ``FLUXGATE_REDIS_URL`` is set (one atomic script,
-Redis's clock), else in the database (a compare-and-set on one row: the embedded default).
+calls ahead of now. State lives in Redis (one atomic script, Redis's clock) or in the database
+(a compare-and-set on one row: the embedded default); app/backends.py picks one.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.db import rows_affected, with_transaction
-from app.jobs.models import UpstreamGate
+from app.upstream.models import UpstreamGate
 
 MICROS = 1_000_000
 
@@ -65,8 +65,8 @@ class RedisGate:
     TAT_KEY = "fluxgate:upstream:tat"
     PAUSE_KEY = "fluxgate:upstream:paused_until"
 
-    def __init__(self, url: str, *, rpm: int) -> None:
-        self._redis = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+    def __init__(self, client: redis.Redis, *, rpm: int) -> None:
+        self._redis = client
         self._interval, self._burst = _pacing(rpm)
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._pause = self._redis.register_script(_PAUSE)

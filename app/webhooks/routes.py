@@ -3,29 +3,22 @@ redelivery, for admins."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from sqlalchemy.orm import Session
 
 from app.core.errors import error_responses
 from app.http.body import StrictJSONRoute
-from app.http.deps import AdminKeyDep, ApiKeyDep, SessionDep
+from app.http.deps import SessionDep
 from app.jobs import service as job_service
+from app.keys.deps import AdminKeyDep, ApiKeyDep
 from app.webhooks import service
-from app.webhooks.models import WebhookDelivery
-from app.webhooks.schemas import DeliveryList, DeliveryOut, delivery_out
+from app.webhooks.schemas import DeliveryList, DeliveryOut
 
 router = APIRouter(prefix="/v1", tags=["webhooks"], route_class=StrictJSONRoute)
 admin_router = APIRouter(
     prefix="/v1/admin/webhook-deliveries", tags=["admin"], route_class=StrictJSONRoute
 )
-
-
-def _out(session: Session, deliveries: Sequence[WebhookDelivery]) -> list[DeliveryOut]:
-    attempts = service.attempts_of(session, delivery_ids=[d.id for d in deliveries])
-    return [delivery_out(delivery, attempts[delivery.id]) for delivery in deliveries]
 
 
 @router.get(
@@ -36,7 +29,7 @@ def _out(session: Session, deliveries: Sequence[WebhookDelivery]) -> list[Delive
 def job_deliveries(job_id: str, session: SessionDep, api_key: ApiKeyDep) -> DeliveryList:
     job = job_service.get_job(session, api_key=api_key, job_id=job_id)
     deliveries = service.deliveries_of_job(session, job_id=job.id)
-    return DeliveryList(data=_out(session, deliveries))
+    return DeliveryList(data=service.to_delivery_out(session, deliveries))
 
 
 @admin_router.get("", response_model=DeliveryList, summary="Every key's webhook deliveries")
@@ -53,13 +46,13 @@ def list_deliveries(
     deliveries, next_cursor = service.list_deliveries(
         session, state=status, limit=limit, cursor=cursor
     )
-    return DeliveryList(data=_out(session, deliveries), next_cursor=next_cursor)
+    return DeliveryList(data=service.to_delivery_out(session, deliveries), next_cursor=next_cursor)
 
 
 @admin_router.get("/{delivery_id}", response_model=DeliveryOut, summary="One delivery")
 def get_delivery(delivery_id: str, session: SessionDep, _admin: AdminKeyDep) -> DeliveryOut:
     delivery = service.get_delivery(session, delivery_id=delivery_id)
-    return _out(session, [delivery])[0]
+    return service.to_delivery_out(session, [delivery])[0]
 
 
 @admin_router.post(
@@ -70,4 +63,4 @@ def get_delivery(delivery_id: str, session: SessionDep, _admin: AdminKeyDep) -> 
 )
 def redeliver(delivery_id: str, session: SessionDep, _admin: AdminKeyDep) -> DeliveryOut:
     delivery = service.redeliver(session, delivery_id=delivery_id)
-    return _out(session, [delivery])[0]
+    return service.to_delivery_out(session, [delivery])[0]

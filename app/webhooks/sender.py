@@ -18,9 +18,9 @@ from dataclasses import dataclass, replace
 
 import httpx
 
+from app.core.settings import Network
 from app.webhooks.targets import (
     Address,
-    Network,
     UnsafeTarget,
     WebhookTarget,
     check_webhook_url,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -13,12 +14,14 @@ from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.core import outbox
-from app.core.db import rows_affected, utcnow
+from app.core.db import rows_affected
 from app.core.errors import Conflict, InvalidParameter, NotFound
 from app.core.ids import new_id
+from app.core.orm import utcnow
 from app.core.paging import newest_first
 from app.keys.models import ApiKey
 from app.webhooks.models import DeliveryStatus, WebhookAttempt, WebhookDelivery
+from app.webhooks.schemas import DeliveryOut, delivery_out
 from app.webhooks.sender import SendResult
 
 # A broker message with a countdown carries retries due soon; later ones wait in the table
@@ -338,3 +341,9 @@ def attempts_of(session: Session, *, delivery_ids: list[str]) -> dict[str, list[
         for attempt in rows:
             found[attempt.delivery_id].append(attempt)
     return found
+
+
+def to_delivery_out(session: Session, deliveries: Sequence[WebhookDelivery]) -> list[DeliveryOut]:
+    """The deliveries as the API shows them, their attempts loaded in one query."""
+    attempts = attempts_of(session, delivery_ids=[delivery.id for delivery in deliveries])
+    return [delivery_out(delivery, attempts[delivery.id]) for delivery in deliveries]

@@ -8,7 +8,7 @@ inside a network the operator explicitly allowed.
 The caller must connect to the addresses ``resolve`` returned (not resolve the name again),
 or a DNS answer that changes between the check and the call gets past the check.
 
-Stdlib only, so both the API and the worker can import it cheaply.
+The operator's allow-list is parsed with the settings (app/core/settings.py).
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import TypeAlias
 from urllib.parse import urlsplit
 
-Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+from app.core.settings import Network
+
 Address: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 MAX_URL_LENGTH = 2048
@@ -81,33 +82,6 @@ class WebhookTarget:
     host: str  # hostname as it appears (lowercased, IPv6 without brackets)
     port: int  # explicit or default (80/443)
     target: str  # path + query to send in the request line, "/" if empty
-
-
-def parse_networks(value: str) -> tuple[Network, ...]:
-    """Parse the operator's comma-separated allow-list of CIDRs ("" allows nothing).
-
-    A plain address counts as /32 or /128. A CIDR with host bits set (10.0.0.1/8) is refused
-    rather than silently widened: it usually means a typo, and guessing would open a network
-    the operator did not mean to open. Empty entries (a trailing comma) are skipped.
-    """
-    networks: list[Network] = []
-    for raw in value.split(","):
-        entry = raw.strip()
-        if not entry:
-            continue
-        try:
-            networks.append(ipaddress.ip_network(entry, strict=True))
-        except ValueError:
-            try:
-                widened = ipaddress.ip_network(entry, strict=False)
-            except ValueError:
-                raise ValueError(
-                    f"{entry!r} is not an IP address or CIDR network (e.g. 10.0.0.0/8)"
-                ) from None
-            raise ValueError(
-                f"{entry!r} has host bits set; write the network address, e.g. {widened}"
-            ) from None
-    return tuple(networks)
 
 
 def _inside(address: Address, networks: Sequence[Network]) -> bool:

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from alembic import op
 
-from app.core.db import UTCDateTime
+from app.core.orm import UTCDateTime
 
 revision = "0001"
 down_revision = None

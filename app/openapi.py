@@ -21,8 +21,9 @@ from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
 from pydantic import BaseModel
 
 from app.core.errors import DESCRIPTIONS, ErrorBody, OpenAIErrorBody
-from app.http import deps
+from app.http.deps import get_session
 from app.jobs.schemas import JobCreate
+from app.keys.deps import get_api_key, get_submitter, require_admin
 from app.openai_compat.schemas import OPENAI_PREFIX, ImagesEdit, ImagesGenerate
 
 
@@ -36,13 +37,13 @@ def inferred_statuses(route: RouteContext) -> set[int]:
     # The protocol's bounds on the request head, and the text rule on any query string.
     statuses = {408, 422, 431}
     calls = set(_calls(route.dependant))
-    if deps.get_api_key in calls:
+    if get_api_key in calls:
         statuses.add(401)
-    if deps.require_admin in calls:
+    if require_admin in calls:
         statuses.add(403)
-    if deps.get_submitter in calls:
+    if get_submitter in calls:
         statuses.add(429)
-    if deps.get_session in calls:
+    if get_session in calls:
         statuses.add(503)
     if route.dependant.path_params:
         statuses.add(404)
