@@ -45,8 +45,9 @@ from typing import Any
 
 import httpx
 
-from tests.faultproxy import FaultProxy, Proxies
-from tests.stack import Process, Stack
+from tests.harness.faultproxy import FaultProxy, Proxies
+from tests.harness.processes import Process
+from tests.harness.stack import Stack
 
 FINAL = {"succeeded", "failed", "canceled"}
 # Upstream faults the gateway retries (hang outlasts its 3 s timeout).

@@ -3,7 +3,7 @@ PNG (155 KB, under the 40-megapixel limit), and for N concurrent requests with f
 each, both sent to POST /v1/quote (which decodes just as a submission does).
 
 Sets up a PostgreSQL database, an API process with the contract's default image limits and an
-API key through the test harness (tests/stack.py), and tears everything down afterwards.
+API key through the test harness (tests/harness/), and tears everything down afterwards.
 
     python -m bench.input_memory [--concurrent 6] [--json]
 
@@ -23,8 +23,8 @@ from typing import Any
 
 import httpx
 
-from tests.images import b64, huge_png
-from tests.stack import Stack
+from tests.harness.images import b64, huge_png
+from tests.harness.stack import Stack
 
 MIB = 2**20
 

@@ -12,7 +12,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.stack import FINAL, Stack, unique, wait_for_job
+from tests.harness.stack import Stack
+from tests.helpers import FINAL, unique, wait_for_job
 from tests.test_validation import assert_error
 
 

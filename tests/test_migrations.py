@@ -18,7 +18,7 @@ import app.models  # noqa: F401  # every table on the metadata
 from app.db import Base, make_engine
 from app.migrate import alembic_config
 from app.settings import normalize_database_url
-from tests.stack import postgres_database
+from tests.harness.claims import postgres_database
 
 TABLES = {
     "api_keys",

@@ -12,7 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.stack import Stack, unique
+from tests.harness.stack import Stack
+from tests.helpers import unique
 from tests.test_validation import assert_error
 
 SURROGATE = "\\udfff"  # a JSON escape: Python's json would decode it to a lone surrogate

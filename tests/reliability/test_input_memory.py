@@ -14,8 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.images import b64, huge_png
-from tests.stack import FLUXGATE, ROOT, Stack, answers, free_port, unique, wait_until
+from tests.harness.images import b64, huge_png
+from tests.harness.processes import FLUXGATE, ROOT, answers, free_port, wait_until
+from tests.harness.stack import Stack
+from tests.helpers import unique
 from tests.test_validation import assert_error
 
 MIB = 2**20

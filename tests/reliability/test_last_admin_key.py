@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack import Stack, running_gateway
+from tests.harness.stack import Stack, running_gateway
 from tests.test_validation import assert_error
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.stack import FINAL, Stack, running_gateway, wait_for_job
+from tests.harness.stack import Stack, running_gateway
+from tests.helpers import FINAL, wait_for_job
 
 
 def submit(client: httpx.Client, prompt: str) -> str:

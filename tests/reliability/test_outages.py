@@ -13,8 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.faultproxy import FaultProxy, Proxies
-from tests.stack import FINAL, Stack, wait_for_job, wait_until
+from tests.harness.faultproxy import FaultProxy, Proxies
+from tests.harness.processes import wait_until
+from tests.harness.stack import Stack
+from tests.helpers import FINAL, wait_for_job
 
 OUTAGE_SECONDS = 6.0
 

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.stack import Stack
+from tests.harness.stack import Stack
 
 READ_TIMEOUT = 3.0  # the test stacks' header and body timeouts
 
