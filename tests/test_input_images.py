@@ -22,8 +22,7 @@ from tests.harness.images import (
     transparent_png,
 )
 from tests.harness.stack import Stack
-from tests.helpers import FINAL, unique, wait_for_job
-from tests.test_validation import assert_error
+from tests.helpers import FINAL, assert_error, unique, wait_for_job
 
 LIMITS = InputLimits(
     max_bytes=1024 * 1024, max_pixels=16_000_000, max_side=512, budget=DecodeBudget(2**30)

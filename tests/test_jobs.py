@@ -13,8 +13,7 @@ import pytest
 from PIL import Image
 
 from tests.harness.stack import Stack
-from tests.helpers import FINAL, unique, wait_for_job
-from tests.test_validation import assert_error
+from tests.helpers import FINAL, assert_error, unique, wait_for_job
 
 
 def test_submit_poll_download(stack: Stack, client: httpx.Client) -> None:

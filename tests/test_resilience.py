@@ -16,8 +16,7 @@ import pytest
 
 from tests.harness.processes import Process, wait_until
 from tests.harness.stack import Stack, running_gateway
-from tests.helpers import FINAL, wait_for_job
-from tests.test_validation import assert_error
+from tests.helpers import FINAL, assert_error, wait_for_job
 
 LATENCY = 2.0  # seconds per upstream call: long enough to act while a job is in flight
 

@@ -15,8 +15,7 @@ import httpx
 import pytest
 
 from tests.harness.stack import Stack, running_gateway
-from tests.helpers import FINAL, wait_for_job
-from tests.test_validation import assert_error
+from tests.helpers import FINAL, assert_error, wait_for_job
 
 
 def run_jobs(client: httpx.Client, bodies: list[dict[str, object]]) -> list[dict[str, object]]:

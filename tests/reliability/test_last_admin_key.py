@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness.stack import Stack, running_gateway
-from tests.test_validation import assert_error
+from tests.helpers import assert_error
 
 
 @pytest.fixture(scope="module", params=["postgres", "embedded"])
