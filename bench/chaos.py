@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+if not __package__:
+    # Run as ``python bench/chaos.py``: ``bench`` and ``tests`` are in the repository root.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx
 
@@ -264,8 +267,6 @@ def main(argv: list[str] | None = None) -> int:
         canary.close()
         return 0 if results["lost"] == 0 and results["charged twice"] == 0 else 1
     finally:
-        for process in stack.processes:
-            process.signal(signal.SIGTERM)
         stack.close()
         proxies.close()
 
