@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import subprocess
 import sys
 import tempfile
@@ -43,10 +42,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+if not __package__:
+    # Run as ``python bench/chaos.py``: ``bench`` and ``tests`` are in the repository root.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 import httpx
 
-from tests.faultproxy import FaultProxy, Proxies
-from tests.stack import Process, Stack
+from tests.harness.faultproxy import FaultProxy, Proxies
+from tests.harness.processes import Process
+from tests.harness.stack import Stack
 
 FINAL = {"succeeded", "failed", "canceled"}
 # Upstream faults the gateway retries (hang outlasts its 3 s timeout).
@@ -263,8 +267,6 @@ def main(argv: list[str] | None = None) -> int:
         canary.close()
         return 0 if results["lost"] == 0 and results["charged twice"] == 0 else 1
     finally:
-        for process in stack.processes:
-            process.signal(signal.SIGTERM)
         stack.close()
         proxies.close()
 

@@ -3,7 +3,7 @@ PNG (155 KB, under the 40-megapixel limit), and for N concurrent requests with f
 each, both sent to POST /v1/quote (which decodes just as a submission does).
 
 Sets up a PostgreSQL database, an API process with the contract's default image limits and an
-API key through the test harness (tests/stack.py), and tears everything down afterwards.
+API key through the test harness (tests/harness/), and tears everything down afterwards.
 
     python -m bench.input_memory [--concurrent 6] [--json]
 
@@ -21,22 +21,22 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+if not __package__:
+    # Run as ``python bench/input_memory.py``: ``bench`` and ``tests`` are in the repository root.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 import httpx
 
-from tests.images import b64, huge_png
-from tests.stack import Stack
+from tests.harness.images import b64, huge_png
+from tests.harness.processes import proc_status_kb
+from tests.harness.stack import Stack
 
 MIB = 2**20
 
 
 def memory(pid: int) -> dict[str, float]:
-    """VmRSS and VmHWM of a process, in MiB."""
-    found = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        if name in ("VmRSS", "VmHWM"):
-            found[name] = int(value.split()[0]) / 1024
-    return found
+    """VmHWM and VmRSS of a process, in MiB."""
+    return {name: (proc_status_kb(pid, name) or 0) / 1024 for name in ("VmHWM", "VmRSS")}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,8 @@
 Sets up everything it needs (a fresh PostgreSQL database, an empty Redis db, the simulator,
 the API, W workers and beat, an API key), submits the jobs from K client threads, waits until
 every job is final, then reports jobs/s, submit rate, upstream calls in flight, the gateway's
-overhead per job, queue wait, CPU and peak RSS. Everything is torn down afterwards, always.
+overhead per job, queue wait, CPU and peak RSS (bench/throughput_report.py). The stack is the
+test harness's (tests/harness/); everything is torn down afterwards, always.
 
     python bench/throughput.py --jobs 500 --latency 1.0
     python bench/throughput.py --jobs 500 --latency 1.0 --workers 2 --json
@@ -14,48 +15,58 @@ Exit status: 0 if every job succeeded, 1 otherwise (failures are listed, logs ar
 from __future__ import annotations
 
 import argparse
-import bisect
 import contextlib
 import json
 import math
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+if not __package__:
+    # Run as ``python bench/throughput.py``: ``bench`` and ``tests`` are in the repository root.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 import httpx
 import psycopg
-import redis
-from celery import Celery
 
-ROOT = Path(__file__).resolve().parent.parent
-FLUXGATE = [sys.executable, "-m", "app.cli"]
-DEFAULT_WORKER_CONCURRENCY = 64  # Settings.worker_concurrency
-# The claim key the test suite uses for Redis db numbers; using it keeps a concurrently
-# running test session off our db (and us off theirs).
-REDIS_CLAIM_KEY = "fluxgate-test-owner:{number}"
+from bench.throughput_report import (
+    DEFAULT_WORKER_CONCURRENCY,
+    JobRow,
+    build_results,
+    json_safe,
+    print_table,
+)
+from tests.harness.claims import postgres_database, redis_db
+from tests.harness.processes import Process, StackError
+from tests.harness.stack import Stack
+
 FINAL_STATUSES = ("succeeded", "failed", "canceled")
 PAGE_LIMIT = 100
 SAMPLE_INTERVAL = 0.1
 POLL_INTERVAL = 1.0
 FULL_COUNT_EVERY = 5.0
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# Every process's settings before --set (FLUXGATE_* by lower-case name).
+BENCH_SETTINGS = {
+    "log_level": "WARNING",
+    # The simulator has no account limit: measure the gateway, not Workers AI's 720/min
+    # (override with --set UPSTREAM_RPM=720 to see the limiter at work).
+    "upstream_rpm": "1000000",
+}
 
 
 class BenchError(Exception):
-    """Set-up or run failure; the message is printed, logs are kept."""
+    """A run that failed; the message is printed and the logs are kept (as for the harness's
+    StackError, a set-up that failed)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,63 +212,7 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
 
 
 # ---------------------------------------------------------------------------------------------
-# Small helpers
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(check: Callable[[], bool], *, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-def http_ok(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
-@dataclass(frozen=True)
-class Dist:
-    n: int
-    mean: float
-    p50: float
-    p90: float
-    p99: float
-    max: float
-
-    @classmethod
-    def of(cls, values: Sequence[float]) -> Dist:
-        if not values:
-            return cls(0, math.nan, math.nan, math.nan, math.nan, math.nan)
-        return cls(
-            n=len(values),
-            mean=sum(values) / len(values),
-            p50=percentile(values, 50),
-            p90=percentile(values, 90),
-            p99=percentile(values, 99),
-            max=max(values),
-        )
+# The machine
 
 
 def machine_cpu() -> tuple[int, int]:
@@ -275,241 +230,43 @@ def own_cpu_seconds() -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# Processes
-
-
-class Process:
-    """One ``fluxgate`` process in its own process group, logging to a file."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self._log = self.log_path.open("wb")
-        self.popen = subprocess.Popen(
-            argv,
-            env=env,
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.pid = self.popen.pid
-        self.stopped = False
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def signal_group(self, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pid, sig)
-
-    def _status_kb(self, field_name: str) -> int | None:
-        try:
-            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                if line.startswith(field_name + ":"):
-                    return int(line.split()[1])
-        except OSError:
-            pass
-        return None
-
-    def peak_rss_kb(self) -> int | None:
-        return self._status_kb("VmHWM")
-
-    def cpu_seconds(self) -> float | None:
-        """User + system CPU of the process (all its threads)."""
-        try:
-            stat = Path(f"/proc/{self.pid}/stat").read_text()
-        except OSError:
-            return None
-        fields = stat[stat.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def close_log(self) -> None:
-        self._log.close()
-
-
-def stop_all(processes: Sequence[Process], timeout: float = 20) -> None:
-    """SIGTERM every process group, wait, then SIGKILL whatever is left (once per process)."""
-    processes = [process for process in processes if not process.stopped]
-    for process in processes:
-        if process.alive():
-            process.signal_group(signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    for process in processes:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.popen.wait(max(0.1, deadline - time.monotonic()))
-    for process in processes:
-        # Kills anything left in the group, even if the leader has exited already.
-        process.signal_group(signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.popen.wait(5)
-        process.close_log()
-        process.stopped = True
-
-
-# ---------------------------------------------------------------------------------------------
-# Resources: database, Redis db
-
-
-def create_database(admin_url: str) -> tuple[str, Callable[[], None]]:
-    name = f"fluxgate_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-
-    def drop() -> None:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-    return f"{admin_url.rsplit('/', 1)[0]}/{name}", drop
-
-
-def claim_redis_db(server_url: str) -> tuple[int, Callable[[], None]]:
-    """An empty Redis db number (1..15; db 0 holds the claim keys), claimed and flushed."""
-    admin = redis.Redis.from_url(f"{server_url}/0")
-    for number in range(1, 16):
-        db = redis.Redis.from_url(f"{server_url}/{number}")
-        key = REDIS_CLAIM_KEY.format(number=number)
-        if db.dbsize() != 0 or admin.exists(key):
-            continue
-        if not admin.set(key, f"bench:{os.getpid()}", nx=True, ex=6 * 3600):
-            continue
-        if db.dbsize() != 0:  # someone started using it without claiming
-            admin.delete(key)
-            continue
-        db.flushdb()
-
-        def release(db: redis.Redis[bytes] = db, key: str = key) -> None:
-            db.flushdb()
-            admin.delete(key)
-
-        return number, release
-    raise BenchError("no empty, unclaimed Redis db number in 1..15")
-
-
-# ---------------------------------------------------------------------------------------------
 # The stack
 
 
-class Stack:
-    """The running gateway; registers its own teardown on ``cleanup`` as it goes."""
-
-    def __init__(self, opts: Options, cleanup: contextlib.ExitStack, log_dir: Path) -> None:
-        self.opts = opts
-        self.log_dir = log_dir
-        self.processes: list[Process] = []
-        self.workers: list[Process] = []
-        # Undone in reverse: the processes stop first, then Redis is flushed, then the
-        # database is dropped.
-        self.database_url, drop = create_database(opts.pg_url)
-        cleanup.callback(drop)
-        self.redis_db, release = claim_redis_db(opts.redis_url)
-        cleanup.callback(release)
-        self.redis_url = f"{opts.redis_url}/{self.redis_db}"
-        cleanup.callback(self._stop)
-
-        token = f"bench-{uuid.uuid4().hex}"
-        self.sim_url = f"http://127.0.0.1:{free_port()}"
-        self.api_url = f"http://127.0.0.1:{free_port()}"
-        self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("FLUXGATE_")},
-            "FLUXGATE_DATABASE_URL": self.database_url,
-            "FLUXGATE_REDIS_URL": self.redis_url,
-            "FLUXGATE_CF_ACCOUNT_ID": "bench",
-            "FLUXGATE_CF_API_TOKEN": token,
-            "FLUXGATE_CF_BASE_URL": f"{self.sim_url}/client/v4",
-            "FLUXGATE_LOG_LEVEL": "WARNING",
-            # The simulator has no account limit: measure the gateway, not Workers AI's
-            # 720/min (override with --set UPSTREAM_RPM=720 to see the limiter at work).
-            "FLUXGATE_UPSTREAM_RPM": "1000000",
-            **opts.settings,
-        }
-        self.sim = self._start(
-            "simulator",
-            "simulate-upstream",
-            "--port",
-            self.sim_url.rsplit(":", 1)[1],
-            "--latency",
-            str(opts.latency),
-            "--token",
-            token,
-        )
-        self.cli("migrate")
-        self.api = self._start("api", "api", "--port", self.api_url.rsplit(":", 1)[1])
-        for index in range(opts.workers):
-            extra = [] if opts.concurrency is None else ["--concurrency", str(opts.concurrency)]
-            self.workers.append(self._start(f"worker{index + 1}", "worker", *extra))
-        self.beat = self._start("beat", "beat")
-        self.key = self.create_key("bench")
-
-        self._wait_up(f"{self.sim_url}/__sim/stats", self.sim, "the simulator")
-        self._wait_up(f"{self.api_url}/readyz", self.api, "the API")
-        self._wait_workers()
-
-    def _start(self, name: str, *args: str) -> Process:
-        process = Process(name, [*FLUXGATE, *args], self.env, self.log_dir)
-        self.processes.append(process)
-        return process
-
-    def cli(self, *args: str) -> str:
-        done = subprocess.run(
-            [*FLUXGATE, *args],
-            env=self.env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        (self.log_dir / f"cli-{args[0]}.log").write_text(done.stdout + done.stderr)
-        if done.returncode != 0:
-            raise BenchError(f"fluxgate {' '.join(args)} exited {done.returncode}: {done.stderr}")
-        return done.stdout
-
-    def create_key(self, name: str) -> str:
-        return str(json.loads(self.cli("keys", "create", "--name", name, "--json"))["key"])
-
-    def _wait_up(self, url: str, process: Process, what: str) -> None:
-        def up() -> bool:
-            if not process.alive():
-                raise BenchError(f"{what} exited with {process.popen.returncode}")
-            return http_ok(url)
-
-        wait_for(up, timeout=60, what=what)
-
-    def _wait_workers(self) -> None:
-        """Every worker answers a control ping, so its consumer is attached to the queues."""
-        expected = {f"fluxgate-{worker.pid}@" for worker in self.workers}
-        control = Celery("fluxgate-bench", broker=self.redis_url)
-
-        def ready() -> bool:
-            for worker in self.workers:
-                if not worker.alive():
-                    raise BenchError(f"{worker.name} exited with {worker.popen.returncode}")
-            replies = control.control.ping(timeout=0.5) or []
-            names = {name for reply in replies for name in reply}
-            return all(any(n.startswith(prefix) for n in names) for prefix in expected)
-
-        try:
-            wait_for(ready, timeout=60, what="the workers to answer a ping")
-        finally:
-            control.close()
-
-    def _stop(self) -> None:
-        stop_all(list(reversed(self.processes)))
-
-    def client(self, key: str | None = None, timeout: float = 30) -> httpx.Client:
-        return httpx.Client(
-            base_url=self.api_url,
-            headers={"Authorization": f"Bearer {key or self.key}"},
-            timeout=timeout,
-        )
-
-    def dead(self) -> list[str]:
-        return [f"{p.name} (exit {p.popen.returncode})" for p in self.processes if not p.alive()]
+def start_stack(opts: Options, cleanup: contextlib.ExitStack, log_dir: Path) -> tuple[Stack, str]:
+    """The gateway with the API, W workers (each consuming) and beat running, and the key to
+    submit with; its teardown goes on ``cleanup`` as it is set up."""
+    # Undone in reverse: the processes stop first, then Redis is flushed, then the database
+    # is dropped.
+    database_url = cleanup.enter_context(postgres_database(opts.pg_url, prefix="fluxgate_bench"))
+    redis = cleanup.enter_context(
+        redis_db(opts.redis_url, owner="bench", ttl_seconds=6 * 3600, only_empty=True)
+    )
+    settings = {
+        name.removeprefix("FLUXGATE_").lower(): value for name, value in opts.settings.items()
+    }
+    stack = Stack(
+        log_dir,
+        latency=opts.latency,
+        base_settings=BENCH_SETTINGS,
+        database_url=database_url,
+        redis=redis,
+        **settings,
+    )
+    cleanup.callback(stack.close)
+    stack.start_api(ready_path="/readyz")
+    # No --concurrency runs the worker's default; a --set WORKER_CONCURRENCY=C goes in as
+    # --concurrency C, which the worker takes the same way.
+    configured = opts.settings.get("FLUXGATE_WORKER_CONCURRENCY")
+    concurrency = opts.concurrency or (int(configured) if configured else None)
+    workers = [
+        stack.start_worker(concurrency, name=f"worker{index + 1}", wait=False)
+        for index in range(opts.workers)
+    ]
+    stack.start_beat()
+    key = stack.create_key("bench")
+    stack.wait_consuming(workers)
+    return stack, key
 
 
 # ---------------------------------------------------------------------------------------------
@@ -518,6 +275,9 @@ class Stack:
 
 @dataclass
 class Submitted:
+    """What the submitting threads did: the jobs accepted, every POST's latency, the errors,
+    and the first POST's start and the last one's end (wall clock)."""
+
     job_ids: list[str] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -526,9 +286,7 @@ class Submitted:
     finished: float = 0.0
 
 
-def submit_all(
-    stack: Stack, opts: Options, run_id: str, result: Submitted, key: str | None = None
-) -> None:
+def submit_all(stack: Stack, opts: Options, run_id: str, result: Submitted, key: str) -> None:
     """POST every job from opts.submitters threads, each with its own connection."""
     lock = threading.Lock()
     next_index = iter(range(opts.jobs))
@@ -661,7 +419,7 @@ def wait_all_final(
     submitted: Submitted,
     submitting: threading.Thread,
     deadline: float,
-    key: str | None = None,
+    key: str,
 ) -> dict[str, int]:
     """Wait until every accepted job is final.
 
@@ -674,7 +432,7 @@ def wait_all_final(
         while True:
             if time.monotonic() > deadline:
                 raise BenchError(f"timed out with {counts or 'no'} final jobs")
-            dead = stack.dead()
+            dead = stack.exited()
             if dead:
                 raise BenchError(f"processes exited during the run: {', '.join(dead)}")
             if not submitting.is_alive():
@@ -689,19 +447,6 @@ def wait_all_final(
 
 # ---------------------------------------------------------------------------------------------
 # After the run
-
-
-@dataclass(frozen=True)
-class JobRow:
-    id: str
-    status: str
-    attempts: int
-    created_at: datetime
-    started_at: datetime | None
-    completed_at: datetime | None
-    upstream_ms: int | None
-    error_code: str | None
-    error_message: str | None
 
 
 def read_jobs(database_url: str) -> list[JobRow]:
@@ -784,7 +529,7 @@ def log_problems(processes: Sequence[Process], limit: int = 5) -> dict[str, dict
     for process in processes:
         lines = [
             line
-            for line in process.log_text().splitlines()
+            for line in process.log().splitlines()
             if " WARNING " in line or " ERROR " in line or "Traceback" in line
         ]
         if lines:
@@ -792,313 +537,8 @@ def log_problems(processes: Sequence[Process], limit: int = 5) -> dict[str, dict
     return found
 
 
-def ms(delta_seconds: float) -> float:
-    return delta_seconds * 1000
-
-
-def mean_overlap(intervals: Sequence[tuple[float, float]], low: float, high: float) -> float:
-    """Time-weighted mean number of the intervals open during [low, high]."""
-    covered = sum(max(0.0, min(end, high) - max(start, low)) for start, end in intervals)
-    return covered / (high - low)
-
-
-def saturation(
-    done: Sequence[tuple[float, float, float, int]],
-    samples: Sequence[tuple[float, int]],
-    slots: int,
-) -> dict[str, float] | None:
-    """Where the worker slots went while jobs were waiting for them.
-
-    The window runs from the creation of job number slots + 1 to the start of the last job:
-    the queue was (nearly) never empty then, so all ``slots`` could have been calling the
-    simulator. Reported as time-weighted means over that window: jobs between started_at and
-    completed_at (DB), jobs inside the upstream call (the last upstream_ms before completed_at)
-    and the simulator's sampled in_flight.
-    """
-    created = sorted(created for created, _, _, _ in done)
-    if len(created) <= slots:
-        return None
-    low, high = created[slots], max(started for _, started, _, _ in done)
-    if high - low < 1.0:
-        return None
-    running = [(started, completed) for _, started, completed, _ in done]
-    calling = [(completed - up / 1000, completed) for _, _, completed, up in done]
-    in_window = [n for t, n in samples if low <= t <= high]
-    return {
-        "window_s": high - low,
-        "slots": float(slots),
-        "db_running_mean": mean_overlap(running, low, high),
-        "worker_upstream_mean": mean_overlap(calling, low, high),
-        "sim_sampled_mean": sum(in_window) / len(in_window) if in_window else math.nan,
-    }
-
-
-def dispatch_waits(rows: Sequence[JobRow], slots: int) -> list[float]:
-    """Queue wait (ms) of the jobs that found a free worker slot when they were created.
-
-    A job found a slot free if, counting itself, no more than ``slots`` jobs were in the
-    system (created and not yet completed) at its created_at; its wait is then the time the
-    gateway needed to hand it to a worker, not time spent behind other jobs.
-    """
-    created = sorted(row.created_at.timestamp() for row in rows)
-    completed = sorted(row.completed_at.timestamp() for row in rows if row.completed_at)
-    waits = []
-    for row in rows:
-        if row.started_at is None:
-            continue
-        at = row.created_at.timestamp()
-        in_system = bisect.bisect_right(created, at) - bisect.bisect_right(completed, at)
-        if in_system <= slots:
-            waits.append(ms(row.started_at.timestamp() - at))
-    return waits
-
-
-def build_results(
-    opts: Options,
-    stack: Stack,
-    submitted: Submitted,
-    api_counts: dict[str, int],
-    rows: list[JobRow],
-    sampler: InFlightSampler,
-    sim_stats: dict[str, Any],
-    usage: dict[str, Any],
-) -> dict[str, Any]:
-    ours = set(submitted.job_ids)
-    rows = [row for row in rows if row.id in ours]
-    by_status: dict[str, int] = {}
-    for row in rows:
-        by_status[row.status] = by_status.get(row.status, 0) + 1
-    # (created, started, completed, upstream ms) of every succeeded job, in seconds.
-    done = [
-        (
-            row.created_at.timestamp(),
-            row.started_at.timestamp(),
-            row.completed_at.timestamp(),
-            row.upstream_ms or 0,
-        )
-        for row in rows
-        if row.status == "succeeded" and row.started_at and row.completed_at
-    ]
-    last_completion = max((completed for _, _, completed, _ in done), default=math.nan)
-    wall = last_completion - submitted.started
-    overhead = [ms(completed - created) - up for created, _, completed, up in done]
-    in_worker = [ms(completed - started) - up for _, started, completed, up in done]
-    queue_wait = [
-        ms(row.started_at.timestamp() - row.created_at.timestamp())
-        for row in rows
-        if row.started_at is not None
-    ]
-    window = [n for t, n in sampler.samples if submitted.started <= t <= last_completion]
-    saturated = saturation(done, sampler.samples, opts.slots)
-    per_second: dict[int, list[int]] = {}
-    for t, n in sampler.samples:
-        if submitted.started <= t <= last_completion:
-            per_second.setdefault(int(t - submitted.started), []).append(n)
-    failures = [
-        {"id": row.id, "status": row.status, "attempts": row.attempts, "error": row.error_code}
-        | {"message": (row.error_message or "")[:200]}
-        for row in rows
-        if row.status != "succeeded"
-    ]
-    submit_span = submitted.finished - submitted.started
-    return {
-        "config": {
-            "jobs": opts.jobs,
-            "latency_s": opts.latency,
-            "concurrency": opts.concurrency,
-            "worker_slots": opts.slots,
-            "workers": opts.workers,
-            "submitters": opts.submitters,
-            "warmup": opts.warmup,
-            "size": f"{opts.width}x{opts.height}",
-            "cpus": os.cpu_count(),
-            "settings": opts.settings,
-            "loadavg_before": usage["loadavg_before"],
-            "pg_connections_before": usage["pg_connections_before"],
-        },
-        "throughput": {
-            "jobs_per_s": len(done) / wall if wall > 0 else math.nan,
-            "ideal_jobs_per_s": opts.slots / opts.latency if opts.latency > 0 else math.inf,
-            "wall_s": wall,
-            "submit_rate_per_s": len(submitted.latencies_ms) / submit_span
-            if submit_span > 0
-            else math.nan,
-            "submit_s": submit_span,
-            "submit_latency_ms": asdict(Dist.of(submitted.latencies_ms)),
-        },
-        "in_flight": {
-            "sim_max": sim_stats.get("max_in_flight"),
-            "sampled_mean": sum(window) / len(window) if window else math.nan,
-            "sampled_p50": percentile(window, 50),
-            "sampled_max": max(window, default=0),
-            "per_second_mean": [
-                round(sum(per_second[k]) / len(per_second[k]), 1) for k in sorted(per_second)
-            ],
-            "samples": len(window),
-            "sample_errors": sampler.errors,
-            "saturated": saturated,
-            "upstream_requests": sim_stats.get("requests"),
-            "upstream_by_status": sim_stats.get("by_status"),
-        },
-        "per_job_ms": {
-            "overhead": asdict(Dist.of(overhead)),
-            "queue_wait": asdict(Dist.of(queue_wait)),
-            "dispatch_wait": asdict(Dist.of(dispatch_waits(rows, opts.slots))),
-            "in_worker_overhead": asdict(Dist.of(in_worker)),
-            "upstream": asdict(Dist.of([float(up) for _, _, _, up in done])),
-        },
-        "jobs": {
-            "submitted": len(submitted.job_ids),
-            "output_bytes_mean": usage["output_bytes_mean"],
-            "submit_errors": len(submitted.errors),
-            "submit_error_samples": submitted.errors[:5],
-            "by_status_db": by_status,
-            "final_by_status_api": api_counts,
-            "retried": sum(1 for row in rows if row.attempts > 1),
-            "failures": failures[:20],
-            "failure_count": len(failures),
-        },
-        "resources": usage["resources"],
-        "log_problems": log_problems(stack.processes),
-    }
-
-
-# ---------------------------------------------------------------------------------------------
-# Output
-
-
-def _f(value: Any, digits: int = 1) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:,.{digits}f}"
-    return f"{value:,}" if isinstance(value, int) else str(value)
-
-
-def print_table(results: dict[str, Any]) -> None:
-    cfg, tp, fl = results["config"], results["throughput"], results["in_flight"]
-    jobs, res, per_job = results["jobs"], results["resources"], results["per_job_ms"]
-    concurrency = cfg["concurrency"] or f"default ({DEFAULT_WORKER_CONCURRENCY})"
-    print(
-        f"Fluxgate throughput: {cfg['jobs']} jobs {cfg['size']}, upstream latency "
-        f"{cfg['latency_s']}s, {cfg['workers']} worker(s) x concurrency {concurrency}, "
-        f"{cfg['submitters']} submitters, {cfg['cpus']} CPUs "
-        f"(load before: {cfg['loadavg_before']}; PostgreSQL connections before: "
-        f"{cfg['pg_connections_before']})"
-    )
-    if cfg["settings"]:
-        print(f"extra settings: {cfg['settings']}")
-    print()
-    rows: list[tuple[str, str]] = [
-        ("jobs/s (first submit -> last completion)", _f(tp["jobs_per_s"], 2)),
-        ("  ideal (slots / latency)", _f(tp["ideal_jobs_per_s"], 1)),
-        ("  wall time s", _f(tp["wall_s"], 2)),
-        ("submit rate /s (API sustained)", _f(tp["submit_rate_per_s"], 1)),
-        ("  submit time s", _f(tp["submit_s"], 2)),
-        (
-            "  POST /v1/jobs ms p50 / p99 / max",
-            " / ".join(_f(tp["submit_latency_ms"][k]) for k in ("p50", "p99", "max")),
-        ),
-        ("upstream in flight: simulator max", _f(fl["sim_max"])),
-        (
-            "  sampled every 100 ms: mean / p50 / max",
-            f"{_f(fl['sampled_mean'])} / {_f(fl['sampled_p50'])} / {_f(fl['sampled_max'])}"
-            f"  ({fl['samples']} samples)",
-        ),
-        (
-            "  per-second mean",
-            " ".join(f"{x:.0f}" for x in fl["per_second_mean"]),
-        ),
-    ]
-    sat = fl["saturated"]
-    if sat:
-        rows.append(
-            (
-                f"  queue non-empty ({sat['window_s']:.1f} s): slots / DB running",
-                f"{sat['slots']:.0f} / {sat['db_running_mean']:.1f} / "
-                f"in upstream call {sat['worker_upstream_mean']:.1f} / "
-                f"simulator in_flight {sat['sim_sampled_mean']:.1f}",
-            )
-        )
-    rows += [
-        (
-            "  upstream requests (by status)",
-            f"{fl['upstream_requests']} {fl['upstream_by_status']}",
-        ),
-    ]
-    for label, key in (
-        ("overhead ms (done - created - upstream)", "overhead"),
-        ("  of which queue wait (started - created)", "queue_wait"),
-        ("    queue wait when a slot was free", "dispatch_wait"),
-        ("  in-worker (done - started - upstream)", "in_worker_overhead"),
-        ("upstream_ms", "upstream"),
-    ):
-        dist = per_job[key]
-        rows.append(
-            (
-                f"{label} p50/p90/p99/max",
-                " / ".join(_f(dist[k], 0) for k in ("p50", "p90", "p99", "max")),
-            )
-        )
-    rows += [
-        ("jobs by status (DB)", str(jobs["by_status_db"])),
-        ("  output image bytes (mean, stored in PostgreSQL)", _f(jobs["output_bytes_mean"], 0)),
-        ("  retried (attempts > 1)", _f(jobs["retried"])),
-        ("  submit errors", _f(jobs["submit_errors"])),
-    ]
-    for name, info in res["processes"].items():
-        rows.append(
-            (
-                f"{name}: peak RSS MiB / CPU s / CPU ms per job",
-                f"{_f(info['peak_rss_mib'])} / {_f(info['cpu_s'], 2)} / "
-                f"{_f(1000 * info['cpu_s'] / cfg['jobs'], 1)}",
-            )
-        )
-    rows += [
-        ("bench client CPU s", _f(res["bench_client_cpu_s"], 2)),
-        ("machine CPU busy % (all cores, run window)", _f(res["machine_busy_pct"])),
-        (
-            "PostgreSQL: sessions / commits / active s",
-            f"{_f(res['db'].get('sessions'), 0)} / {_f(res['db'].get('commits'), 0)} / "
-            f"{_f(res['db'].get('active_ms', math.nan) / 1000, 2)}",
-        ),
-        (
-            "  connections, sampled peak: bench database / server",
-            f"{_f(res['db'].get('connections_peak'))} / {_f(res['db'].get('server_peak'))}",
-        ),
-    ]
-    width = max(len(label) for label, _ in rows)
-    for label, value in rows:
-        print(f"  {label:<{width}}  {value}")
-    if jobs["failures"]:
-        print(f"\nFailures ({jobs['failure_count']}):")
-        for failure in jobs["failures"]:
-            print(f"  {failure}")
-    if jobs["submit_error_samples"]:
-        print("\nSubmit errors (first 5):")
-        for error in jobs["submit_error_samples"]:
-            print(f"  {error}")
-    if results["log_problems"]:
-        print("\nWarnings/errors in process logs:")
-        for name, info in results["log_problems"].items():
-            print(f"  {name}: {info['count']} lines, first:")
-            for line in info["first"]:
-                print(f"    {line[:300]}")
-
-
 # ---------------------------------------------------------------------------------------------
 # Main
-
-
-def json_safe(value: Any) -> Any:
-    """NaN and infinities (no data, latency 0) become null: JSON has no such numbers."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: json_safe(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(item) for item in value]
-    return value
 
 
 def _raise_on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -1123,8 +563,8 @@ def run(opts: Options) -> tuple[dict[str, Any], bool]:
     cleanup = contextlib.ExitStack()
     try:
         log(opts, f"setting up (logs in {log_dir}) ...")
-        stack = Stack(opts, cleanup, log_dir)
-        results = measure(opts, stack)
+        stack, key = start_stack(opts, cleanup, log_dir)
+        results = measure(opts, stack, key)
         ok = (
             results["jobs"]["failure_count"] == 0
             and results["jobs"]["submit_errors"] == 0
@@ -1168,11 +608,11 @@ def warm_up(opts: Options, stack: Stack) -> None:
         raise BenchError(f"warm-up submits failed: {submitted.errors[:3]}")
 
 
-def measure(opts: Options, stack: Stack) -> dict[str, Any]:
+def measure(opts: Options, stack: Stack, key: str) -> dict[str, Any]:
     run_id = uuid.uuid4().hex[:8]
     if opts.warmup:
         warm_up(opts, stack)
-    httpx.post(f"{stack.sim_url}/__sim/reset", timeout=5).raise_for_status()
+    stack.simulator.reset()
     db_before = database_stats(opts.pg_url, stack.database_url)
     cpu_before = {p.name: p.cpu_seconds() or 0.0 for p in stack.processes}
     machine_before = machine_cpu()
@@ -1181,21 +621,21 @@ def measure(opts: Options, stack: Stack) -> dict[str, Any]:
     connections_before = pg_connections(opts.pg_url)
 
     log(opts, f"submitting {opts.jobs} jobs from {opts.submitters} threads ...")
-    sampler = InFlightSampler(stack.sim_url)
+    sampler = InFlightSampler(stack.simulator.url)
     sampler.start()
     connections = ConnectionSampler(opts.pg_url, stack.database_url.rsplit("/", 1)[1])
     connections.start()
     submitted = Submitted()
     submitting = threading.Thread(
         target=submit_all,
-        args=(stack, opts, run_id, submitted),
+        args=(stack, opts, run_id, submitted, key),
         name="submit",
         daemon=True,
     )
     try:
         submitting.start()
         deadline = time.monotonic() + opts.timeout
-        counts = wait_all_final(stack, submitted, submitting, deadline)
+        counts = wait_all_final(stack, submitted, submitting, deadline, key)
     except BenchError as error:
         raise BenchError(f"{error}\n{describe_unfinished(stack)}") from None
     finally:
@@ -1205,7 +645,7 @@ def measure(opts: Options, stack: Stack) -> dict[str, Any]:
         submitting.join(60)
     machine_after = machine_cpu()
     client_cpu = own_cpu_seconds() - client_before
-    sim_stats: dict[str, Any] = httpx.get(f"{stack.sim_url}/__sim/stats", timeout=5).json()
+    sim_stats = stack.simulator.stats()
     processes = {
         p.name: {
             "pid": p.pid,
@@ -1216,7 +656,7 @@ def measure(opts: Options, stack: Stack) -> dict[str, Any]:
     }
     rows = read_jobs(stack.database_url)
     log(opts, "all jobs final; stopping the stack ...")
-    stack._stop()  # the sessions' statistics are complete once their backends exit
+    stack.stop_processes()  # the sessions' statistics are complete once their backends exit
     time.sleep(0.5)
     db_after = database_stats(opts.pg_url, stack.database_url)
     busy = machine_after[0] - machine_before[0]
@@ -1233,7 +673,17 @@ def measure(opts: Options, stack: Stack) -> dict[str, Any]:
             | {"connections_peak": connections.peak_ours, "server_peak": connections.peak_server},
         },
     }
-    return build_results(opts, stack, submitted, counts, rows, sampler, sim_stats, usage)
+    return build_results(
+        opts,
+        submitted,
+        counts,
+        rows,
+        sampler.samples,
+        sampler.errors,
+        sim_stats,
+        usage,
+        log_problems(stack.processes),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1242,7 +692,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, _raise_on_signal)
     try:
         results, ok = run(opts)
-    except BenchError as error:
+    except (BenchError, StackError) as error:
         print(f"bench failed: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -6,7 +6,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.stack import Stack, running_gateway
+from tests.harness.stack import Stack, running_gateway
 
 
 @pytest.fixture(scope="session")

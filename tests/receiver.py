@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from tests.stack import free_port, wait_until
+from tests.harness.processes import free_port, wait_until
 
 GIGABYTE = 1024**3
 

@@ -15,7 +15,7 @@ import yaml
 
 from app.cli.commands import build_parser
 from app.core.settings import Settings
-from tests.stack import ROOT
+from tests.harness.processes import ROOT
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]

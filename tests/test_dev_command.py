@@ -17,7 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.stack import FINAL, ROOT, free_port, wait_for_job, wait_until
+from tests.harness.processes import ROOT, free_port, wait_until
+from tests.helpers import FINAL, wait_for_job
 
 
 class DevGateway:

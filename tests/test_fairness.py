@@ -13,7 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.stack import FINAL, Stack, wait_for_job, wait_until
+from tests.harness.processes import wait_until
+from tests.harness.stack import Stack
+from tests.helpers import FINAL, wait_for_job
 
 RPM = 120  # one call every 0.5 s, bursts of 2
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from app.core.images import DecodeBudget, InputImageError, InputLimits, prepare_input_image
-from tests.images import (
+from tests.harness.images import (
     b64,
     exif_rotated_jpeg,
     gif,
@@ -21,8 +21,8 @@ from tests.images import (
     solid_png,
     transparent_png,
 )
-from tests.stack import FINAL, Stack, unique, wait_for_job
-from tests.test_validation import assert_error
+from tests.harness.stack import Stack
+from tests.helpers import FINAL, assert_error, unique, wait_for_job
 
 LIMITS = InputLimits(
     max_bytes=1024 * 1024, max_pixels=16_000_000, max_side=512, budget=DecodeBudget(2**30)

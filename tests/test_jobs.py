@@ -12,8 +12,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.stack import FINAL, Stack, unique, wait_for_job
-from tests.test_validation import assert_error
+from tests.harness.stack import Stack
+from tests.helpers import FINAL, assert_error, unique, wait_for_job
 
 
 def test_submit_poll_download(stack: Stack, client: httpx.Client) -> None:

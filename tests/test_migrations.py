@@ -19,7 +19,7 @@ from app.core.db import make_engine
 from app.core.migrate import alembic_config
 from app.core.orm import Base
 from app.core.settings import normalize_database_url
-from tests.stack import postgres_database
+from tests.harness.claims import postgres_database
 
 TABLES = {
     "api_keys",

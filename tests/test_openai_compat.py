@@ -11,8 +11,9 @@ import openai
 import pytest
 from PIL import Image
 
-from tests.images import picture
-from tests.stack import Stack, unique
+from tests.harness.images import picture
+from tests.harness.stack import Stack
+from tests.helpers import unique
 
 
 @pytest.fixture

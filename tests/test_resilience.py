@@ -14,8 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.stack import FINAL, Process, Stack, running_gateway, wait_for_job, wait_until
-from tests.test_validation import assert_error
+from tests.harness.processes import Process, wait_until
+from tests.harness.stack import Stack, running_gateway
+from tests.helpers import FINAL, assert_error, wait_for_job
 
 LATENCY = 2.0  # seconds per upstream call: long enough to act while a job is in flight
 

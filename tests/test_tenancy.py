@@ -14,8 +14,8 @@ import pytest
 
 from app.billing.budgets import TOTAL_PERIOD_START, period_start
 from app.keys.models import ApiKey
-from tests.stack import FINAL, Stack, wait_for_job
-from tests.test_validation import assert_error
+from tests.harness.stack import Stack
+from tests.helpers import FINAL, assert_error, wait_for_job
 
 
 @pytest.fixture(scope="module")

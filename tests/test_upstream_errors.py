@@ -7,7 +7,9 @@ import uuid
 import httpx
 import pytest
 
-from tests.stack import FINAL, Stack, wait_for_job, wait_until
+from tests.harness.processes import wait_until
+from tests.harness.stack import Stack
+from tests.helpers import FINAL, wait_for_job
 
 
 def run_with_script(

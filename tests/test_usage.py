@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.stack import FINAL, Stack, running_gateway, wait_for_job
-from tests.test_validation import assert_error
+from tests.harness.stack import Stack, running_gateway
+from tests.helpers import FINAL, assert_error, wait_for_job
 
 
 def run_jobs(client: httpx.Client, bodies: list[dict[str, object]]) -> list[dict[str, object]]:

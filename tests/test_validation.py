@@ -7,22 +7,10 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.helpers import assert_error
+
 VALID = {"prompt": "a red bicycle"}
 MAX_REQUEST_BYTES = 4 * 1024 * 1024  # FLUXGATE_MAX_REQUEST_BYTES of the test stacks
-
-
-def assert_error(
-    response: httpx.Response, status: int, code: str, param: str | None
-) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"}
-    error = body["error"]
-    assert error["code"] == code, error
-    assert error["param"] == param, error
-    assert isinstance(error["message"], str)
-    assert error["message"]
-    return error  # type: ignore[no-any-return]
 
 
 BAD_FIELDS = [

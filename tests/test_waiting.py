@@ -18,8 +18,10 @@ from standardwebhooks import Webhook
 
 from app.core.errors import InvalidParameter
 from app.jobs.watching import prefer_wait
+from tests.harness.processes import Process, wait_until
+from tests.harness.stack import Stack, running_gateway
+from tests.helpers import unique
 from tests.receiver import Receiver
-from tests.stack import Process, Stack, running_gateway, unique, wait_until
 
 WAITERS = 200
 

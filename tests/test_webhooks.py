@@ -17,8 +17,10 @@ import httpx
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from tests.harness.processes import Process, wait_until
+from tests.harness.stack import Stack, running_gateway
+from tests.helpers import unique, wait_for_job
 from tests.receiver import GIGABYTE, Receiver
-from tests.stack import Process, Stack, running_gateway, unique, wait_for_job, wait_until
 
 SCHEDULE = "0,1,1"  # three attempts, a second apart (production: immediately ... 24 h)
 

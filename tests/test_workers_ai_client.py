@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from app.upstream.workers_ai import GenerationRequest, UpstreamError, WorkersAIClient
-from tests.stack import SIM_TOKEN, Stack
+from tests.harness.stack import SIM_TOKEN, Stack
 
 
 def client_for(stack: Stack, token: str = SIM_TOKEN) -> WorkersAIClient:

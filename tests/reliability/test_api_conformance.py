@@ -19,7 +19,7 @@ import httpx
 import pytest
 from openapi_spec_validator import validate
 
-from tests.stack import Stack, running_gateway
+from tests.harness.stack import Stack, running_gateway
 
 CHECKS = ",".join(
     [

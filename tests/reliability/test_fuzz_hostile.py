@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.core.text import text_problem
-from tests.stack import Stack
+from tests.harness.stack import Stack
 
 FUZZ = settings(
     max_examples=60,

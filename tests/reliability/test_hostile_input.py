@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.stack import Stack, unique
-from tests.test_validation import assert_error
+from tests.harness.stack import Stack
+from tests.helpers import assert_error, unique
 
 SURROGATE = "\\udfff"  # a JSON escape: Python's json would decode it to a lone surrogate
 NUL = "\\u0000"

@@ -14,9 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.images import b64, huge_png
-from tests.stack import FLUXGATE, ROOT, Stack, answers, free_port, unique, wait_until
-from tests.test_validation import assert_error
+from tests.harness.images import b64, huge_png
+from tests.harness.processes import FLUXGATE, ROOT, answers, free_port, wait_until
+from tests.harness.stack import Stack
+from tests.helpers import assert_error, unique, vm_hwm
 
 MIB = 2**20
 
@@ -73,14 +74,6 @@ def test_one_decode_stays_within_its_estimate_and_near_one_copy(
     assert grown <= estimate + 8 * MIB, (grown // MIB, estimate // MIB)
     if kind == "png":  # decoded straight into the image, then only small copies
         assert grown <= pixels_once * 1.2 + 24 * MIB, (grown // MIB, pixels_once // MIB)
-
-
-def vm_hwm(pid: int) -> int:
-    """Peak resident memory of a process, in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM")
 
 
 def test_all_decodes_together_stay_within_the_decode_budget(stack: Stack, api_key: str) -> None:

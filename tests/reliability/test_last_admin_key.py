@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack import Stack, running_gateway
-from tests.test_validation import assert_error
+from tests.harness.stack import Stack, running_gateway
+from tests.helpers import assert_error
 
 
 @pytest.fixture(scope="module", params=["postgres", "embedded"])

@@ -7,16 +7,10 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.stack import FINAL, Stack, running_gateway, wait_for_job
-
-
-def submit(client: httpx.Client, prompt: str) -> str:
-    response = client.post("/v1/jobs", json={"prompt": prompt, "width": 512, "height": 512})
-    assert response.status_code == 202, response.text
-    return str(response.json()["id"])
+from tests.harness.stack import Stack, running_gateway
+from tests.helpers import FINAL, submit, wait_for_job
 
 
 @pytest.fixture(scope="module", params=["postgres", "embedded"])

@@ -10,11 +10,12 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.faultproxy import FaultProxy, Proxies
-from tests.stack import FINAL, Stack, wait_for_job, wait_until
+from tests.harness.faultproxy import FaultProxy, Proxies
+from tests.harness.processes import wait_until
+from tests.harness.stack import Stack
+from tests.helpers import FINAL, submit, wait_for_job
 
 OUTAGE_SECONDS = 6.0
 
@@ -42,12 +43,6 @@ def proxied(log_dir: Path) -> Iterator[tuple[Stack, FaultProxy, FaultProxy]]:
     finally:
         stack.close()
         proxies.close()
-
-
-def submit(client: httpx.Client, prompt: str) -> str:
-    response = client.post("/v1/jobs", json={"prompt": prompt, "width": 512, "height": 512})
-    assert response.status_code == 202, response.text
-    return str(response.json()["id"])
 
 
 def charges(stack: Stack, job_id: str) -> int:

@@ -10,12 +10,12 @@ import json
 import socket
 import threading
 import time
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
-from tests.stack import Stack
+from tests.harness.stack import Stack
+from tests.helpers import vm_hwm
 
 READ_TIMEOUT = 3.0  # the test stacks' header and body timeouts
 
@@ -81,14 +81,6 @@ def test_headers_too_large_or_too_many_are_431(stack: Stack, request_head: bytes
         assert headers["connection"] == "close"
         assert envelope_code(body) == "request_header_fields_too_large"
         assert_closed(sock)
-
-
-def vm_hwm(pid: int) -> int:
-    """Peak resident memory of a process, in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM")
 
 
 def test_a_64_mib_header_is_refused_without_being_held(stack: Stack) -> None:

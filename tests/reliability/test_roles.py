@@ -13,15 +13,8 @@ import time
 import httpx
 import pytest
 
-from tests.stack import (
-    FLUXGATE,
-    ROOT,
-    SIM_TOKEN,
-    Stack,
-    answers,
-    free_port,
-    wait_until,
-)
+from tests.harness.processes import FLUXGATE, ROOT, answers, free_port, wait_until
+from tests.harness.stack import SIM_TOKEN, Stack
 
 
 @pytest.mark.parametrize(

@@ -6,22 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import Any
 from urllib.parse import urlsplit
 
-from tests.stack import REDIS_HOST, REDIS_PORT, Stack
+from tests.harness.processes import free_port
+from tests.harness.stack import Stack
 
 
 class FaultProxy:
+    """A proxy from a free port on 127.0.0.1 to ``target_host:target_port``; up once made."""
+
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = int(probe.getsockname()[1])
+        self.port = free_port()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
@@ -98,15 +98,20 @@ class Proxies:
     started from now on (the stack's own SQL still goes straight to the server)."""
 
     def __init__(self, stack: Stack, *, database: bool = True) -> None:
+        if stack.redis is None:
+            raise ValueError("fault proxies need a PostgreSQL + Redis stack")
         url = urlsplit(stack.database_url)
         host, port = url.hostname or "127.0.0.1", url.port or 5432
         self.postgres = FaultProxy(host, port)
-        self.redis = FaultProxy(REDIS_HOST, REDIS_PORT)
+        server = urlsplit(stack.redis.server_url)
+        self.redis = FaultProxy(server.hostname or "127.0.0.1", server.port or 6379)
         if database:
             stack.env["FLUXGATE_DATABASE_URL"] = stack.database_url.replace(
                 f"{host}:{port}", f"127.0.0.1:{self.postgres.port}"
             )
-        stack.env["FLUXGATE_REDIS_URL"] = f"redis://127.0.0.1:{self.redis.port}/{stack.redis_db}"
+        stack.env["FLUXGATE_REDIS_URL"] = (
+            f"redis://127.0.0.1:{self.redis.port}/{stack.redis.number}"
+        )
 
     def close(self) -> None:
         self.postgres.close()

@@ -1,0 +1,1 @@
+"""Benchmarks and load runs against a real Fluxgate stack (see bench/README.md)."""
