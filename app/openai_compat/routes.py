@@ -4,9 +4,10 @@ client works unchanged; plus the expiring links that ``response_format: url`` ha
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -35,8 +36,31 @@ router = APIRouter(
 )
 
 
-async def _read(request: Request, settings: Settings) -> RequestBody:
-    return await read_body(request, max_file_bytes=settings.input_image_max_bytes)
+@dataclass(frozen=True)
+class ImagesCall:
+    """One image request: its body, its caller (within the submission rate), and what answering
+    it takes."""
+
+    request: Request
+    body: RequestBody
+    api_key: ApiKey
+    session: Session
+    watch: Watch
+    settings: Settings
+
+
+async def images_call(
+    request: Request,
+    api_key: SubmitterDep,
+    session: SessionDep,
+    watch: WatchDep,
+    settings: SettingsDep,
+) -> ImagesCall:
+    body = await read_body(request, max_file_bytes=settings.input_image_max_bytes)
+    return ImagesCall(request, body, api_key, session, watch, settings)
+
+
+ImagesCallDep = Annotated[ImagesCall, Depends(images_call)]
 
 
 def _create_jobs(session: Session, api_key: ApiKey, parsed: service.ImagesRequest) -> list[str]:
@@ -68,16 +92,10 @@ async def _wait(
     return [states[job_id] for job_id in job_ids]
 
 
-async def _run(
-    request: Request,
-    session: Session,
-    api_key: ApiKey,
-    watch: Watch,
-    settings: Settings,
-    parsed: service.ImagesRequest,
-) -> dict[str, Any]:
-    job_ids = await run_in_threadpool(_create_jobs, session, api_key, parsed)
-    jobs = await _wait(request, session, watch, job_ids, settings.openai_wait_seconds)
+async def _run(call: ImagesCall, parsed: service.ImagesRequest) -> dict[str, Any]:
+    request, session, settings = call.request, call.session, call.settings
+    job_ids = await run_in_threadpool(_create_jobs, session, call.api_key, parsed)
+    jobs = await _wait(request, session, call.watch, job_ids, settings.openai_wait_seconds)
     if not any(job.status == JobStatus.SUCCEEDED for job in jobs):
         failed = jobs[0]
         raise UpstreamFailed(
@@ -106,14 +124,8 @@ async def _run(
     openapi_extra=request_body(ImagesGenerate, "application/json", "multipart/form-data"),
     responses=error_responses(402, 502, 504),
 )
-async def generations(
-    request: Request,
-    api_key: SubmitterDep,
-    session: SessionDep,
-    watch: WatchDep,
-    settings: SettingsDep,
-) -> dict[str, Any]:
-    body = await _read(request, settings)
+async def generations(call: ImagesCallDep) -> dict[str, Any]:
+    body, settings = call.body, call.settings
     if body.files:
         raise InvalidParameter("generations take no images; use /v1/images/edits", param="image")
     parsed = await run_in_threadpool(
@@ -121,7 +133,7 @@ async def generations(
             body.fields, is_form=body.is_form, images=[], settings=settings
         )
     )
-    return await _run(request, session, api_key, watch, settings, parsed)
+    return await _run(call, parsed)
 
 
 @router.post(
@@ -131,14 +143,8 @@ async def generations(
     openapi_extra=request_body(ImagesEdit, "multipart/form-data"),
     responses=error_responses(402, 502, 504),
 )
-async def edits(
-    request: Request,
-    api_key: SubmitterDep,
-    session: SessionDep,
-    watch: WatchDep,
-    settings: SettingsDep,
-) -> dict[str, Any]:
-    body = await _read(request, settings)
+async def edits(call: ImagesCallDep) -> dict[str, Any]:
+    body, settings = call.body, call.settings
     if "mask" in body.file_names or "mask" in body.fields:
         raise InvalidParameter(
             "mask is not supported: FLUX.2 on Workers AI edits from the prompt and the reference "
@@ -159,7 +165,7 @@ async def edits(
             body.fields, is_form=body.is_form, images=images, settings=settings
         )
     )
-    return await _run(request, session, api_key, watch, settings, parsed)
+    return await _run(call, parsed)
 
 
 @router.get(
