@@ -108,6 +108,8 @@ def connect(settings: Settings) -> Backends:
     """Build this process's pieces, point the broker port at the broker and connect the outbox;
     call once at start-up (again: the same pieces)."""
     global _current
+    if _current is not None:  # every task asks: no lock once connected
+        return _current
     with _lock:
         if _current is None:
             backends = build(settings)
@@ -125,13 +127,5 @@ def connect(settings: Settings) -> Backends:
         return _current
 
 
-def current() -> Backends:
-    """The pieces :func:`connect` built for this process."""
-    if _current is None:
-        raise RuntimeError("backends.connect(settings) was not called in this process")
-    return _current
-
-
 def _leave_for_the_sweeper(job_id: str) -> None:
-    logger.warning("broker unavailable; job %s left for the sweeper", job_id)
     with_transaction(lambda session: mark_not_enqueued(session, job_id=job_id))

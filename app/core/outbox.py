@@ -78,7 +78,9 @@ def send_now(message: Message) -> None:
     try:
         _send(message)
     except Exception:
-        logger.warning("could not send %s; it will be retried", message, exc_info=True)
+        logger.warning(
+            "could not send %s; it will be retried (a job by the sweeper)", message, exc_info=True
+        )
         _unsent(message)
 
 
