@@ -34,6 +34,7 @@ TABLES = {
     "upstream_gate",
     "webhook_deliveries",
     "webhook_attempts",
+    "job_attempts",
     "alembic_version",
 }
 

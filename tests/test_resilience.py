@@ -81,6 +81,12 @@ def test_worker_killed_mid_job_still_completes_charged_once(
     assert slow_stack.sql(
         "SELECT count(*) FROM job_images WHERE job_id = :job_id", job_id=job["id"]
     ) == [(1,)]
+    # The killed attempt is on record as lost (seen by the sweeper), then the one that won.
+    assert slow_stack.sql(
+        "SELECT number, outcome, error_code FROM job_attempts WHERE job_id = :job_id"
+        " ORDER BY number",
+        job_id=job["id"],
+    ) == [(1, "lost", "worker_lost"), (2, "succeeded", None)]
     # The killed call did reach the upstream; the sweeper then re-sent the job once.
     wait_until(
         lambda: slow_stack.simulator.count(prompt) == 2, timeout=10, what="both upstream calls"

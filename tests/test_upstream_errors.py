@@ -21,6 +21,14 @@ def run_with_script(
     return prompt, wait_for_job(client, job["id"], statuses=FINAL, timeout=timeout)
 
 
+def attempt_records(stack: Stack, job_id: str) -> list[tuple[object, ...]]:
+    return stack.sql(
+        "SELECT number, outcome, http_status, error_code, started_at IS NOT NULL"
+        " FROM job_attempts WHERE job_id = :job_id ORDER BY number",
+        job_id=job_id,
+    )
+
+
 def charges(stack: Stack, job_id: str) -> list[tuple[int]]:
     return stack.sql("SELECT amount_nanos FROM charges WHERE job_id = :job_id", job_id=job_id)  # type: ignore[return-value]
 
@@ -49,6 +57,13 @@ def test_transient_failures_are_retried(stack: Stack, client: httpx.Client, faul
     assert job["error"] is None
     assert job["cost"]["charged"] == "0.000287"
     assert charges(stack, job["id"]) == [(287_000,)]
+    # Each attempt is on record, in the transaction that recorded its outcome.
+    first, second = attempt_records(stack, job["id"])
+    assert first[:2] == (1, "retrying")
+    assert first[3] is not None  # why it is retried
+    if fault in ("500", "502", "503"):
+        assert first[2] == int(fault)
+    assert second == (2, "succeeded", 200, None, True)
     # A hung request is counted when the simulator ends it, a moment after the client gave up.
     wait_until(lambda: stack.simulator.count(prompt) == 2, timeout=10, what="two upstream requests")
 
@@ -82,6 +97,12 @@ def test_attempts_are_bounded(stack: Stack, client: httpx.Client) -> None:
     assert job["cost"]["charged"] == "0"
     assert charges(stack, job["id"]) == []
     assert stack.simulator.count(prompt) == 4
+    assert [row[:4] for row in attempt_records(stack, job["id"])] == [
+        (1, "retrying", 429, "upstream_capacity"),
+        (2, "retrying", 429, "upstream_capacity"),
+        (3, "retrying", 429, "upstream_capacity"),
+        (4, "failed", 429, "upstream_capacity"),
+    ]
 
 
 def test_server_errors_exhausted_are_reported(stack: Stack, client: httpx.Client) -> None:

@@ -19,7 +19,7 @@ from app.core import outbox
 from app.core.db import rows_affected
 from app.core.images import ImageInfo
 from app.core.orm import utcnow
-from app.jobs.models import Job, JobImage, JobStatus
+from app.jobs.models import Job, JobAttempt, JobImage, JobStatus
 from app.jobs.service import job_changed, job_ended
 from app.upstream import catalog
 from app.upstream.workers_ai import GenerationRequest, InputImage, UpstreamError
@@ -30,6 +30,7 @@ class Claim:
     job_id: str
     attempt: int
     request: GenerationRequest
+    started_at: datetime
 
 
 CANDIDATES_PER_KEY = 16
@@ -146,6 +147,7 @@ def claim(session: Session, *, job_id: str, lease_seconds: float) -> Claim | Non
     return Claim(
         job_id=job.id,
         attempt=claimed,
+        started_at=now,
         request=GenerationRequest(
             upstream_model=spec.upstream_id,
             prompt=job.prompt,
@@ -202,6 +204,7 @@ def finish_succeeded(
     )
     if not won:
         return False
+    _record_attempt(session, claim, outcome="succeeded", upstream_ms=upstream_ms, http_status=200)
     job = session.get_one(Job, claim.job_id, populate_existing=True)
     session.add(
         JobImage(
@@ -226,6 +229,43 @@ def finish_succeeded(
     )
     job_ended(session, job=job)
     return True
+
+
+def _record_attempt(
+    session: Session,
+    claim: Claim,
+    *,
+    outcome: str,
+    upstream_ms: int | None,
+    http_status: int | None,
+    error: UpstreamError | None = None,
+) -> None:
+    session.add(
+        JobAttempt(
+            job_id=claim.job_id,
+            number=claim.attempt,
+            started_at=claim.started_at,
+            ended_at=utcnow(),
+            outcome=outcome,
+            upstream_ms=upstream_ms,
+            http_status=http_status,
+            error_code=None if error is None else error.code,
+            upstream_code=None if error is None else error.upstream_code,
+        )
+    )
+
+
+def _record_failed_attempt(
+    session: Session, claim: Claim, *, outcome: str, error: UpstreamError
+) -> None:
+    _record_attempt(
+        session,
+        claim,
+        outcome=outcome,
+        upstream_ms=error.duration_ms,
+        http_status=error.http_status,
+        error=error,
+    )
 
 
 def _attempt_error(error: UpstreamError) -> dict[str, object]:
@@ -254,6 +294,7 @@ def schedule_retry(
         **_attempt_error(error),
     )
     if queued:
+        _record_failed_attempt(session, claim, outcome="retrying", error=error)
         job_changed(session, job_id=claim.job_id, status=JobStatus.QUEUED)
         outbox.add(session, outbox.ForwardJob(claim.job_id, countdown=delay_seconds))
     return queued
@@ -271,6 +312,7 @@ def finish_failed(session: Session, *, claim: Claim, error: UpstreamError) -> bo
         **_attempt_error(error),
     )
     if failed:
+        _record_failed_attempt(session, claim, outcome="failed", error=error)
         _job_failed(session, claim.job_id)
     return failed
 
@@ -295,6 +337,24 @@ def backoff_seconds(
     if retry_after is not None:
         delay = max(delay, min(retry_after, cap) + rng.uniform(0, 0.1 * base))
     return delay
+
+
+def _record_lost_attempt(session: Session, *, job_id: str, now: datetime) -> None:
+    """The attempt whose worker stopped: only its lease's expiry was seen."""
+    number = session.scalar(select(Job.attempts).where(Job.id == job_id))
+    session.add(
+        JobAttempt(
+            job_id=job_id,
+            number=number,
+            started_at=None,
+            ended_at=now,
+            outcome="lost",
+            upstream_ms=None,
+            http_status=None,
+            error_code="worker_lost",
+            upstream_code=None,
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -348,6 +408,7 @@ def sweep(
             .execution_options(synchronize_session=False)
         )
         if rows_affected(exhausted) == 1:
+            _record_lost_attempt(session, job_id=job_id, now=now)
             _job_failed(session, job_id)
             failed.append(job_id)
             continue
@@ -360,6 +421,7 @@ def sweep(
             .execution_options(synchronize_session=False)
         )
         if rows_affected(back) == 1:
+            _record_lost_attempt(session, job_id=job_id, now=now)
             job_changed(session, job_id=job_id, status=JobStatus.QUEUED)
             requeued.append(job_id)
 

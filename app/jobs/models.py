@@ -91,6 +91,27 @@ class Job(Base):
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class JobAttempt(Base):
+    """One upstream attempt of a job, recorded when it ends, in the transaction that records
+    its outcome: the job's timeline and the upstream error rates."""
+
+    __tablename__ = "job_attempts"
+    __table_args__ = (
+        CheckConstraint("outcome IN ('succeeded', 'retrying', 'failed', 'lost')", name="outcome"),
+    )
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # Null for an attempt whose worker was lost: only its lease's expiry was seen.
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    outcome: Mapped[str] = mapped_column(String(16))
+    upstream_ms: Mapped[int | None] = mapped_column(Integer)
+    http_status: Mapped[int | None] = mapped_column(Integer)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    upstream_code: Mapped[int | None] = mapped_column(Integer)
+
+
 class JobImage(Base):
     """Image bytes of a job: its output (and, later, its input images)."""
 
