@@ -54,6 +54,58 @@ class Cost:
     input_tiles: int
 
 
+@dataclass(frozen=True)
+class CostLine:
+    label: str
+    units: int
+    unit_nanos: int
+
+    @property
+    def nanos(self) -> int:
+        return self.units * self.unit_nanos
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    """The charge as a bill: each line units x unit price, their sum times the steps when the
+    schedule prices per step (``steps`` is then set)."""
+
+    lines: tuple[CostLine, ...]
+    steps: int | None
+    total_nanos: int
+
+
+def breakdown(
+    schedule: PriceSchedule,
+    *,
+    width: int,
+    height: int,
+    steps: int,
+    input_sizes: Sequence[tuple[int, int]] = (),
+) -> Breakdown:
+    output_units = count_units(schedule.output_unit, width, height)
+    lines = [CostLine(f"first output {schedule.output_unit}", 1, schedule.output_first_unit_nanos)]
+    if output_units > 1:
+        lines.append(
+            CostLine(
+                f"further output {schedule.output_unit}s",
+                output_units - 1,
+                schedule.output_unit_nanos,
+            )
+        )
+    input_units = sum(count_units(schedule.input_unit, w, h) for w, h in input_sizes)
+    if input_units:
+        lines.append(
+            CostLine(f"input {schedule.input_unit}s", input_units, schedule.input_unit_nanos)
+        )
+    total = sum(line.nanos for line in lines)
+    if schedule.per_step:
+        total *= steps
+    return Breakdown(
+        lines=tuple(lines), steps=steps if schedule.per_step else None, total_nanos=total
+    )
+
+
 def job_cost(
     schedule: PriceSchedule,
     *,
@@ -62,14 +114,9 @@ def job_cost(
     steps: int,
     input_sizes: Sequence[tuple[int, int]] = (),
 ) -> Cost:
-    output_units = count_units(schedule.output_unit, width, height)
-    output = schedule.output_first_unit_nanos + (output_units - 1) * schedule.output_unit_nanos
-    input_units = sum(count_units(schedule.input_unit, w, h) for w, h in input_sizes)
-    total = output + input_units * schedule.input_unit_nanos
-    if schedule.per_step:
-        total *= steps
+    bill = breakdown(schedule, width=width, height=height, steps=steps, input_sizes=input_sizes)
     return Cost(
-        total_nanos=total,
+        total_nanos=bill.total_nanos,
         output_tiles=tiles(width, height),
         input_tiles=sum(tiles(w, h) for w, h in input_sizes),
     )
