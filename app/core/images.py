@@ -63,6 +63,18 @@ def convert_image(data: bytes, target: str) -> tuple[bytes, str]:
     return out.getvalue(), FORMATS[pillow_format]
 
 
+def thumbnail(data: bytes, *, side: int) -> bytes:
+    """A small WebP that fits ``side`` x ``side`` (aspect kept); drafted from a reduced decode
+    where the format allows, so a large image is never decoded whole."""
+    with Image.open(io.BytesIO(data), formats=list(FORMATS)) as image:
+        image.draft("RGB", (side * 2, side * 2))
+        small = _flatten(image) if image.mode not in ("RGB", "L") else image.copy()
+    small.thumbnail((side, side))
+    out = io.BytesIO()
+    small.save(out, format="WEBP", quality=70)
+    return out.getvalue()
+
+
 def in_format(data: bytes, content_type: str, target: str | None) -> tuple[bytes, str]:
     """A stored image as asked for: as it is when ``target`` is ``None`` or its own format,
     else re-encoded; the bytes and their MIME type."""
