@@ -11,6 +11,7 @@ import redis
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -23,6 +24,11 @@ from app.core.errors import FluxgateError
 from app.core.images import return_freed_pixels_to_the_os
 from app.core.notifications import JobWatchHub
 from app.core.settings import Settings, get_settings
+from app.dashboard import pages as dashboard_pages
+from app.dashboard import routes as dashboard_routes
+from app.dashboard.deps import LoginRequired
+from app.dashboard.rendering import STATIC_DIR
+from app.dashboard.security import STATIC_PREFIX, DashboardHeaders
 from app.http import ops
 from app.http.body import check_path_and_query
 from app.http.limits import RequestBodyLimits
@@ -65,12 +71,15 @@ def error_response(
     message: str,
     param: str | None = None,
     headers: Mapping[str, str] | None = None,
-) -> JSONResponse:
+) -> Response:
     """Every error answer: the contract's envelope, or OpenAI's on its compatible routes (where
-    invalid input is a 400, so the official client raises BadRequestError)."""
+    invalid input is a 400, so the official client raises BadRequestError), or a page on the
+    dashboard's."""
     # Messages may quote what the client sent: an error answer must always be renderable.
     message = _renderable(message)
     param = None if param is None else _renderable(param)
+    if dashboard_pages.is_dashboard(request.url.path):
+        return dashboard_pages.error_page(request, status, message, headers=headers)
     if request.url.path.startswith(OPENAI_PREFIX):
         if status == 422:
             status = 400
@@ -97,13 +106,13 @@ def _renderable(text: str) -> str:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(FluxgateError)
-    async def fluxgate_error(request: Request, error: FluxgateError) -> JSONResponse:
+    async def fluxgate_error(request: Request, error: FluxgateError) -> Response:
         return error_response(
             request, error.status_code, error.code, error.message, error.param, error.headers
         )
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, error: RequestValidationError) -> Response:
         first = error.errors()[0]
         loc = [str(part) for part in first.get("loc", ())]
         param = loc[-1] if len(loc) > 1 else None
@@ -112,11 +121,15 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(request, 422, "invalid_parameter", message, param)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, error: StarletteHTTPException) -> Response:
         code = _HTTP_CODES.get(error.status_code, "http_error")
         return error_response(
             request, error.status_code, code, str(error.detail), headers=error.headers
         )
+
+    @app.exception_handler(LoginRequired)
+    async def login_required(request: Request, error: LoginRequired) -> Response:
+        return dashboard_pages.to_login(request, error.next_path)
 
     @app.exception_handler(ClientDisconnect)
     async def client_gone(request: Request, error: ClientDisconnect) -> Response:
@@ -125,12 +138,12 @@ def install_error_handlers(app: FastAPI) -> None:
         return Response(status_code=400)
 
     @app.exception_handler(OperationalError)
-    async def database_down(request: Request, error: OperationalError) -> JSONResponse:
+    async def database_down(request: Request, error: OperationalError) -> Response:
         logger.error("database error: %s", error.__class__.__name__)
         return error_response(request, 503, "database_unavailable", "the database is not reachable")
 
     @app.exception_handler(redis.RedisError)
-    async def redis_down(request: Request, error: redis.RedisError) -> JSONResponse:
+    async def redis_down(request: Request, error: redis.RedisError) -> Response:
         logger.error("Redis error: %s", error.__class__.__name__)
         return error_response(
             request,
@@ -141,7 +154,7 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(PoolTimeout)
-    async def database_busy(request: Request, error: PoolTimeout) -> JSONResponse:
+    async def database_busy(request: Request, error: PoolTimeout) -> Response:
         logger.error("no database connection free within the pool timeout")
         return error_response(
             request,
@@ -152,7 +165,7 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(Exception)
-    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+    async def unexpected(request: Request, error: Exception) -> Response:
         logger.exception("unhandled error")
         return error_response(
             request, 500, "internal_error", "an unexpected error occurred; it has been logged"
@@ -192,6 +205,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.backends = pieces
     app.state.watch = watching.Watch(hub)
     install_error_handlers(app)
+    app.add_middleware(DashboardHeaders)
     app.add_middleware(
         RequestBodyLimits,
         max_bytes=settings.max_request_bytes,
@@ -205,6 +219,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(key_routes.router)
     app.include_router(webhook_routes.router)
     app.include_router(webhook_routes.admin_router)
+    app.include_router(dashboard_routes.router)
+    app.mount(STATIC_PREFIX, StaticFiles(directory=STATIC_DIR), name="dashboard-static")
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -3,12 +3,14 @@ and by Alembic, so relationships and foreign keys across domains always resolve.
 
 from app.billing.models import BudgetPeriod, Charge, Price
 from app.core.orm import Base
-from app.jobs.models import IdempotencyKey, ImageLink, Job, JobImage
+from app.dashboard.models import AdminSession, JobThumbnail, LoginFailure
+from app.jobs.models import IdempotencyKey, ImageLink, Job, JobAttempt, JobImage
 from app.keys.models import ApiKey, RateWindow
 from app.upstream.models import UpstreamGate
 from app.webhooks.models import WebhookAttempt, WebhookDelivery
 
 __all__ = [
+    "AdminSession",
     "ApiKey",
     "Base",
     "BudgetPeriod",
@@ -16,7 +18,10 @@ __all__ = [
     "IdempotencyKey",
     "ImageLink",
     "Job",
+    "JobAttempt",
     "JobImage",
+    "JobThumbnail",
+    "LoginFailure",
     "Price",
     "RateWindow",
     "UpstreamGate",

@@ -35,6 +35,9 @@ TABLES = {
     "webhook_deliveries",
     "webhook_attempts",
     "job_attempts",
+    "admin_sessions",
+    "admin_login_failures",
+    "job_thumbnails",
     "alembic_version",
 }
 

@@ -143,6 +143,13 @@ class Settings(BaseSettings):
     # watched job in case a notification was lost.
     events_reconcile_seconds: PositiveSeconds = 10.0
 
+    # The admin dashboard's sessions: ended after this long without a request, and this long
+    # after login whatever happens; failed logins from one client address, per window.
+    admin_session_idle_seconds: int = Field(default=30 * 60, ge=60)
+    admin_session_max_seconds: int = Field(default=12 * 3600, ge=60)
+    admin_login_max_failures: int = Field(default=10, ge=1, le=10_000)
+    admin_login_window_seconds: int = Field(default=15 * 60, ge=1)
+
     log_level: str = "INFO"
 
     @field_validator("database_url")

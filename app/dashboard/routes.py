@@ -1,0 +1,365 @@
+"""The dashboard's pages and forms: adapters from HTTP to app.dashboard.views and the domains'
+services. Forms post, then redirect to a page (so a reload never posts twice), except where
+a secret is shown once."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy.orm import Session
+
+from app.billing import service as billing_service
+from app.billing.schemas import PriceCreate, price_out
+from app.core.errors import Forbidden, InvalidParameter, NotFound
+from app.core.orm import utcnow
+from app.dashboard import security, sessions, thumbnails, views
+from app.dashboard.deps import CurrentDep, FormDep, session_policy, session_token
+from app.dashboard.forms import to_schema
+from app.dashboard.rendering import render
+from app.http.deps import SessionDep, SettingsDep
+from app.jobs.models import Job
+from app.keys import service as key_service
+from app.keys.schemas import KeyCreate, KeyUpdate
+from app.upstream import catalog
+from app.webhooks import service as webhooks
+
+router = APIRouter(prefix=security.DASHBOARD_PREFIX, include_in_schema=False)
+
+
+def _see(path: str) -> RedirectResponse:
+    return RedirectResponse(path, status_code=303)
+
+
+# ---- login -------------------------------------------------------------------------------
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_form(request: Request, next: str | None = None) -> HTMLResponse:
+    return render(
+        request, "login.html", current=None, title="Sign in", next=security.safe_next(next)
+    )
+
+
+@router.post("/login", response_class=HTMLResponse)
+def log_in(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    key: Annotated[str, Form(max_length=200)],
+    next: Annotated[str | None, Form(max_length=2000)] = None,
+) -> Response:
+    if not security.same_origin(request, settings):
+        raise Forbidden(
+            "this form was not sent from the dashboard itself", code="cross_site_request"
+        )
+    opened = sessions.log_in(
+        session,
+        presented=key,
+        address=request.client.host if request.client else "unknown",
+        now=utcnow(),
+        policy=session_policy(settings),
+        max_failures=settings.admin_login_max_failures,
+        window=timedelta(seconds=settings.admin_login_window_seconds),
+    )
+    if opened is None:
+        # Answered, not raised: the failed attempt is counted when the request commits.
+        return render(
+            request,
+            "login.html",
+            current=None,
+            status_code=401,
+            title="Sign in",
+            next=security.safe_next(next),
+            error="That is not a live admin key.",
+        )
+    secure = security.is_secure(request, settings)
+    response = _see(security.safe_next(next))
+    response.set_cookie(
+        security.cookie_name(secure),
+        opened.token,
+        max_age=settings.admin_session_max_seconds,
+        path=security.cookie_path(secure),
+        secure=secure,
+        httponly=True,
+        samesite="strict",
+    )
+    return response
+
+
+@router.post("/logout")
+def log_out(
+    request: Request, current: FormDep, session: SessionDep, settings: SettingsDep
+) -> Response:
+    token = session_token(request, settings)
+    if token is not None:
+        sessions.log_out(session, token=token)
+    secure = security.is_secure(request, settings)
+    response = _see(f"{security.DASHBOARD_PREFIX}/login")
+    response.delete_cookie(
+        security.cookie_name(secure),
+        path=security.cookie_path(secure),
+        secure=secure,
+        httponly=True,
+        samesite="strict",
+    )
+    return response
+
+
+# ---- overview ----------------------------------------------------------------------------
+
+
+@router.get("", response_class=HTMLResponse)
+def overview(request: Request, current: CurrentDep, session: SessionDep) -> HTMLResponse:
+    now = utcnow()
+    return render(
+        request,
+        "overview.html",
+        current=current,
+        active="/admin",
+        title="Overview",
+        spend=views.spend(session, now=now),
+        health=views.health(session, now=now),
+        budgets=views.budget_uses(session, now=now),
+    )
+
+
+# ---- keys --------------------------------------------------------------------------------
+
+KEY_FIELDS = ("name", "budget_usd", "budget_period", "rate_limit_per_minute", "max_concurrent_jobs")
+KEY_LIMITS = ("rate_limit_per_minute", "max_concurrent_jobs")
+
+
+def _keys_page(
+    request: Request, current: sessions.Current, session: Session, **context: Any
+) -> HTMLResponse:
+    return render(
+        request,
+        "keys.html",
+        current=current,
+        active="/admin/keys",
+        title="Keys",
+        rows=views.key_rows(session, now=utcnow()),
+        **context,
+    )
+
+
+@router.get("/keys", response_class=HTMLResponse)
+def keys_page(request: Request, current: CurrentDep, session: SessionDep) -> HTMLResponse:
+    return _keys_page(request, current, session)
+
+
+@router.post("/keys", response_class=HTMLResponse)
+async def create_key(request: Request, current: FormDep, session: SessionDep) -> HTMLResponse:
+    form = await request.form()
+    try:
+        spec = to_schema(
+            KeyCreate, form, fields=(*KEY_FIELDS, "admin"), integers=KEY_LIMITS, flags=("admin",)
+        )
+    except InvalidParameter as error:
+        return _keys_page(request, current, session, status_code=422, error=error.message)
+    created = key_service.create_key_as(session, spec=spec)
+    # Shown here once, never again: this answer is not a redirect, and pages are no-store.
+    return _keys_page(
+        request,
+        current,
+        session,
+        status_code=201,
+        created=created.api_key,
+        created_key=created.key,
+        created_secret=created.api_key.webhook_secret,
+    )
+
+
+def _key_page(
+    request: Request, current: sessions.Current, session: Session, *, key_id: str, **context: Any
+) -> HTMLResponse:
+    api_key = key_service.get_key(session, key_id=key_id)
+    return render(
+        request,
+        "key.html",
+        current=current,
+        active="/admin/keys",
+        title=api_key.name,
+        key=key_service.to_key_out(session, api_key),
+        **context,
+    )
+
+
+@router.get("/keys/{key_id}", response_class=HTMLResponse)
+def key_page(
+    key_id: str, request: Request, current: CurrentDep, session: SessionDep
+) -> HTMLResponse:
+    return _key_page(request, current, session, key_id=key_id)
+
+
+@router.post("/keys/{key_id}", response_class=HTMLResponse)
+async def update_key(
+    key_id: str, request: Request, current: FormDep, session: SessionDep
+) -> Response:
+    form = await request.form()
+    try:
+        changes = to_schema(
+            KeyUpdate,
+            form,
+            fields=KEY_FIELDS,
+            integers=KEY_LIMITS,
+            blank_is_null=("budget_usd", *KEY_LIMITS),
+        ).changes()
+    except InvalidParameter as error:
+        return _key_page(
+            request, current, session, key_id=key_id, status_code=422, error=error.message
+        )
+    key_service.update_key(session, key_id=key_id, changes=changes)
+    return _see(f"/admin/keys/{key_id}")
+
+
+@router.post("/keys/{key_id}/revoke")
+def revoke_key(key_id: str, current: FormDep, session: SessionDep) -> Response:
+    key_service.revoke_key(session, key_id=key_id)
+    return _see(f"/admin/keys/{key_id}")
+
+
+@router.post("/keys/{key_id}/webhook-secret", response_class=HTMLResponse)
+def rotate_webhook_secret(
+    key_id: str, request: Request, current: FormDep, session: SessionDep, settings: SettingsDep
+) -> HTMLResponse:
+    api_key = key_service.rotate_webhook_secret(
+        session, key_id=key_id, grace_seconds=settings.webhook_secret_grace_seconds
+    )
+    return _key_page(request, current, session, key_id=key_id, new_secret=api_key.webhook_secret)
+
+
+# ---- prices ------------------------------------------------------------------------------
+
+PRICE_FIELDS = (
+    "model",
+    "effective_from",
+    "output_unit",
+    "input_unit",
+    "output_unit_usd",
+    "output_first_unit_usd",
+    "input_unit_usd",
+)
+
+
+def _prices_page(
+    request: Request, current: sessions.Current, session: Session, **context: Any
+) -> HTMLResponse:
+    return render(
+        request,
+        "prices.html",
+        current=current,
+        active="/admin/prices",
+        title="Prices",
+        prices=[price_out(price) for price in billing_service.list_prices(session)],
+        models=list(catalog.MODELS),
+        now=utcnow(),
+        **context,
+    )
+
+
+@router.get("/prices", response_class=HTMLResponse)
+def prices_page(request: Request, current: CurrentDep, session: SessionDep) -> HTMLResponse:
+    return _prices_page(request, current, session)
+
+
+@router.post("/prices", response_class=HTMLResponse)
+async def add_price(request: Request, current: FormDep, session: SessionDep) -> Response:
+    form = dict((await request.form()).items())
+    when = form.get("effective_from")
+    # The form's time is UTC, as its label says; a browser's datetime-local has no zone.
+    if isinstance(when, str) and when and not when.endswith(("Z", "z")) and "+" not in when:
+        form["effective_from"] = f"{when}Z"
+    try:
+        spec = to_schema(PriceCreate, form, fields=(*PRICE_FIELDS, "per_step"), flags=("per_step",))
+    except InvalidParameter as error:
+        return _prices_page(request, current, session, status_code=422, error=error.message)
+    billing_service.add_price(session, price=spec.to_price())
+    return _see("/admin/prices")
+
+
+# ---- webhooks ----------------------------------------------------------------------------
+
+
+@router.get("/webhooks", response_class=HTMLResponse)
+def webhooks_page(
+    request: Request,
+    current: CurrentDep,
+    session: SessionDep,
+    status: str = "failing",
+    cursor: str | None = None,
+) -> HTMLResponse:
+    deliveries, next_cursor = webhooks.list_deliveries(
+        session, state=status or None, limit=50, cursor=cursor
+    )
+    return render(
+        request,
+        "webhooks.html",
+        current=current,
+        active="/admin/webhooks",
+        title="Webhooks",
+        status=status,
+        deliveries=webhooks.to_delivery_out(session, deliveries),
+        next_cursor=next_cursor,
+    )
+
+
+@router.post("/deliveries/{delivery_id}/redeliver", response_class=HTMLResponse)
+def redeliver(
+    delivery_id: str, request: Request, current: FormDep, session: SessionDep
+) -> Response:
+    delivery = webhooks.redeliver(session, delivery_id=delivery_id)
+    if request.headers.get("hx-request") == "true":
+        # htmx swaps the delivery's row in place.
+        return render(
+            request,
+            "_delivery_row.html",
+            current=current,
+            delivery=webhooks.to_delivery_out(session, [delivery])[0],
+        )
+    return _see(f"/admin/jobs/{delivery.job_id}")
+
+
+# ---- jobs --------------------------------------------------------------------------------
+
+
+def _job(session: Session, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id}", code="job_not_found", param="id")
+    return job
+
+
+@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+def job_page(
+    job_id: str, request: Request, current: CurrentDep, session: SessionDep
+) -> HTMLResponse:
+    page = views.job_page(session, job=_job(session, job_id))
+    return render(
+        request, "job.html", current=current, active="/admin/jobs", title=job_id, page=page
+    )
+
+
+@router.get("/jobs/{job_id}/images/{role}/{position}")
+def job_image(
+    job_id: str, role: str, position: int, current: CurrentDep, session: SessionDep
+) -> Response:
+    image = views.job_image(session, job_id=job_id, role=role, position=position)
+    return Response(
+        image.data,
+        media_type=image.content_type,
+        headers={"Cache-Control": "private, max-age=3600", "ETag": f'"{image.sha256}"'},
+    )
+
+
+@router.get("/jobs/{job_id}/thumbnail.webp")
+def job_thumbnail(job_id: str, current: CurrentDep, session: SessionDep) -> Response:
+    return Response(
+        thumbnails.thumbnail_of(session, job_id=job_id),
+        media_type="image/webp",
+        # A job's output never changes: the browser may keep it (privately) for a day.
+        headers={"Cache-Control": "private, max-age=86400, immutable"},
+    )

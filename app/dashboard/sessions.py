@@ -1,0 +1,158 @@
+"""Dashboard sessions: an admin key is presented once at login and exchanged for an opaque,
+server-side session; the key never reaches the browser again.
+
+A session ends at logout, after ``idle`` without a request, ``absolute`` after login, or as soon
+as its admin key is revoked (checked on every request, so nothing needs to find and delete
+sessions when a key is revoked). Failed logins are counted per client address and window.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.core.db import rows_affected
+from app.core.errors import FluxgateError
+from app.dashboard.models import AdminSession, LoginFailure
+from app.keys.models import ApiKey
+from app.keys.service import authenticate
+
+# How often a session's idle clock is pushed forward: not a write on every page.
+TOUCH_EVERY = timedelta(minutes=1)
+
+
+class TooManyLogins(FluxgateError):
+    status_code = 429
+    code = "too_many_logins"
+
+
+@dataclass(frozen=True)
+class SessionPolicy:
+    idle: timedelta
+    absolute: timedelta
+
+
+@dataclass(frozen=True)
+class Opened:
+    token: str  # the cookie's value, shown to the browser once, never stored
+    admin_session: AdminSession
+
+
+@dataclass(frozen=True)
+class Current:
+    admin_session: AdminSession
+    api_key: ApiKey
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def log_in(
+    session: Session,
+    *,
+    presented: str,
+    address: str,
+    now: datetime,
+    policy: SessionPolicy,
+    max_failures: int,
+    window: timedelta,
+) -> Opened | None:
+    """A new session for a live admin key, or ``None`` (the failure is counted). Raises
+    :class:`TooManyLogins` once ``address`` has failed ``max_failures`` times in its window."""
+    window_start = _window_start(now, window)
+    failures = session.scalar(
+        select(LoginFailure.count).where(
+            LoginFailure.address == address, LoginFailure.window_start == window_start
+        )
+    )
+    if failures is not None and failures >= max_failures:
+        wait = int((window_start + window - now).total_seconds()) + 1
+        raise TooManyLogins(
+            f"too many failed logins from this address; try again in {wait}s",
+            headers={"Retry-After": str(wait)},
+        )
+    api_key = authenticate(session, presented=presented.strip())
+    if api_key is None or not api_key.is_admin:
+        _count_failure(session, address=address, window_start=window_start)
+        return None
+    # Expired sessions are cleared here, where sessions are made: no job needed to do it.
+    session.execute(delete(AdminSession).where(AdminSession.expires_at <= now))
+    token = secrets.token_urlsafe(32)
+    admin_session = AdminSession(
+        token_hash=_hash(token),
+        api_key_id=api_key.id,
+        csrf_token=secrets.token_urlsafe(32),
+        created_at=now,
+        last_seen_at=now,
+        expires_at=now + policy.absolute,
+    )
+    session.add(admin_session)
+    session.flush()
+    return Opened(token=token, admin_session=admin_session)
+
+
+def _window_start(now: datetime, window: timedelta) -> datetime:
+    seconds = int(window.total_seconds())
+    epoch = int(now.timestamp())
+    return datetime.fromtimestamp(epoch - epoch % seconds, tz=now.tzinfo)
+
+
+def _count_failure(session: Session, *, address: str, window_start: datetime) -> None:
+    counted = session.execute(
+        update(LoginFailure)
+        .where(LoginFailure.address == address, LoginFailure.window_start == window_start)
+        .values(count=LoginFailure.count + 1)
+        .execution_options(synchronize_session=False)
+    )
+    if rows_affected(counted) == 1:
+        return
+    # The first failure of a window: older windows of every address are done with.
+    session.execute(delete(LoginFailure).where(LoginFailure.window_start < window_start))
+    try:
+        with session.begin_nested():
+            session.add(LoginFailure(address=address, window_start=window_start, count=1))
+    except IntegrityError:  # a concurrent failure made the row first
+        _count_failure(session, address=address, window_start=window_start)
+
+
+def current(
+    session: Session, *, token: str, now: datetime, policy: SessionPolicy
+) -> Current | None:
+    """The live session behind a cookie and its admin key, or ``None`` (and an expired
+    session is deleted). Pushes the idle clock forward."""
+    found = session.execute(
+        select(AdminSession, ApiKey)
+        .join(ApiKey, ApiKey.id == AdminSession.api_key_id)
+        .where(AdminSession.token_hash == _hash(token))
+    ).one_or_none()
+    if found is None:
+        return None
+    admin_session, api_key = found.tuple()
+    idle_until = admin_session.last_seen_at + policy.idle
+    live_key = api_key.revoked_at is None and api_key.is_admin
+    if not live_key or now >= admin_session.expires_at or now >= idle_until:
+        session.delete(admin_session)
+        session.flush()
+        return None
+    if now - admin_session.last_seen_at >= TOUCH_EVERY:
+        admin_session.last_seen_at = now
+        session.flush()
+    return Current(admin_session=admin_session, api_key=api_key)
+
+
+def log_out(session: Session, *, token: str) -> None:
+    session.execute(delete(AdminSession).where(AdminSession.token_hash == _hash(token)))
+
+
+def csrf_matches(admin_session: AdminSession, presented: str | None) -> bool:
+    return presented is not None and hmac.compare_digest(
+        admin_session.csrf_token.encode(), presented.encode()
+    )
