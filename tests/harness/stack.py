@@ -218,11 +218,14 @@ class Stack:
         self.api_url = self.api_url or url
         return api
 
-    def start_extra_api(self, *, ready_path: str = "/healthz") -> tuple[Process, str]:
+    def start_extra_api(
+        self, *, ready_path: str = "/healthz", **settings: str
+    ) -> tuple[Process, str]:
         """An API process and its URL, once ``ready_path`` answers (``/readyz``: once the
-        database and the broker answer it too)."""
+        database and the broker answer it too); ``settings`` override the stack's for it."""
         port = free_port()
-        api = self.start("api", [*FLUXGATE, "api", "--port", str(port)])
+        env = {**self.env, **_env_names(settings)}
+        api = self.start("api", [*FLUXGATE, "api", "--port", str(port)], env)
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: answers(f"{url}{ready_path}"), timeout=60, what="the API", watch=[api])
         return api, url
