@@ -134,6 +134,12 @@ def test_one_command_gateway_survives_restarts(tmp_path: Path, clean_env: dict[s
     assert key_file.read_text().strip() == gateway.key
     assert gateway.key in "".join(gateway.output)
     assert "curl" in "".join(gateway.output)
+    # The dashboard's address beside the key, and the key opens it.
+    assert f"Dashboard: {gateway.url}/admin " in "".join(gateway.output)
+    with httpx.Client(base_url=gateway.url, headers={"Origin": gateway.url}) as browser_like:
+        login = browser_like.post("/admin/login", data={"key": gateway.key})
+        assert login.status_code == 303
+        assert browser_like.get("/admin").status_code == 200
 
     with gateway.client() as client:
         job = client.post(

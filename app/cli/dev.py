@@ -191,7 +191,8 @@ def run_dev(
         print(
             f"Fluxgate is running at {url} (state in {data_dir}, logs in {data_dir / 'logs'})\n"
             f"Images come from {upstream}.\n"
-            f"Admin key: {key}\n\n"
+            f"Admin key: {key}\n"
+            f"Dashboard: {url}/admin (sign in with the admin key)\n\n"
             f"Try it:\n"
             f"  curl -s -X POST {url}/v1/jobs {auth} \\\n"
             f"       -H 'Content-Type: application/json' -d '{{\"prompt\": \"a lighthouse\"}}'\n"
