@@ -7,6 +7,8 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     ForeignKey,
+    Index,
+    Integer,
     String,
     UniqueConstraint,
 )
@@ -62,7 +64,8 @@ class Charge(Base):
     model: Mapped[str] = mapped_column(String(64))
     price_id: Mapped[int] = mapped_column(ForeignKey("prices.id"))
     amount_nanos: Mapped[int] = mapped_column(BigInteger)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Indexed: usage reports read the ledger by time for whatever the rollup does not cover.
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
 
 
 class BudgetPeriod(Base):
@@ -76,3 +79,34 @@ class BudgetPeriod(Base):
     period_start: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
     held_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
     charged_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class UsageHour(Base):
+    """The ledger summed per closed UTC hour, key and model (app/billing/rollup.py writes each
+    hour once, in the transaction that moves the watermark past it). Reports read it below the
+    watermark and the ledger itself above, so they equal the ledger either way."""
+
+    __tablename__ = "usage_hours"
+    __table_args__ = (Index("ix_usage_hours_api_key_id_hour_start", "api_key_id", "hour_start"),)
+
+    hour_start: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"), primary_key=True)
+    model: Mapped[str] = mapped_column(String(64), primary_key=True)
+    jobs: Mapped[int] = mapped_column(BigInteger)
+    output_tiles: Mapped[int] = mapped_column(BigInteger)
+    input_tiles: Mapped[int] = mapped_column(BigInteger)
+    charged_nanos: Mapped[int] = mapped_column(BigInteger)
+    # Reconciliation with the upstream: charged jobs whose upstream reported neurons, and the
+    # cost those neurons imply (app/billing/reconciliation.py).
+    neuron_jobs: Mapped[int] = mapped_column(BigInteger)
+    implied_nanos: Mapped[int] = mapped_column(BigInteger)
+
+
+class UsageRollupState(Base):
+    """One row: every UTC hour before ``rolled_until`` is in ``usage_hours`` (null: none yet)."""
+
+    __tablename__ = "usage_rollup_state"
+    __table_args__ = (CheckConstraint("id = 1", name="one_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    rolled_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
