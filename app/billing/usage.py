@@ -1,23 +1,55 @@
-"""Usage reports, computed from the ledger (``charges``) so they equal it to the nano-dollar."""
+"""Usage reports: charged jobs, tiles and nano-USD per hour, day, key or model, in any time zone,
+equal to the ledger (``charges``) to the nano-dollar.
+
+Where the numbers come from. A report's window ``[start, end)`` is cut into UTC hours:
+
+- whole hours before the rollup's watermark are read from ``usage_hours`` (app/billing/rollup.py);
+- whole hours from the watermark on are read from the ledger, summed per hour (or per key or
+  model) in SQL;
+- what is left is read from the ledger by exact time: the partial hours at the window's edges,
+  and every hour that a bucket boundary splits. A day in Asia/Kolkata (+05:30) starts at 18:30
+  UTC, in the middle of an hour the rollup holds whole; that hour is read from the ledger as two
+  pieces, 18:00-18:30 for one day and 18:30-19:00 for the next. The same holds for +05:45,
+  for DST changes that move midnight by half an hour, and for midnights a DST change skips (the
+  day then starts at the change).
+
+Every charge therefore counts exactly once, in the bucket its ``created_at`` falls in, whether
+or not the rollup has run: reports before and after a rollup are equal.
+
+Buckets: ``day`` is the local date (``YYYY-MM-DD``) in ``tz``; ``hour`` is a UTC hour, named by
+the local time its part of the window starts at (ISO 8601 with the offset, e.g.
+``2026-11-02T00:30:00+05:30`` for 19:00 UTC; whole-hour zones show their local hours); ``key``
+and ``model`` ignore time within the window.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
+import itertools
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from functools import cache
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, available_timezones
 
-from sqlalchemy import ColumnElement, Select, func, select
+from sqlalchemy import ColumnElement, Select, func, literal, select, type_coerce, union_all
 from sqlalchemy.orm import Session
 
-from app.billing.models import Charge
+from app.billing.models import Charge, UsageHour
+from app.billing.rollup import HOUR, floor_hour, hour_of, watermark
 from app.core.errors import InvalidParameter
 from app.core.money import format_usd
-from app.core.orm import as_utc
+from app.core.orm import UTCDateTime, as_utc
 from app.jobs.models import Job
 
-GroupBy = Literal["day", "model", "key"]
+GroupBy = Literal["hour", "day", "model", "key"]
+GROUP_BYS: tuple[GroupBy, ...] = ("hour", "day", "model", "key")
+# Ledger pieces read in one statement (SQLite allows at most 500 parts of a UNION).
+PIECES_PER_STATEMENT = 100
+# An hourly report covers at most this much, so its answer stays a page, not a flood.
+MAX_HOURLY_WINDOW = timedelta(days=366)
 
 
 @dataclass(frozen=True)
@@ -29,25 +61,146 @@ class UsageRow:
     charged_nanos: int
 
 
-def parse_bound(value: str | None, *, param: str, default: datetime) -> datetime:
-    """A date (``2026-11-01``, midnight UTC) or an ISO datetime; naive means UTC."""
+@dataclass(frozen=True)
+class UsageTotals:
+    jobs: int
+    output_tiles: int
+    input_tiles: int
+    charged_nanos: int
+
+
+@cache
+def _zone_names() -> frozenset[str]:
+    # "localtime" is the server's own zone, not a name a caller can mean.
+    return frozenset(available_timezones()) - {"localtime", "posixrules"}
+
+
+def parse_tz(value: str | None) -> ZoneInfo:
+    """An IANA zone name (``Asia/Kolkata``); ``None``: UTC. Anything else is a 422 naming tz."""
+    if value is None or value == "UTC":
+        return ZoneInfo("UTC")
+    if value not in _zone_names():
+        raise InvalidParameter(
+            f"tz must be an IANA time zone name such as Europe/Berlin, not {value[:64]!r}",
+            param="tz",
+        )
+    return ZoneInfo(value)
+
+
+def local_midnight(day: date, tz: tzinfo) -> datetime:
+    """The instant (UTC) a local day starts. Where DST skips midnight, the wall time is read
+    with the offset before the change, which is the instant of the change itself."""
+    return datetime.combine(day, time(), tzinfo=tz).astimezone(UTC)
+
+
+def parse_bound(value: str | None, *, param: str, default: datetime, tz: tzinfo = UTC) -> datetime:
+    """A date (``2026-11-01``: midnight in ``tz``) or an ISO datetime (naive: in ``tz``)."""
     if value is None:
         return default
     try:
         if len(value) == 10:
-            return datetime.combine(date.fromisoformat(value), time(), tzinfo=UTC)
+            return local_midnight(date.fromisoformat(value), tz)
         parsed = datetime.fromisoformat(value)
-        return as_utc(parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed)
-    except ValueError:
+        return as_utc(parsed.replace(tzinfo=tz) if parsed.tzinfo is None else parsed)
+    except (ValueError, OverflowError):
         raise InvalidParameter(
             f"{param} must be a date like 2026-11-01 or an ISO 8601 time", param=param
         ) from None
 
 
-def default_window(now: datetime) -> tuple[datetime, datetime]:
-    """This calendar month so far (UTC)."""
-    start = datetime(now.year, now.month, 1, tzinfo=UTC)
-    return start, now + timedelta(seconds=1)
+def default_window(now: datetime, tz: tzinfo = UTC) -> tuple[datetime, datetime]:
+    """This calendar month so far, in ``tz``."""
+    local = now.astimezone(tz)
+    return local_midnight(local.date().replace(day=1), tz), now + timedelta(seconds=1)
+
+
+def _ceil_hour(at: datetime) -> datetime:
+    floor = floor_hour(at)
+    return floor if floor == at else floor + HOUR
+
+
+def _day_cuts(start: datetime, end: datetime, tz: tzinfo) -> list[datetime]:
+    """The local midnights strictly inside ``(start, end)``, as UTC instants."""
+    cuts = []
+    day = start.astimezone(tz).date()
+    last = end.astimezone(tz).date()
+    while day <= last:
+        midnight = local_midnight(day, tz)
+        if start < midnight < end:
+            cuts.append(midnight)
+        day += timedelta(days=1)
+    return cuts
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How one report reads: whole hours from the rollup and from the ledger, and exact
+    pieces (each within one bucket) from the ledger."""
+
+    rolled: tuple[datetime, datetime] | None
+    raw_hours: tuple[datetime, datetime] | None
+    split_hours: frozenset[datetime]
+    pieces: list[tuple[datetime, datetime]]
+
+
+def _plan(
+    start: datetime, end: datetime, *, cuts: list[datetime], rolled_until: datetime | None
+) -> _Plan:
+    first, last = _ceil_hour(start), floor_hour(end)
+    if first >= last:
+        return _Plan(None, None, frozenset(), _split([(start, end)], cuts))
+    # Hours a bucket boundary cuts in two (never the partial hours at the edges: those are
+    # read by exact time anyway).
+    split = frozenset(
+        floor_hour(cut) for cut in cuts if cut != floor_hour(cut) and first <= cut < last
+    )
+    middle = min(max(rolled_until or first, first), last)
+    rolled = (first, middle) if first < middle else None
+    raw_hours = (middle, last) if middle < last else None
+    edges = [(start, first), (last, end)] + [(hour, hour + HOUR) for hour in sorted(split)]
+    return _Plan(rolled, raw_hours, split, _split([e for e in edges if e[0] < e[1]], cuts))
+
+
+def _split(
+    intervals: list[tuple[datetime, datetime]], cuts: list[datetime]
+) -> list[tuple[datetime, datetime]]:
+    pieces: list[tuple[datetime, datetime]] = []
+    for low, high in intervals:
+        inside = [cut for cut in cuts if low < cut < high]
+        pieces.extend(itertools.pairwise([low, *inside, high]))
+    return pieces
+
+
+def _sums(jobs: Any, output_tiles: Any, input_tiles: Any, nanos: Any) -> list[Any]:
+    return [
+        jobs,
+        func.coalesce(func.sum(output_tiles), 0),
+        func.coalesce(func.sum(input_tiles), 0),
+        func.coalesce(func.sum(nanos), 0),
+    ]
+
+
+def _ledger_sums() -> list[Any]:
+    return _sums(func.count(Charge.id), Job.output_tiles, Job.input_tiles, Charge.amount_nanos)
+
+
+def _rollup_sums() -> list[Any]:
+    return [
+        func.coalesce(func.sum(UsageHour.jobs), 0),
+        *_sums(None, UsageHour.output_tiles, UsageHour.input_tiles, UsageHour.charged_nanos)[1:],
+    ]
+
+
+class _Accumulator:
+    def __init__(self) -> None:
+        self.sums: dict[Any, list[int]] = {}
+
+    def add(self, bucket: Any, jobs: Any, out: Any, inp: Any, nanos: Any) -> None:
+        if not jobs:
+            return
+        found = self.sums.setdefault(bucket, [0, 0, 0, 0])
+        for index, value in enumerate((jobs, out, inp, nanos)):
+            found[index] += int(value)
 
 
 def usage(
@@ -56,51 +209,150 @@ def usage(
     start: datetime,
     end: datetime,
     group_by: GroupBy,
+    tz: tzinfo = UTC,
     api_key_id: str | None = None,
 ) -> list[UsageRow]:
-    """Charged jobs with ``start <= charged < end``, grouped; one key's, or everyone's."""
+    """Charged jobs with ``start <= charged < end``, grouped; one key's, or everyone's. Rows in
+    bucket order (time, or key/model id); buckets without charges are left out."""
     if end <= start:
         raise InvalidParameter("to must be after from", param="to")
-    columns: dict[str, ColumnElement[Any]] = {
-        "day": func.date(Charge.created_at),
-        "model": Charge.__table__.c.model,
-        "key": Charge.__table__.c.api_key_id,
-    }
-    group = columns[group_by]
-    conditions = [Charge.created_at >= start, Charge.created_at < end]
-    if api_key_id is not None:
-        conditions.append(Charge.api_key_id == api_key_id)
-    query: Select[tuple[Any, int, int, int, int]] = (
-        select(
-            group.label("group"),
-            func.count(Charge.id),
-            func.coalesce(func.sum(Job.output_tiles), 0),
-            func.coalesce(func.sum(Job.input_tiles), 0),
-            func.coalesce(func.sum(Charge.amount_nanos), 0),
+    if group_by == "hour" and end - start > MAX_HOURLY_WINDOW:
+        raise InvalidParameter("group_by=hour covers at most 366 days", param="to")
+    dialect = session.get_bind().dialect.name
+    by_time = group_by in ("hour", "day")
+    cuts = _day_cuts(start, end, tz) if group_by == "day" else []
+    plan = _plan(start, end, cuts=cuts, rolled_until=watermark(session))
+    found = _Accumulator()
+
+    def bucket_of(at: datetime) -> Any:
+        if group_by == "day":
+            return at.astimezone(tz).date()
+        return max(floor_hour(at), start)  # hour
+
+    dimension: Any = None
+    if not by_time:
+        dimension = Charge.api_key_id if group_by == "key" else Charge.model
+    # Whole hours: from the rollup, then from the ledger.
+    if plan.rolled is not None:
+        low, high = plan.rolled
+        key_column = (
+            UsageHour.hour_start
+            if by_time
+            else (UsageHour.api_key_id if group_by == "key" else UsageHour.model)
         )
-        .join(Job, Job.id == Charge.job_id)
-        .where(*conditions)
-        .group_by(group)
-        .order_by(group)
-    )
+        query = (
+            select(key_column, *_rollup_sums())
+            .where(UsageHour.hour_start >= low, UsageHour.hour_start < high)
+            .group_by(key_column)
+        )
+        if api_key_id is not None:
+            query = query.where(UsageHour.api_key_id == api_key_id)
+        for bucket, *sums in session.execute(query):
+            if by_time and bucket in plan.split_hours:
+                continue
+            found.add(bucket_of(bucket) if by_time else bucket, *sums)
+    if plan.raw_hours is not None:
+        low, high = plan.raw_hours
+        key_expr: ColumnElement[Any] = (
+            type_coerce(hour_of(Charge.created_at, dialect), UTCDateTime) if by_time else dimension
+        )
+        raw = (
+            select(key_expr, *_ledger_sums())
+            .join(Job, Job.id == Charge.job_id)
+            .where(Charge.created_at >= low, Charge.created_at < high)
+            .group_by(key_expr)
+        )
+        if api_key_id is not None:
+            raw = raw.where(Charge.api_key_id == api_key_id)
+        for bucket, *sums in session.execute(raw):
+            if by_time and bucket in plan.split_hours:
+                continue
+            found.add(bucket_of(bucket) if by_time else bucket, *sums)
+    # Pieces of hours, by exact time; each lies within one bucket.
+    for chunk in _chunks(plan.pieces, PIECES_PER_STATEMENT):
+        parts: list[Select[Any]] = []
+        for index, (low, high) in enumerate(chunk):
+            label = literal(index) if by_time else dimension
+            part = (
+                select(label.label("bucket"), *_ledger_sums())
+                .join(Job, Job.id == Charge.job_id)
+                .where(Charge.created_at >= low, Charge.created_at < high)
+            )
+            if not by_time:
+                part = part.group_by(dimension)
+            if api_key_id is not None:
+                part = part.where(Charge.api_key_id == api_key_id)
+            parts.append(part)
+        statement = parts[0] if len(parts) == 1 else union_all(*parts)
+        for bucket, *sums in session.execute(statement):
+            found.add(bucket_of(chunk[int(bucket)][0]) if by_time else bucket, *sums)
     return [
-        UsageRow(
-            group=str(row[0]),
-            jobs=int(row[1]),
-            output_tiles=int(row[2]),
-            input_tiles=int(row[3]),
-            charged_nanos=int(row[4]),
-        )
-        for row in session.execute(query)
+        UsageRow(_label(bucket, group_by, tz), *sums) for bucket, sums in sorted(found.sums.items())
     ]
 
 
-def as_csv(rows: list[UsageRow], *, group_by: GroupBy) -> str:
+def _chunks(
+    pieces: list[tuple[datetime, datetime]], size: int
+) -> Iterator[list[tuple[datetime, datetime]]]:
+    for index in range(0, len(pieces), size):
+        yield pieces[index : index + size]
+
+
+def _label(bucket: Any, group_by: GroupBy, tz: tzinfo) -> str:
+    if group_by == "day":
+        return str(bucket.isoformat())
+    if group_by == "hour":
+        return str(bucket.astimezone(tz).isoformat())
+    return str(bucket)
+
+
+def totals(rows: Iterable[UsageRow]) -> UsageTotals:
+    """The sum of a report's rows (any grouping of one window gives the same)."""
+    jobs = output_tiles = input_tiles = nanos = 0
+    for row in rows:
+        jobs += row.jobs
+        output_tiles += row.output_tiles
+        input_tiles += row.input_tiles
+        nanos += row.charged_nanos
+    return UsageTotals(jobs, output_tiles, input_tiles, nanos)
+
+
+def ledger_totals(
+    session: Session, *, start: datetime, end: datetime, api_key_id: str | None = None
+) -> UsageTotals:
+    """The window's totals straight from the ledger (never the rollup): what the reports'
+    totals must equal."""
+    query = (
+        select(*_ledger_sums())
+        .join(Job, Job.id == Charge.job_id)
+        .where(Charge.created_at >= start, Charge.created_at < end)
+    )
+    if api_key_id is not None:
+        query = query.where(Charge.api_key_id == api_key_id)
+    jobs, output_tiles, input_tiles, nanos = session.execute(query).one()
+    return UsageTotals(int(jobs), int(output_tiles), int(input_tiles), int(nanos))
+
+
+CSV_HEADER = ("jobs", "output_tiles", "input_tiles", "charged_usd")
+
+
+def csv_lines(rows: Iterable[UsageRow], *, group_by: GroupBy) -> Iterator[str]:
+    """The report as CSV, a line at a time (the rows of the JSON view, in its order)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([group_by, "jobs", "output_tiles", "input_tiles", "charged_usd"])
+
+    def line(values: Iterable[object]) -> str:
+        out.seek(0)
+        out.truncate()
+        writer.writerow(values)
+        return out.getvalue()
+
+    yield line((group_by, *CSV_HEADER))
     for row in rows:
-        writer.writerow(
-            [row.group, row.jobs, row.output_tiles, row.input_tiles, format_usd(row.charged_nanos)]
+        yield line(
+            (row.group, row.jobs, row.output_tiles, row.input_tiles, format_usd(row.charged_nanos))
         )
-    return out.getvalue()
+
+
+def as_csv(rows: list[UsageRow], *, group_by: GroupBy) -> str:
+    return "".join(csv_lines(rows, group_by=group_by))
