@@ -14,7 +14,16 @@ ID_CHARS = 26
 
 
 def new_id(prefix: str) -> str:
-    value = (time.time_ns() // 1_000_000) << 80 | secrets.randbits(80)
+    return _encode(prefix, (time.time_ns() // 1_000_000) << 80 | secrets.randbits(80))
+
+
+def id_floor(prefix: str, milliseconds: int) -> str:
+    """The smallest id of ``prefix`` made at ``milliseconds`` since the epoch (or later): ids
+    made before it sort below it, ids made then or after sort at or above it."""
+    return _encode(prefix, max(0, min(milliseconds, 2**48 - 1)) << 80)
+
+
+def _encode(prefix: str, value: int) -> str:
     chars = []
     for _ in range(ID_CHARS):
         value, index = divmod(value, 32)
