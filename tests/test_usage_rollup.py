@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.billing import rollup, usage
+from app.billing import reconciliation, rollup, usage
 from app.billing.models import Charge, Price, UsageHour
 from app.core.db import make_engine
 from app.core.errors import InvalidParameter
@@ -154,6 +154,7 @@ def rollup_rows(sessions: sessionmaker[Session]) -> list[tuple[Any, ...]]:
                 r.charged_nanos,
                 r.neuron_jobs,
                 r.implied_nanos,
+                r.neuron_charged_nanos,
             )
             for r in rows
         ]
@@ -330,7 +331,7 @@ def test_the_rollup_keeps_the_neurons_for_reconciliation(
         add_charge(session, key=key, at=DAY, nanos=287_000, neurons="n/a")
     roll(sessions, DAY + timedelta(hours=2))
     [row] = rollup_rows(sessions)
-    assert (row[3], row[7], row[8]) == (4, 2, 286_990 + 287_100)
+    assert (row[3], row[7], row[8], row[9]) == (4, 2, 286_990 + 287_100, 2 * 287_000)
 
 
 def test_a_time_zone_must_be_an_iana_name() -> None:
@@ -340,3 +341,56 @@ def test_a_time_zone_must_be_an_iana_name() -> None:
         with pytest.raises(InvalidParameter) as raised:
             usage.parse_tz(bad)
         assert raised.value.param == "tz"
+
+
+def test_reconciliation_per_day_is_the_same_from_the_ledger_and_the_rollup(
+    sessions: sessionmaker[Session],
+) -> None:
+    with sessions.begin() as session:
+        key = add_key(session, "reconcile")
+        day2 = DAY + timedelta(days=1)
+        add_charge(session, key=key, at=DAY.replace(hour=1), nanos=287_000, neurons="26.09")
+        add_charge(session, key=key, at=DAY.replace(hour=5), nanos=1_148_000, neurons="104.36")
+        add_charge(session, key=key, at=DAY.replace(hour=23, minute=59), nanos=287_000)
+        add_charge(session, key=key, at=day2.replace(hour=3), nanos=15_000_000, neurons="999")
+        add_charge(session, key=key, at=day2.replace(hour=4), nanos=287_000, neurons="26.1")
+
+    def days() -> list[tuple[Any, ...]]:
+        with sessions() as session:
+            found = reconciliation.reconcile_days(
+                session, first_day=DAY.date() - timedelta(days=1), last_day=day2.date()
+            )
+        return [
+            (
+                d.day.isoformat(),
+                d.jobs,
+                d.charged_nanos,
+                d.jobs_with_neurons,
+                d.jobs_without_neurons,
+                d.neuron_charged_nanos,
+                d.implied_nanos,
+                d.difference_nanos,
+            )
+            for d in found
+        ]
+
+    expected = [
+        ("2026-11-09", 0, 0, 0, 0, 0, 0, 0),
+        ("2026-11-10", 3, 1_722_000, 2, 1, 1_435_000, 286_990 + 1_147_960, 50),
+        ("2026-11-11", 2, 15_287_000, 2, 0, 15_287_000, 10_989_000 + 287_100, 4_010_900),
+    ]
+    assert days() == expected
+    roll(sessions, DAY.replace(hour=12))
+    assert days() == expected
+    roll(sessions, day2 + timedelta(days=2))
+    assert days() == expected
+
+    with sessions() as session:
+        listed = reconciliation.mismatches(session, day=day2.date())
+        assert [(m.charged_nanos, m.neurons, m.implied_nanos) for m in listed] == [
+            (287_000, "26.1", 287_100),
+            (15_000_000, "999", 10_989_000),
+        ]
+        assert len(reconciliation.mismatches(session, day=DAY.date())) == 2
+        assert reconciliation.mismatches(session, day=DAY.date(), tolerance_nanos=55) == []
+        assert len(reconciliation.mismatches(session, day=day2.date(), limit=1)) == 1

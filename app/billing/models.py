@@ -96,10 +96,11 @@ class UsageHour(Base):
     output_tiles: Mapped[int] = mapped_column(BigInteger)
     input_tiles: Mapped[int] = mapped_column(BigInteger)
     charged_nanos: Mapped[int] = mapped_column(BigInteger)
-    # Reconciliation with the upstream: charged jobs whose upstream reported neurons, and the
-    # cost those neurons imply (app/billing/reconciliation.py).
+    # Reconciliation with the upstream (app/billing/reconciliation.py): the charged jobs whose
+    # upstream reported neurons, the cost those neurons imply, and what those jobs were charged.
     neuron_jobs: Mapped[int] = mapped_column(BigInteger)
     implied_nanos: Mapped[int] = mapped_column(BigInteger)
+    neuron_charged_nanos: Mapped[int] = mapped_column(BigInteger)
 
 
 class UsageRollupState(Base):

@@ -115,6 +115,7 @@ def roll_up(session: Session, *, now: datetime) -> RollupResult:
             func.coalesce(func.sum(Charge.amount_nanos), 0),
             func.count(implied),
             func.coalesce(func.sum(implied), 0),
+            func.coalesce(func.sum(case((implied.is_not(None), Charge.amount_nanos), else_=0)), 0),
         )
         .join(Job, Job.id == Charge.job_id)
         .where(Charge.created_at >= start, Charge.created_at < until)
@@ -132,6 +133,7 @@ def roll_up(session: Session, *, now: datetime) -> RollupResult:
                 "charged_nanos",
                 "neuron_jobs",
                 "implied_nanos",
+                "neuron_charged_nanos",
             ],
             summed,
         )

@@ -30,6 +30,7 @@ def upgrade() -> None:
         sa.Column("charged_nanos", sa.BigInteger(), nullable=False),
         sa.Column("neuron_jobs", sa.BigInteger(), nullable=False),
         sa.Column("implied_nanos", sa.BigInteger(), nullable=False),
+        sa.Column("neuron_charged_nanos", sa.BigInteger(), nullable=False),
         sa.ForeignKeyConstraint(
             ["api_key_id"], ["api_keys.id"], name=op.f("fk_usage_hours_api_key_id_api_keys")
         ),
