@@ -24,6 +24,7 @@ from sqlalchemy import (
     BigInteger,
     ColumnElement,
     Float,
+    Integer,
     Numeric,
     SQLColumnExpression,
     case,
@@ -57,6 +58,18 @@ def hour_of(column: SQLColumnExpression[datetime], dialect: str) -> ColumnElemen
     # SQLite keeps UTCDateTime as 'YYYY-MM-DD HH:MM:SS.ffffff' text: keep that exact form, or
     # comparisons with bound times (compared as text) would be off.
     return func.strftime("%Y-%m-%d %H:00:00.000000", column)
+
+
+def seconds_into_hour(column: SQLColumnExpression[datetime], dialect: str) -> ColumnElement[int]:
+    """Whole seconds since the start of the UTC hour (so ``>= n`` for a whole ``n`` is exact)."""
+    if dialect == "postgresql":
+        utc = func.timezone("UTC", column)
+        return cast(
+            func.extract("minute", utc) * 60 + func.floor(func.extract("second", utc)), Integer
+        )
+    return cast(func.strftime("%M", column), Integer) * 60 + cast(
+        func.strftime("%S", column), Integer
+    )
 
 
 def implied_nanos_sql(neurons: SQLColumnExpression[str | None], dialect: str) -> ColumnElement[int]:

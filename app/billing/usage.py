@@ -8,10 +8,11 @@ Where the numbers come from. A report's window ``[start, end)`` is cut into UTC 
   model) in SQL;
 - what is left is read from the ledger by exact time: the partial hours at the window's edges,
   and every hour that a bucket boundary splits. A day in Asia/Kolkata (+05:30) starts at 18:30
-  UTC, in the middle of an hour the rollup holds whole; that hour is read from the ledger as two
-  pieces, 18:00-18:30 for one day and 18:30-19:00 for the next. The same holds for +05:45,
-  for DST changes that move midnight by half an hour, and for midnights a DST change skips (the
-  day then starts at the change).
+  UTC, in the middle of an hour the rollup holds whole; that hour is read from the ledger in two
+  parts, 18:00-18:30 for one day and 18:30-19:00 for the next (one statement for all such
+  hours: grouped by hour and by whether the charge is before the boundary's second of the
+  hour). The same holds for +05:45, for DST changes that move midnight by half an hour, and for
+  midnights a DST change skips (the day then starts at the change).
 
 Every charge therefore counts exactly once, in the bucket its ``created_at`` falls in, whether
 or not the rollup has run: reports before and after a rollup are equal.
@@ -34,11 +35,22 @@ from functools import cache
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, available_timezones
 
-from sqlalchemy import ColumnElement, Select, func, literal, select, type_coerce, union_all
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    case,
+    func,
+    literal,
+    or_,
+    select,
+    type_coerce,
+    union_all,
+)
 from sqlalchemy.orm import Session
 
 from app.billing.models import Charge, UsageHour
-from app.billing.rollup import HOUR, floor_hour, hour_of, watermark
+from app.billing.rollup import HOUR, floor_hour, hour_of, seconds_into_hour, watermark
 from app.core.errors import InvalidParameter
 from app.core.money import format_usd
 from app.core.orm import UTCDateTime, as_utc
@@ -139,7 +151,8 @@ class _Plan:
 
     rolled: tuple[datetime, datetime] | None
     raw_hours: tuple[datetime, datetime] | None
-    split_hours: frozenset[datetime]
+    # Each hour a boundary splits, and how many seconds into the hour the boundary is.
+    split_hours: dict[datetime, int]
     pieces: list[tuple[datetime, datetime]]
 
 
@@ -148,16 +161,19 @@ def _plan(
 ) -> _Plan:
     first, last = _ceil_hour(start), floor_hour(end)
     if first >= last:
-        return _Plan(None, None, frozenset(), _split([(start, end)], cuts))
+        return _Plan(None, None, {}, _split([(start, end)], cuts))
     # Hours a bucket boundary cuts in two (never the partial hours at the edges: those are
     # read by exact time anyway).
-    split = frozenset(
-        floor_hour(cut) for cut in cuts if cut != floor_hour(cut) and first <= cut < last
-    )
+    # Zone offsets are whole seconds, so boundaries are too.
+    split = {
+        floor_hour(cut): int((cut - floor_hour(cut)).total_seconds())
+        for cut in cuts
+        if cut != floor_hour(cut) and first <= cut < last
+    }
     middle = min(max(rolled_until or first, first), last)
     rolled = (first, middle) if first < middle else None
     raw_hours = (middle, last) if middle < last else None
-    edges = [(start, first), (last, end)] + [(hour, hour + HOUR) for hour in sorted(split)]
+    edges = [(start, first), (last, end)]
     return _Plan(rolled, raw_hours, split, _split([e for e in edges if e[0] < e[1]], cuts))
 
 
@@ -268,7 +284,33 @@ def usage(
             if by_time and bucket in plan.split_hours:
                 continue
             found.add(bucket_of(bucket) if by_time else bucket, *sums)
-    # Pieces of hours, by exact time; each lies within one bucket.
+    # Hours a boundary splits: from the ledger, each hour in its two parts. One statement for
+    # all the hours split at the same second of the hour (a zone has one or two such seconds).
+    by_offset: dict[int, list[datetime]] = {}
+    for hour, offset in plan.split_hours.items():
+        by_offset.setdefault(offset, []).append(hour)
+    for offset, hours in sorted(by_offset.items()):
+        hour_expr = type_coerce(hour_of(Charge.created_at, dialect), UTCDateTime)
+        after = case((seconds_into_hour(Charge.created_at, dialect) >= offset, 1), else_=0)
+        split_query = (
+            select(hour_expr, after, *_ledger_sums())
+            .join(Job, Job.id == Charge.job_id)
+            .where(
+                or_(
+                    *(
+                        and_(Charge.created_at >= hour, Charge.created_at < hour + HOUR)
+                        for hour in hours
+                    )
+                )
+            )
+            .group_by(hour_expr, after)
+        )
+        if api_key_id is not None:
+            split_query = split_query.where(Charge.api_key_id == api_key_id)
+        for hour, is_after, *sums in session.execute(split_query):
+            part_start = hour + timedelta(seconds=offset) if is_after else hour
+            found.add(bucket_of(part_start), *sums)
+    # Pieces of hours at the window's edges, by exact time; each lies within one bucket.
     for chunk in _chunks(plan.pieces, PIECES_PER_STATEMENT):
         parts: list[Select[Any]] = []
         for index, (low, high) in enumerate(chunk):
