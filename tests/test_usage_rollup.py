@@ -394,3 +394,24 @@ def test_reconciliation_per_day_is_the_same_from_the_ledger_and_the_rollup(
         assert len(reconciliation.mismatches(session, day=DAY.date())) == 2
         assert reconciliation.mismatches(session, day=DAY.date(), tolerance_nanos=55) == []
         assert len(reconciliation.mismatches(session, day=day2.date(), limit=1)) == 1
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "group_by", "param"),
+    [
+        (datetime(1, 1, 2, tzinfo=UTC), DAY, "key", "from"),
+        (DAY, datetime(9999, 12, 31, tzinfo=UTC), "model", "to"),
+        (DAY, DAY + timedelta(days=367), "hour", "to"),
+        (datetime(1970, 1, 1, tzinfo=UTC), datetime(8999, 1, 1, tzinfo=UTC), "day", "to"),
+        (DAY, DAY, "day", "to"),
+    ],
+)
+def test_windows_a_report_cannot_cover_are_refused(
+    start: datetime, end: datetime, group_by: usage.GroupBy, param: str
+) -> None:
+    with pytest.raises(InvalidParameter) as raised:
+        usage.usage(Session(), start=start, end=end, group_by=group_by)
+    assert raised.value.param == param
+    with pytest.raises(InvalidParameter) as raised:
+        usage.parse_bound("0001-01-01", param="from", default=DAY, tz=ZoneInfo("Asia/Tokyo"))
+    assert raised.value.param == "from"

@@ -60,8 +60,13 @@ GroupBy = Literal["hour", "day", "model", "key"]
 GROUP_BYS: tuple[GroupBy, ...] = ("hour", "day", "model", "key")
 # Ledger pieces read in one statement (SQLite allows at most 500 parts of a UNION).
 PIECES_PER_STATEMENT = 100
-# An hourly report covers at most this much, so its answer stays a page, not a flood.
+# An hourly report covers at most this much, so its answer stays a page, not a flood; a daily
+# one at most a century (its boundaries are worked out one by one).
 MAX_HOURLY_WINDOW = timedelta(days=366)
+MAX_DAILY_WINDOW = timedelta(days=36_525)
+# Reports cover times the ledger can hold, with room for any zone's midnights around them.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -232,8 +237,14 @@ def usage(
     bucket order (time, or key/model id); buckets without charges are left out."""
     if end <= start:
         raise InvalidParameter("to must be after from", param="to")
+    if start < EARLIEST:
+        raise InvalidParameter("from must be 1970-01-01 or later", param="from")
+    if end > LATEST:
+        raise InvalidParameter("to must be before the year 9000", param="to")
     if group_by == "hour" and end - start > MAX_HOURLY_WINDOW:
         raise InvalidParameter("group_by=hour covers at most 366 days", param="to")
+    if group_by == "day" and end - start > MAX_DAILY_WINDOW:
+        raise InvalidParameter("group_by=day covers at most 100 years", param="to")
     dialect = session.get_bind().dialect.name
     by_time = group_by in ("hour", "day")
     cuts = _day_cuts(start, end, tz) if group_by == "day" else []
