@@ -415,3 +415,24 @@ def test_windows_a_report_cannot_cover_are_refused(
     with pytest.raises(InvalidParameter) as raised:
         usage.parse_bound("0001-01-01", param="from", default=DAY, tz=ZoneInfo("Asia/Tokyo"))
     assert raised.value.param == "from"
+
+
+def test_a_split_the_rollup_cannot_make_is_read_from_the_ledger(
+    sessions: sessionmaker[Session],
+) -> None:
+    """Liberia kept -00:44:30 until 1972: its midnights fall at 00:44:30 UTC."""
+    monrovia = ZoneInfo("Africa/Monrovia")
+    day = datetime(1971, 6, 10, tzinfo=UTC)
+    midnight = usage.local_midnight(day.date(), monrovia)
+    assert midnight == day.replace(minute=44, second=30)
+    with sessions.begin() as session:
+        key = add_key(session, "monrovia")
+        add_charge(session, key=key, at=midnight - timedelta(microseconds=1), nanos=1)
+        add_charge(session, key=key, at=midnight, nanos=10)
+        add_charge(session, key=key, at=day.replace(minute=15), nanos=100)  # before, at :15
+        add_charge(session, key=key, at=day.replace(minute=59), nanos=1000)
+    start, end = day - timedelta(days=1), day + timedelta(days=1)
+    expected = [("1971-06-09", 2, 2, 0, 101), ("1971-06-10", 2, 2, 0, 1010)]
+    assert report(sessions, "day", start=start, end=end, tz="Africa/Monrovia") == expected
+    roll(sessions, day + timedelta(days=2))
+    assert report(sessions, "day", start=start, end=end, tz="Africa/Monrovia") == expected

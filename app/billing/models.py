@@ -101,6 +101,22 @@ class UsageHour(Base):
     neuron_jobs: Mapped[int] = mapped_column(BigInteger)
     implied_nanos: Mapped[int] = mapped_column(BigInteger)
     neuron_charged_nanos: Mapped[int] = mapped_column(BigInteger)
+    # The same sums over the hour's first 15, 30 and 45 minutes: a report in a zone whose
+    # midnight falls at :15, :30 or :45 of a UTC hour (every zone in use since 1972: Asia/Kolkata,
+    # Asia/Kathmandu, America/St_Johns, Australia/Adelaide...) splits such an hour exactly from
+    # the rollup; the rest of the hour is the total minus this.
+    jobs_before_15: Mapped[int] = mapped_column(BigInteger)
+    output_tiles_before_15: Mapped[int] = mapped_column(BigInteger)
+    input_tiles_before_15: Mapped[int] = mapped_column(BigInteger)
+    charged_nanos_before_15: Mapped[int] = mapped_column(BigInteger)
+    jobs_before_30: Mapped[int] = mapped_column(BigInteger)
+    output_tiles_before_30: Mapped[int] = mapped_column(BigInteger)
+    input_tiles_before_30: Mapped[int] = mapped_column(BigInteger)
+    charged_nanos_before_30: Mapped[int] = mapped_column(BigInteger)
+    jobs_before_45: Mapped[int] = mapped_column(BigInteger)
+    output_tiles_before_45: Mapped[int] = mapped_column(BigInteger)
+    input_tiles_before_45: Mapped[int] = mapped_column(BigInteger)
+    charged_nanos_before_45: Mapped[int] = mapped_column(BigInteger)
 
 
 class UsageRollupState(Base):

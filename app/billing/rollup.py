@@ -42,6 +42,9 @@ from app.billing.models import Charge, UsageHour, UsageRollupState
 from app.jobs.models import Job
 
 ROLLUP_GRACE = timedelta(minutes=2)
+# The rollup also keeps each hour's sums over its first 15, 30 and 45 minutes.
+QUARTER_MINUTES = (15, 30, 45)
+MEASURES = ("jobs", "output_tiles", "input_tiles", "charged_nanos")
 HOUR = timedelta(hours=1)
 # $0.011 per 1,000 neurons (workers-ai.md) = 11,000 nano-USD per neuron.
 NANOS_PER_NEURON = 11_000
@@ -117,6 +120,7 @@ def roll_up(session: Session, *, now: datetime) -> RollupResult:
         return RollupResult(state.rolled_until, state.rolled_until, 0)
     hour = hour_of(Charge.created_at, dialect)
     implied = implied_nanos_sql(Job.upstream_neurons, dialect)
+    into_hour = seconds_into_hour(Charge.created_at, dialect)
     summed = (
         select(
             hour.label("hour_start"),
@@ -129,6 +133,11 @@ def roll_up(session: Session, *, now: datetime) -> RollupResult:
             func.count(implied),
             func.coalesce(func.sum(implied), 0),
             func.coalesce(func.sum(case((implied.is_not(None), Charge.amount_nanos), else_=0)), 0),
+            *(
+                func.coalesce(func.sum(case((into_hour < minutes * 60, value), else_=0)), 0)
+                for minutes in QUARTER_MINUTES
+                for value in (1, Job.output_tiles, Job.input_tiles, Charge.amount_nanos)
+            ),
         )
         .join(Job, Job.id == Charge.job_id)
         .where(Charge.created_at >= start, Charge.created_at < until)
@@ -147,6 +156,11 @@ def roll_up(session: Session, *, now: datetime) -> RollupResult:
                 "neuron_jobs",
                 "implied_nanos",
                 "neuron_charged_nanos",
+                *(
+                    f"{measure}_before_{minutes}"
+                    for minutes in QUARTER_MINUTES
+                    for measure in MEASURES
+                ),
             ],
             summed,
         )

@@ -7,12 +7,15 @@ Where the numbers come from. A report's window ``[start, end)`` is cut into UTC 
 - whole hours from the watermark on are read from the ledger, summed per hour (or per key or
   model) in SQL;
 - what is left is read from the ledger by exact time: the partial hours at the window's edges,
-  and every hour that a bucket boundary splits. A day in Asia/Kolkata (+05:30) starts at 18:30
-  UTC, in the middle of an hour the rollup holds whole; that hour is read from the ledger in two
-  parts, 18:00-18:30 for one day and 18:30-19:00 for the next (one statement for all such
-  hours: grouped by hour and by whether the charge is before the boundary's second of the
-  hour). The same holds for +05:45, for DST changes that move midnight by half an hour, and for
-  midnights a DST change skips (the day then starts at the change).
+  and every hour that a bucket boundary splits where the rollup cannot. A day in Asia/Kolkata
+  (+05:30) starts at 18:30 UTC, in the middle of a UTC hour. The rollup keeps, for each hour,
+  the sums of its first 15, 30 and 45 minutes too, so a rolled-up hour split at :15, :30 or
+  :45 (every zone in use since 1972; +05:45, DST changes by half an hour, and midnights a DST
+  change skips included: the day then starts at the change) is split exactly from the rollup:
+  18:00-18:30 is the "first 30 minutes", 18:30-19:00 the hour minus that. Any other split (an
+  old offset such as Liberia's -00:44:30 until 1972, or an hour after the watermark) is read
+  from the ledger in its two parts: one statement for all the hours split at the same second,
+  grouped by hour and by which side of that second a charge falls.
 
 Every charge therefore counts exactly once, in the bucket its ``created_at`` falls in, whether
 or not the rollup has run: reports before and after a rollup are equal.
@@ -50,7 +53,15 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from app.billing.models import Charge, UsageHour
-from app.billing.rollup import HOUR, floor_hour, hour_of, seconds_into_hour, watermark
+from app.billing.rollup import (
+    HOUR,
+    MEASURES,
+    QUARTER_MINUTES,
+    floor_hour,
+    hour_of,
+    seconds_into_hour,
+    watermark,
+)
 from app.core.errors import InvalidParameter
 from app.core.money import format_usd
 from app.core.orm import UTCDateTime, as_utc
@@ -260,24 +271,44 @@ def usage(
     if not by_time:
         dimension = Charge.api_key_id if group_by == "key" else Charge.model
     # Whole hours: from the rollup, then from the ledger.
+    # Split hours the rollup splits itself (at :15, :30 or :45); the others come from the ledger.
+    split_in_rollup: dict[datetime, int] = {}
     if plan.rolled is not None:
         low, high = plan.rolled
+        split_in_rollup = {
+            hour: offset
+            for hour, offset in plan.split_hours.items()
+            if low <= hour < high and offset // 60 in QUARTER_MINUTES and offset % 60 == 0
+        }
         key_column = (
             UsageHour.hour_start
             if by_time
             else (UsageHour.api_key_id if group_by == "key" else UsageHour.model)
         )
+        quarters = [
+            func.sum(getattr(UsageHour, f"{measure}_before_{minutes}"))
+            for minutes in QUARTER_MINUTES
+            for measure in MEASURES
+        ]
         query = (
-            select(key_column, *_rollup_sums())
+            select(key_column, *_rollup_sums(), *(quarters if split_in_rollup else []))
             .where(UsageHour.hour_start >= low, UsageHour.hour_start < high)
             .group_by(key_column)
         )
         if api_key_id is not None:
             query = query.where(UsageHour.api_key_id == api_key_id)
         for bucket, *sums in session.execute(query):
-            if by_time and bucket in plan.split_hours:
-                continue
-            found.add(bucket_of(bucket) if by_time else bucket, *sums)
+            if not by_time:
+                found.add(bucket, *sums)
+            elif bucket in split_in_rollup:
+                offset = split_in_rollup[bucket]
+                index = 4 + 4 * QUARTER_MINUTES.index(offset // 60)
+                before = [int(value) for value in sums[index : index + 4]]
+                rest = [int(total) - part for total, part in zip(sums[:4], before, strict=True)]
+                found.add(bucket_of(bucket), *before)
+                found.add(bucket_of(bucket + timedelta(seconds=offset)), *rest)
+            elif bucket not in plan.split_hours:
+                found.add(bucket_of(bucket), *sums[:4])
     if plan.raw_hours is not None:
         low, high = plan.raw_hours
         key_expr: ColumnElement[Any] = (
@@ -299,7 +330,8 @@ def usage(
     # all the hours split at the same second of the hour (a zone has one or two such seconds).
     by_offset: dict[int, list[datetime]] = {}
     for hour, offset in plan.split_hours.items():
-        by_offset.setdefault(offset, []).append(hour)
+        if hour not in split_in_rollup:
+            by_offset.setdefault(offset, []).append(hour)
     for offset, hours in sorted(by_offset.items()):
         hour_expr = type_coerce(hour_of(Charge.created_at, dialect), UTCDateTime)
         after = case((seconds_into_hour(Charge.created_at, dialect) >= offset, 1), else_=0)

@@ -31,6 +31,11 @@ def upgrade() -> None:
         sa.Column("neuron_jobs", sa.BigInteger(), nullable=False),
         sa.Column("implied_nanos", sa.BigInteger(), nullable=False),
         sa.Column("neuron_charged_nanos", sa.BigInteger(), nullable=False),
+        *(
+            sa.Column(f"{measure}_before_{minutes}", sa.BigInteger(), nullable=False)
+            for minutes in (15, 30, 45)
+            for measure in ("jobs", "output_tiles", "input_tiles", "charged_nanos")
+        ),
         sa.ForeignKeyConstraint(
             ["api_key_id"], ["api_keys.id"], name=op.f("fk_usage_hours_api_key_id_api_keys")
         ),
