@@ -313,11 +313,23 @@ def test_reports_equal_the_ledger_in_every_zone_whatever_the_rollup_covers(
         check(tz)
     with sessions() as session:
         start, end = base, base + timedelta(days=4)
-        ledger = usage.ledger_totals(session, start=start, end=end)
+        ledger = usage.ledger_totals(session, start=start, end=end, with_tiles=True)
+        quick = usage.ledger_totals(session, start=start, end=end)
+        assert (quick.jobs, quick.charged_nanos) == (ledger.jobs, ledger.charged_nanos)
+        assert quick.output_tiles is None
         for group_by in usage.GROUP_BYS:
             rows = usage.usage(session, start=start, end=end, group_by=group_by)
-            assert usage.totals(rows) == ledger
-        assert ledger.jobs == sum(1 for c in charges if start <= c[0] < end)
+            totals = usage.totals(rows)
+            assert ledger.agrees_with(totals)
+            assert quick.agrees_with(totals)
+            assert (totals.output_tiles, totals.input_tiles) == (
+                ledger.output_tiles,
+                ledger.input_tiles,
+            )
+        inside = [c for c in charges if start <= c[0] < end]
+        assert ledger.jobs == len(inside)
+        assert ledger.charged_nanos == sum(c[3] for c in inside)
+        assert not ledger.agrees_with(usage.UsageTotals(ledger.jobs, 0, 0, ledger.charged_nanos))
 
 
 def test_the_rollup_keeps_the_neurons_for_reconciliation(
