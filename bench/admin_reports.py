@@ -333,8 +333,14 @@ def service_timings(database_url: str, *, first_day: date, last_day: date) -> li
                 lambda rows: f"{len(rows)} rows",
             ),
             time_call(
-                f"ledger totals, {DAYS} days (raw charges)",
+                f"ledger totals, {DAYS} days (charges only)",
                 in_session(lambda s: usage.ledger_totals(s, start=start, end=end)),
+                lambda totals: f"{totals.jobs:,} jobs",
+            ),
+            time_call(
+                f"ledger totals with tiles, {DAYS} days",
+                in_session(lambda s: usage.ledger_totals(
+                    s, start=start, end=end, with_tiles=True)),
                 lambda totals: f"{totals.jobs:,} jobs",
             ),
         ]  # fmt: skip
