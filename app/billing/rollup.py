@@ -117,6 +117,10 @@ def roll_up(session: Session, *, now: datetime) -> RollupResult:
         first = session.scalar(select(func.min(Charge.created_at)))
         start = floor_hour(first) if first is not None else until
     if start >= until:
+        if state.rolled_until is None:
+            # No charge before ``until``: those hours are complete, and empty.
+            state.rolled_until = until
+            session.flush()
         return RollupResult(state.rolled_until, state.rolled_until, 0)
     hour = hour_of(Charge.created_at, dialect)
     implied = implied_nanos_sql(Job.upstream_neurons, dialect)
