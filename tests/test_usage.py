@@ -21,6 +21,7 @@ from app.billing import rollup
 from app.billing.models import Charge
 from app.core.db import make_engine
 from app.core.settings import normalize_database_url
+from tests.harness.processes import wait_until
 from tests.harness.stack import Stack, running_gateway
 from tests.helpers import FINAL, assert_error, wait_for_job
 
@@ -340,3 +341,17 @@ def test_reports_in_any_zone_by_hour_and_day_the_same_before_and_after_the_rollu
         "invalid_parameter",
         "to",
     )
+
+
+@pytest.mark.parametrize("backend", ["postgres", "embedded"])
+def test_beat_runs_the_rollup_through_a_worker(log_dir: Path, backend: str) -> None:
+    with running_gateway(
+        log_dir, backend=backend, latency=0.05, worker=True, usage_rollup_interval_seconds="0.5"
+    ) as gateway:
+
+        def rolled() -> bool:
+            [(until,)] = gateway.sql("SELECT rolled_until FROM usage_rollup_state")
+            return until is not None
+
+        wait_until(rolled, timeout=60, what="the first rollup")
+        assert gateway.sql("SELECT count(*) FROM usage_hours") == [(0,)]
