@@ -448,3 +448,24 @@ def test_a_split_the_rollup_cannot_make_is_read_from_the_ledger(
     assert report(sessions, "day", start=start, end=end, tz="Africa/Monrovia") == expected
     roll(sessions, day + timedelta(days=2))
     assert report(sessions, "day", start=start, end=end, tz="Africa/Monrovia") == expected
+
+
+def test_a_backlog_is_rolled_up_a_week_a_pass(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        key = add_key(session, "backlog")
+        for day in range(20):
+            add_charge(session, key=key, at=DAY + timedelta(days=day, hours=5), nanos=day + 1)
+    now = DAY + timedelta(days=25)
+    expected = report(sessions, "day", start=DAY, end=now, tz="Asia/Kolkata")
+    passes = []
+    for _ in range(10):
+        done = roll(sessions, now)
+        passes.append(done.rolled_until)
+        assert report(sessions, "day", start=DAY, end=now, tz="Asia/Kolkata") == expected
+        if done.rolled_until == now - timedelta(hours=1):
+            break
+    assert passes == [DAY + timedelta(hours=5 + 24 * 7 * n) for n in (1, 2, 3)] + [
+        now - timedelta(hours=1)
+    ]
+    assert roll(sessions, now).rows == 0
+    assert sum(row[3] for row in rollup_rows(sessions)) == 20

@@ -42,6 +42,9 @@ from app.billing.models import Charge, UsageHour, UsageRollupState
 from app.jobs.models import Job
 
 ROLLUP_GRACE = timedelta(minutes=2)
+# One pass rolls at most this much, so a long backlog (a first run over years of ledger) is
+# caught up in bounded transactions, a pass a beat interval.
+MAX_HOURS_PER_PASS = 7 * 24
 # The rollup also keeps each hour's sums over its first 15, 30 and 45 minutes.
 QUARTER_MINUTES = (15, 30, 45)
 MEASURES = ("jobs", "output_tiles", "input_tiles", "charged_nanos")
@@ -105,8 +108,10 @@ def watermark(session: Session) -> datetime | None:
 
 
 def roll_up(session: Session, *, now: datetime) -> RollupResult:
-    """Roll every hour closed for ``ROLLUP_GRACE`` by ``now`` and not rolled yet; flushes, the
-    caller commits (together with the watermark this moves)."""
+    """Roll the hours closed for ``ROLLUP_GRACE`` by ``now`` and not rolled yet, at most
+    ``MAX_HOURS_PER_PASS`` of them; flushes, the caller commits (together with the watermark
+    this moves). ``rolled_until`` of the result short of ``floor_hour(now - ROLLUP_GRACE)``:
+    more to do."""
     dialect = session.get_bind().dialect.name
     state = session.scalars(
         select(UsageRollupState).where(UsageRollupState.id == 1).with_for_update()
@@ -116,6 +121,7 @@ def roll_up(session: Session, *, now: datetime) -> RollupResult:
     if start is None:
         first = session.scalar(select(func.min(Charge.created_at)))
         start = floor_hour(first) if first is not None else until
+    until = min(until, start + timedelta(hours=MAX_HOURS_PER_PASS))
     if start >= until:
         if state.rolled_until is None:
             # No charge before ``until``: those hours are complete, and empty.
