@@ -213,6 +213,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(ops.router)
     app.include_router(job_routes.router)
+    app.include_router(job_routes.admin_router)
     app.include_router(billing_routes.router)
     app.include_router(billing_routes.admin_router)
     app.include_router(openai_routes.router)

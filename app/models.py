@@ -1,7 +1,7 @@
 """Every table, imported in one place: where the session factory is built (app/core/db.py)
 and by Alembic, so relationships and foreign keys across domains always resolve."""
 
-from app.billing.models import BudgetPeriod, Charge, Price
+from app.billing.models import BudgetPeriod, Charge, Price, UsageHour, UsageRollupState
 from app.core.orm import Base
 from app.dashboard.models import AdminSession, JobThumbnail, LoginFailure
 from app.jobs.models import IdempotencyKey, ImageLink, Job, JobAttempt, JobImage
@@ -25,6 +25,8 @@ __all__ = [
     "Price",
     "RateWindow",
     "UpstreamGate",
+    "UsageHour",
+    "UsageRollupState",
     "WebhookAttempt",
     "WebhookDelivery",
 ]

@@ -38,6 +38,8 @@ TABLES = {
     "admin_sessions",
     "admin_login_failures",
     "job_thumbnails",
+    "usage_hours",
+    "usage_rollup_state",
     "alembic_version",
 }
 
@@ -54,11 +56,28 @@ def _tables(url: str) -> set[str]:
         engine.dispose()
 
 
+def _on_this_dialect(dialect: str) -> Any:
+    """Leave out of the comparison what the models create on another dialect only (e.g. the
+    PostgreSQL trigram index on prompts)."""
+
+    def include(obj: Any, _name: Any, _type: str, _reflected: bool, _compare_to: Any) -> bool:
+        condition = getattr(obj, "_ddl_if", None)
+        return condition is None or condition.dialect in (None, dialect)
+
+    return include
+
+
 def _diff(url: str) -> list[Any]:
     engine = make_engine(normalize_database_url(url))
     try:
         with engine.connect() as connection:
-            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            context = MigrationContext.configure(
+                connection,
+                opts={
+                    "compare_type": True,
+                    "include_object": _on_this_dialect(connection.dialect.name),
+                },
+            )
             return list(compare_metadata(context, Base.metadata))
     finally:
         engine.dispose()

@@ -13,7 +13,15 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import sessionmaker
 
+import app.models  # noqa: F401  # every table, for the ORM's foreign keys
+from app.billing import rollup
+from app.billing.models import Charge
+from app.core.db import make_engine
+from app.core.settings import normalize_database_url
+from tests.harness.processes import wait_until
 from tests.harness.stack import Stack, running_gateway
 from tests.helpers import FINAL, assert_error, wait_for_job
 
@@ -204,3 +212,146 @@ def test_cli_adds_and_lists_prices(price_stack: Stack) -> None:
     )
     assert bad.returncode == 2
     assert "effective_from" in bad.stderr
+
+
+HEADER = ["jobs", "output_tiles", "input_tiles", "charged_usd"]
+
+
+@pytest.fixture(scope="module", params=["postgres", "embedded"])
+def quiet_stack(log_dir: Path, request: pytest.FixtureRequest) -> Iterator[Stack]:
+    """A gateway without beat: the test decides when the rollup runs."""
+    with running_gateway(
+        log_dir, backend=request.param, latency=0.05, worker=True, beat=False
+    ) as gateway:
+        yield gateway
+
+
+def test_reports_in_any_zone_by_hour_and_day_the_same_before_and_after_the_rollup(
+    quiet_stack: Stack,
+) -> None:
+    stack = quiet_stack
+    admin = stack.client(stack.create_key("zones", "--admin"))
+    key, key_id, _ = stack.create_key_with_secret("night-owl")
+    with stack.client(key) as client:
+        done = run_jobs(
+            client, [{"prompt": f"p{n}", "width": 512, "height": 512} for n in range(4)]
+        )
+    assert {job["status"] for job in done} == {"succeeded"}
+    # Place the charges around Kolkata's and UTC's midnights two days ago (the ledger as a
+    # worker would have written it then).
+    day = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=2)
+    places = [
+        day.replace(hour=18, minute=29, second=59, microsecond=999_999),
+        day.replace(hour=18, minute=30),
+        day.replace(hour=23, minute=59, second=59),
+        day + timedelta(days=1),
+    ]
+    engine = make_engine(normalize_database_url(stack.database_url))
+    sessions = sessionmaker(bind=engine)
+    try:
+        with sessions.begin() as session:
+            for job, at in zip(done, places, strict=True):
+                charge = session.scalars(select(Charge).where(Charge.job_id == job["id"])).one()
+                charge.created_at = at
+
+        def views() -> dict[str, object]:
+            found: dict[str, object] = {}
+            for tz in ("UTC", "Asia/Kolkata"):
+                for group_by in ("hour", "day", "model", "key"):
+                    params = {
+                        "key_id": key_id,
+                        "group_by": group_by,
+                        "tz": tz,
+                        "from": (day - timedelta(days=1)).date().isoformat(),
+                        "to": (day + timedelta(days=3)).date().isoformat(),
+                    }
+                    view = admin.get("/v1/admin/usage", params=params)
+                    assert view.status_code == 200, view.text
+                    download = admin.get("/v1/admin/usage", params={**params, "format": "csv"})
+                    assert download.headers["content-type"].startswith("text/csv")
+                    rows = list(csv.reader(io.StringIO(download.text)))
+                    assert rows[0] == [
+                        group_by,
+                        "jobs",
+                        "output_tiles",
+                        "input_tiles",
+                        "charged_usd",
+                    ]
+                    assert rows[1:] == [
+                        [
+                            r["group"],
+                            str(r["jobs"]),
+                            str(r["output_tiles"]),
+                            str(r["input_tiles"]),
+                            r["charged_usd"],
+                        ]
+                        for r in view.json()["data"]
+                    ]
+                    found[f"{tz} {group_by}"] = view.json()
+            return found
+
+        before = views()
+        d0, d1 = day.date().isoformat(), (day + timedelta(days=1)).date().isoformat()
+        assert [(r["group"], r["jobs"]) for r in before["UTC day"]["data"]] == [(d0, 3), (d1, 1)]  # type: ignore[index]
+        assert [(r["group"], r["jobs"]) for r in before["Asia/Kolkata day"]["data"]] == [  # type: ignore[index]
+            (d0, 1),
+            (d1, 3),
+        ]
+        assert before["Asia/Kolkata day"]["tz"] == "Asia/Kolkata"  # type: ignore[index]
+        assert [r["group"] for r in before["UTC hour"]["data"]] == [  # type: ignore[index]
+            f"{d0}T18:00:00+00:00",
+            f"{d0}T23:00:00+00:00",
+            f"{d1}T00:00:00+00:00",
+        ]
+        assert [r["group"] for r in before["Asia/Kolkata hour"]["data"]] == [  # type: ignore[index]
+            f"{d0}T23:30:00+05:30",
+            f"{d1}T04:30:00+05:30",
+            f"{d1}T05:30:00+05:30",
+        ]
+        with sessions.begin() as session:
+            assert rollup.roll_up(session, now=datetime.now(UTC)).rows >= 3
+        assert views() == before
+    finally:
+        engine.dispose()
+
+    with stack.client(key) as client:
+        own = client.get(
+            "/v1/usage",
+            params={"group_by": "hour", "tz": "Asia/Kolkata", "from": d1},
+        )
+        assert own.status_code == 200, own.text
+        assert sum(row["jobs"] for row in own.json()["data"]) == 3
+        own_csv = client.get("/v1/usage", params={"format": "csv", "from": day.date().isoformat()})
+        assert own_csv.text.splitlines()[1:] == [f"{d0},3,3,0,0.000861", f"{d1},1,1,0,0.000287"]
+        assert_error(
+            client.get("/v1/usage", params={"tz": "Mars/Olympus"}), 422, "invalid_parameter", "tz"
+        )
+    assert_error(
+        admin.get("/v1/admin/usage", params={"tz": "+05:30"}), 422, "invalid_parameter", "tz"
+    )
+    assert_error(
+        admin.get("/v1/admin/usage", params={"group_by": "week"}),
+        422,
+        "invalid_parameter",
+        "group_by",
+    )
+    assert_error(
+        admin.get("/v1/admin/usage", params={"group_by": "hour", "from": "2020-01-01"}),
+        422,
+        "invalid_parameter",
+        "to",
+    )
+
+
+@pytest.mark.parametrize("backend", ["postgres", "embedded"])
+def test_beat_runs_the_rollup_through_a_worker(log_dir: Path, backend: str) -> None:
+    with running_gateway(
+        log_dir, backend=backend, latency=0.05, worker=True, usage_rollup_interval_seconds="0.5"
+    ) as gateway:
+
+        def rolled() -> bool:
+            [(until,)] = gateway.sql("SELECT rolled_until FROM usage_rollup_state")
+            return until is not None
+
+        wait_until(rolled, timeout=60, what="the first rollup")
+        assert gateway.sql("SELECT count(*) FROM usage_hours") == [(0,)]

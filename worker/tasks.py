@@ -14,11 +14,18 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
 from app import backends
+from app.billing import rollup
 from app.core import outbox
 from app.core.db import with_transaction
 from app.core.images import ImageError, ImageInfo, inspect_image
 from app.core.orm import utcnow
-from app.core.queue import DELIVER_WEBHOOK_TASK, FORWARD_TASK, SWEEP_TASK, celery_app
+from app.core.queue import (
+    DELIVER_WEBHOOK_TASK,
+    FORWARD_TASK,
+    ROLLUP_USAGE_TASK,
+    SWEEP_TASK,
+    celery_app,
+)
 from app.core.settings import Settings, get_settings
 from app.jobs import execution, idempotency
 from app.upstream.gate import wait_for_turn
@@ -198,6 +205,19 @@ def sweep() -> None:
             len(result.requeued_expired),
             len(result.resent),
             len(result.failed_expired),
+        )
+
+
+@celery_app.task(name=ROLLUP_USAGE_TASK, ignore_result=True)
+def rollup_usage() -> None:
+    """Roll closed hours of the ledger up for the usage reports (app/billing/rollup.py)."""
+    result = with_transaction(lambda session: rollup.roll_up(session, now=utcnow()))
+    if result.rows:
+        logger.info(
+            "usage rollup: %d rows for %s .. %s",
+            result.rows,
+            result.rolled_from,
+            result.rolled_until,
         )
 
 

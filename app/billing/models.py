@@ -7,6 +7,8 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     ForeignKey,
+    Index,
+    Integer,
     String,
     UniqueConstraint,
 )
@@ -62,7 +64,8 @@ class Charge(Base):
     model: Mapped[str] = mapped_column(String(64))
     price_id: Mapped[int] = mapped_column(ForeignKey("prices.id"))
     amount_nanos: Mapped[int] = mapped_column(BigInteger)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Indexed: usage reports read the ledger by time for whatever the rollup does not cover.
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
 
 
 class BudgetPeriod(Base):
@@ -76,3 +79,51 @@ class BudgetPeriod(Base):
     period_start: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
     held_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
     charged_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class UsageHour(Base):
+    """The ledger summed per closed UTC hour, key and model (app/billing/rollup.py writes each
+    hour once, in the transaction that moves the watermark past it). Reports read it below the
+    watermark and the ledger itself above, so they equal the ledger either way."""
+
+    __tablename__ = "usage_hours"
+    __table_args__ = (Index("ix_usage_hours_api_key_id_hour_start", "api_key_id", "hour_start"),)
+
+    hour_start: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"), primary_key=True)
+    model: Mapped[str] = mapped_column(String(64), primary_key=True)
+    jobs: Mapped[int] = mapped_column(BigInteger)
+    output_tiles: Mapped[int] = mapped_column(BigInteger)
+    input_tiles: Mapped[int] = mapped_column(BigInteger)
+    charged_nanos: Mapped[int] = mapped_column(BigInteger)
+    # Reconciliation with the upstream (app/billing/reconciliation.py): the charged jobs whose
+    # upstream reported neurons, the cost those neurons imply, and what those jobs were charged.
+    neuron_jobs: Mapped[int] = mapped_column(BigInteger)
+    implied_nanos: Mapped[int] = mapped_column(BigInteger)
+    neuron_charged_nanos: Mapped[int] = mapped_column(BigInteger)
+    # The same sums over the hour's first 15, 30 and 45 minutes: a report in a zone whose
+    # midnight falls at :15, :30 or :45 of a UTC hour (every zone in use since 1972: Asia/Kolkata,
+    # Asia/Kathmandu, America/St_Johns, Australia/Adelaide...) splits such an hour exactly from
+    # the rollup; the rest of the hour is the total minus this.
+    jobs_before_15: Mapped[int] = mapped_column(BigInteger)
+    output_tiles_before_15: Mapped[int] = mapped_column(BigInteger)
+    input_tiles_before_15: Mapped[int] = mapped_column(BigInteger)
+    charged_nanos_before_15: Mapped[int] = mapped_column(BigInteger)
+    jobs_before_30: Mapped[int] = mapped_column(BigInteger)
+    output_tiles_before_30: Mapped[int] = mapped_column(BigInteger)
+    input_tiles_before_30: Mapped[int] = mapped_column(BigInteger)
+    charged_nanos_before_30: Mapped[int] = mapped_column(BigInteger)
+    jobs_before_45: Mapped[int] = mapped_column(BigInteger)
+    output_tiles_before_45: Mapped[int] = mapped_column(BigInteger)
+    input_tiles_before_45: Mapped[int] = mapped_column(BigInteger)
+    charged_nanos_before_45: Mapped[int] = mapped_column(BigInteger)
+
+
+class UsageRollupState(Base):
+    """One row: every UTC hour before ``rolled_until`` is in ``usage_hours`` (null: none yet)."""
+
+    __tablename__ = "usage_rollup_state"
+    __table_args__ = (CheckConstraint("id = 1", name="one_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    rolled_until: Mapped[datetime | None] = mapped_column(UTCDateTime)

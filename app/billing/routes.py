@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
+from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
 from app.billing import service as billing_service
@@ -45,39 +46,65 @@ def _usage_response(
     *,
     start: str | None,
     end: str | None,
+    tz: str | None,
     group_by: usage.GroupBy,
     api_key_id: str | None,
     as_csv: bool,
 ) -> UsageOut | Response:
-    default_start, default_end = usage.default_window(utcnow())
-    window_start = usage.parse_bound(start, param="from", default=default_start)
-    window_end = usage.parse_bound(end, param="to", default=default_end)
+    zone = usage.parse_tz(tz)
+    default_start, default_end = usage.default_window(utcnow(), zone)
+    window_start = usage.parse_bound(start, param="from", default=default_start, tz=zone)
+    window_end = usage.parse_bound(end, param="to", default=default_end, tz=zone)
     rows = usage.usage(
-        session, start=window_start, end=window_end, group_by=group_by, api_key_id=api_key_id
+        session,
+        start=window_start,
+        end=window_end,
+        group_by=group_by,
+        tz=zone,
+        api_key_id=api_key_id,
     )
     if as_csv:
-        return Response(
-            usage.as_csv(rows, group_by=group_by),
+        return StreamingResponse(
+            usage.csv_lines(rows, group_by=group_by),
             media_type="text/csv",
             headers={"Content-Disposition": 'attachment; filename="fluxgate-usage.csv"'},
         )
-    return usage_out(rows, start=window_start, end=window_end, group_by=group_by)
+    return usage_out(rows, start=window_start, end=window_end, group_by=group_by, tz=zone.key)
 
 
-FromQuery = Annotated[str | None, Query(alias="from", description="date or ISO time, inclusive")]
-ToQuery = Annotated[str | None, Query(description="date or ISO time, exclusive")]
+FromQuery = Annotated[
+    str | None, Query(alias="from", description="date (midnight in tz) or ISO time, inclusive")
+]
+ToQuery = Annotated[str | None, Query(description="date (midnight in tz) or ISO time, exclusive")]
+TzQuery = Annotated[
+    str | None,
+    Query(description="IANA time zone of days, hours and dates, e.g. Asia/Kolkata; default UTC"),
+]
 
 
-@router.get("/usage", response_model=UsageOut, summary="Your usage: jobs, tiles, charged USD")
+@router.get(
+    "/usage",
+    response_model=UsageOut,
+    summary="Your usage: jobs, tiles, charged USD",
+    responses={200: {"content": {"text/csv": {}}}},
+)
 def own_usage(
     api_key: ApiKeyDep,
     session: SessionDep,
     start: FromQuery = None,
     to: ToQuery = None,
-    group_by: Literal["day", "model"] = "day",
+    tz: TzQuery = None,
+    group_by: Literal["hour", "day", "model"] = "day",
+    format: Literal["json", "csv"] = "json",
 ) -> UsageOut | Response:
     return _usage_response(
-        session, start=start, end=to, group_by=group_by, api_key_id=api_key.id, as_csv=False
+        session,
+        start=start,
+        end=to,
+        tz=tz,
+        group_by=group_by,
+        api_key_id=api_key.id,
+        as_csv=format == "csv",
     )
 
 
@@ -95,12 +122,19 @@ def all_usage(
     session: SessionDep,
     start: FromQuery = None,
     to: ToQuery = None,
-    group_by: Literal["day", "model", "key"] = "day",
+    tz: TzQuery = None,
+    group_by: Literal["hour", "day", "model", "key"] = "day",
     key_id: Annotated[str | None, Query(description="only this key")] = None,
     format: Literal["json", "csv"] = "json",
 ) -> UsageOut | Response:
     return _usage_response(
-        session, start=start, end=to, group_by=group_by, api_key_id=key_id, as_csv=format == "csv"
+        session,
+        start=start,
+        end=to,
+        tz=tz,
+        group_by=group_by,
+        api_key_id=key_id,
+        as_csv=format == "csv",
     )
 
 

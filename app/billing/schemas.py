@@ -92,7 +92,9 @@ def model_out(spec: catalog.ModelSpec, price: Price) -> ModelOut:
 
 
 class UsageRowOut(BaseModel):
-    group: str = Field(description="the day (YYYY-MM-DD, UTC), model or key id")
+    group: str = Field(
+        description="the day (YYYY-MM-DD in tz), the hour (ISO 8601 start, in tz), model or key id"
+    )
     jobs: int
     output_tiles: int
     input_tiles: int
@@ -104,6 +106,7 @@ class UsageOut(BaseModel):
     from_: datetime = Field(alias="from")
     to: datetime
     group_by: str
+    tz: str = Field(default="UTC", description="the time zone of days and hours")
     data: list[UsageRowOut]
     total: UsageRowOut
 
@@ -121,7 +124,12 @@ def _usage_row(row: usage.UsageRow) -> UsageRowOut:
 
 
 def usage_out(
-    rows: Sequence[usage.UsageRow], *, start: datetime, end: datetime, group_by: str
+    rows: Sequence[usage.UsageRow],
+    *,
+    start: datetime,
+    end: datetime,
+    group_by: str,
+    tz: str = "UTC",
 ) -> UsageOut:
     total = UsageRowOut(
         group="total",
@@ -131,7 +139,12 @@ def usage_out(
         charged_usd=format_usd(sum(row.charged_nanos for row in rows)),
     )
     return UsageOut(
-        from_=start, to=end, group_by=group_by, data=[_usage_row(row) for row in rows], total=total
+        from_=start,
+        to=end,
+        group_by=group_by,
+        tz=tz,
+        data=[_usage_row(row) for row in rows],
+        total=total,
     )
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import secrets
 import time
-from datetime import datetime
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 ID_CHARS = 26
@@ -18,10 +17,10 @@ def new_id(prefix: str) -> str:
     return _encode(prefix, (time.time_ns() // 1_000_000) << 80 | secrets.randbits(80))
 
 
-def id_floor(prefix: str, at: datetime) -> str:
-    """The smallest id made at ``at`` or later: ``id >= id_floor(...)`` selects rows created
-    since ``at`` through the primary key, without an index on a time column."""
-    return _encode(prefix, max(0, int(at.timestamp() * 1000)) << 80)
+def id_floor(prefix: str, milliseconds: int) -> str:
+    """The smallest id of ``prefix`` made at ``milliseconds`` since the epoch (or later): ids
+    made before it sort below it, ids made then or after sort at or above it."""
+    return _encode(prefix, max(0, min(milliseconds, 2**48 - 1)) << 80)
 
 
 def _encode(prefix: str, value: int) -> str:

@@ -23,6 +23,7 @@ QUEUES = {"jobs": JOBS_QUEUE, "webhooks": WEBHOOKS_QUEUE, "maintenance": MAINTEN
 DELIVER_WEBHOOK_TASK = "fluxgate.deliver_webhook"
 FORWARD_TASK = "fluxgate.forward_job"
 SWEEP_TASK = "fluxgate.sweep"
+ROLLUP_USAGE_TASK = "fluxgate.rollup_usage"
 
 celery_app = Celery("fluxgate")
 
@@ -53,12 +54,17 @@ def configure(settings: Settings, broker: Broker) -> Celery:
         task_default_queue=JOBS_QUEUE,
         task_routes={
             SWEEP_TASK: {"queue": MAINTENANCE_QUEUE},
+            ROLLUP_USAGE_TASK: {"queue": MAINTENANCE_QUEUE},
             DELIVER_WEBHOOK_TASK: {"queue": WEBHOOKS_QUEUE},
         },
         # Publishing happens inside an HTTP request: fail fast rather than hang it.
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5},
         beat_schedule={
             "sweep": {"task": SWEEP_TASK, "schedule": settings.sweep_interval_seconds},
+            "rollup-usage": {
+                "task": ROLLUP_USAGE_TASK,
+                "schedule": settings.usage_rollup_interval_seconds,
+            },
         },
         worker_hijack_root_logger=False,
         worker_send_task_events=False,

@@ -121,6 +121,8 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=64, ge=1, le=1024)
     job_lease_seconds: PositiveSeconds = 300.0
     sweep_interval_seconds: PositiveSeconds = 30.0
+    # How often beat rolls closed hours of the ledger up for the usage reports.
+    usage_rollup_interval_seconds: PositiveSeconds = 60.0
     requeue_after_seconds: PositiveSeconds = 300.0
     # Per process. Keep processes x (pool + overflow) below PostgreSQL's max_connections.
     db_pool_size: int = Field(default=15, ge=1)

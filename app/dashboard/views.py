@@ -81,7 +81,7 @@ def _percentiles(session: Session, value: ColumnElement[Any], *conditions: Any) 
 
 def health(session: Session, *, now: datetime) -> Health:
     since = now - timedelta(hours=24)
-    recent = Job.id >= id_floor("job", since)
+    recent = Job.id >= id_floor("job", int(since.timestamp() * 1000))
     statuses = {
         str(status): int(count)
         for status, count in session.execute(

@@ -47,6 +47,16 @@ class Job(Base):
         Index("ix_jobs_status_id", "status", "id"),
         Index("ix_jobs_api_key_id_id", "api_key_id", "id"),
         Index("ix_jobs_api_key_id_status_id", "api_key_id", "status", "id"),
+        # The admin listing's model filter (key and status have theirs above; a time range is
+        # an id range, ids sorting by creation time).
+        Index("ix_jobs_model_id", "model", "id"),
+        # Prompt search (ILIKE '%text%') on PostgreSQL: trigrams (SQLite scans).
+        Index(
+            "ix_jobs_prompt_trgm",
+            "prompt",
+            postgresql_using="gin",
+            postgresql_ops={"prompt": "gin_trgm_ops"},
+        ).ddl_if(dialect="postgresql"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)

@@ -8,21 +8,24 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from app.billing.usage import parse_bound
 from app.core.db import end_read
 from app.core.errors import error_responses
 from app.core.images import in_format
+from app.core.orm import utcnow
 from app.http.body import StrictJSONRoute, read_body
 from app.http.deps import SessionDep, SettingsDep
 from app.http.sse import EventStreamResponse
 from app.jobs import service, submission, watching
-from app.jobs.schemas import JobCost, JobList, JobOut, cost_out
-from app.jobs.service import JobSubmission, parse_submission
+from app.jobs.schemas import AdminJobList, JobCost, JobList, JobOut, cost_out
+from app.jobs.service import JobFilters, JobSubmission, parse_submission
 from app.jobs.watching import WatchDep
-from app.keys.deps import ApiKeyDep, SubmitterDep
+from app.keys.deps import AdminKeyDep, ApiKeyDep, SubmitterDep
 
 logger = logging.getLogger("fluxgate.api")
 
 router = APIRouter(prefix="/v1", tags=["jobs"], route_class=StrictJSONRoute)
+admin_router = APIRouter(prefix="/v1/admin", tags=["admin"], route_class=StrictJSONRoute)
 
 _JOB_BODY_DOC: dict[str, Any] = {
     "requestBody": {
@@ -141,6 +144,42 @@ def list_jobs(
         session, api_key=api_key, status=status, limit=limit, cursor=cursor
     )
     return JobList(data=service.to_job_out(session, jobs), next_cursor=next_cursor)
+
+
+@admin_router.get(
+    "/jobs", response_model=AdminJobList, summary="Every key's jobs, newest first, filtered"
+)
+def list_all_jobs(
+    session: SessionDep,
+    _admin: AdminKeyDep,
+    key_id: Annotated[str | None, Query(description="only this key's jobs")] = None,
+    status: Annotated[
+        str | None, Query(description="queued, running, succeeded, failed or canceled")
+    ] = None,
+    model: Annotated[str | None, Query(description="e.g. flux-2-klein-4b")] = None,
+    start: Annotated[
+        str | None,
+        Query(alias="from", description="created at or after: a date (UTC) or ISO time"),
+    ] = None,
+    to: Annotated[str | None, Query(description="created before: a date (UTC) or ISO time")] = None,
+    id: Annotated[str | None, Query(description="one job id")] = None,
+    q: Annotated[
+        str | None, Query(description="text the prompt contains (any case), 1..200 characters")
+    ] = None,
+    limit: Annotated[int, Query(description="1..100")] = 20,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+) -> AdminJobList:
+    filters = JobFilters(
+        api_key_id=key_id,
+        status=status,
+        model=model,
+        created_from=None if start is None else parse_bound(start, param="from", default=utcnow()),
+        created_to=None if to is None else parse_bound(to, param="to", default=utcnow()),
+        job_id=id,
+        prompt_contains=q,
+    )
+    jobs, next_cursor = service.list_all_jobs(session, filters=filters, limit=limit, cursor=cursor)
+    return AdminJobList(data=service.to_admin_job_out(session, jobs), next_cursor=next_cursor)
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, summary="Get a job")

@@ -245,6 +245,18 @@ class JobList(BaseModel):
     next_cursor: str | None
 
 
+class AdminJobOut(JobOut):
+    """A job as admins see it: the Job, and the key it belongs to."""
+
+    key_id: str
+
+
+class AdminJobList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[AdminJobOut]
+    next_cursor: str | None
+
+
 def cost_out(cost: Cost, *, charged_nanos: int | None = None) -> JobCost:
     return JobCost(
         estimated=format_usd(cost.total_nanos),

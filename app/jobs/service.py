@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, load_only
@@ -13,7 +14,7 @@ from app.billing.service import estimate, price_in_force
 from app.core import outbox
 from app.core.db import rows_affected
 from app.core.errors import Conflict, InvalidParameter, NotFound
-from app.core.ids import new_id
+from app.core.ids import id_floor, new_id
 from app.core.images import PreparedInput
 from app.core.orm import utcnow
 from app.core.paging import newest_first
@@ -23,12 +24,14 @@ from app.jobs import accounting
 from app.jobs.inputs import collect_input_images, input_limits
 from app.jobs.models import Job, JobImage, JobStatus
 from app.jobs.schemas import (
+    AdminJobOut,
     JobCreate,
     JobOut,
     job_out,
     parse_job_create,
 )
 from app.keys.models import ApiKey
+from app.upstream import catalog
 from app.webhooks import service as webhooks
 from app.webhooks.targets import UnsafeTarget, check_webhook_url
 
@@ -169,6 +172,71 @@ def list_jobs(
     return newest_first(session, query, id_column=Job.id, prefix="job", limit=limit, cursor=cursor)
 
 
+@dataclass(frozen=True)
+class JobFilters:
+    """What the admin listing narrows every key's jobs to; ``None`` leaves a filter out.
+    ``created_from``/``created_to``: ``from <= created_at < to``; ``prompt_contains``: a
+    case-insensitive substring of the prompt."""
+
+    api_key_id: str | None = None
+    status: str | None = None
+    model: str | None = None
+    created_from: datetime | None = None
+    created_to: datetime | None = None
+    job_id: str | None = None
+    prompt_contains: str | None = None
+
+
+PROMPT_SEARCH_MAX_CHARS = 200
+# Ids carry the millisecond they were made at, a moment after created_at was taken: a time
+# range also bounds the ids, with this slack, so the primary key's index narrows the scan.
+ID_TIME_SLACK_MS = 60_000
+
+
+def _like_pattern(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def list_all_jobs(
+    session: Session, *, filters: JobFilters, limit: int, cursor: str | None
+) -> tuple[list[Job], str | None]:
+    """Every key's jobs, newest first, narrowed by ``filters``; ``cursor`` is the last id of
+    the previous page. Each filter has an index to walk in id order (key, status, model, key
+    and status; a time range is an id range; prompts have trigrams on PostgreSQL), so a page
+    costs about its own rows, however large the table; nothing is counted."""
+    if filters.status is not None and filters.status not in JobStatus.__members__.values():
+        raise InvalidParameter(
+            f"status must be one of {', '.join(s.value for s in JobStatus)}", param="status"
+        )
+    query = select(Job)
+    if filters.model is not None:
+        try:
+            query = query.where(Job.model == catalog.model_id(filters.model))
+        except ValueError as error:
+            raise InvalidParameter(str(error), param="model") from None
+    if filters.api_key_id is not None:
+        query = query.where(Job.api_key_id == filters.api_key_id)
+    if filters.status is not None:
+        query = query.where(Job.status == filters.status)
+    if filters.job_id is not None:
+        query = query.where(Job.id == filters.job_id)
+    if filters.created_from is not None:
+        low = int(filters.created_from.timestamp() * 1000) - ID_TIME_SLACK_MS
+        query = query.where(Job.created_at >= filters.created_from, Job.id >= id_floor("job", low))
+    if filters.created_to is not None:
+        if filters.created_from is not None and filters.created_to <= filters.created_from:
+            raise InvalidParameter("to must be after from", param="to")
+        high = int(filters.created_to.timestamp() * 1000) + ID_TIME_SLACK_MS
+        query = query.where(Job.created_at < filters.created_to, Job.id < id_floor("job", high))
+    if filters.prompt_contains is not None:
+        text = filters.prompt_contains
+        if not text or len(text) > PROMPT_SEARCH_MAX_CHARS:
+            raise InvalidParameter(f"q must be 1..{PROMPT_SEARCH_MAX_CHARS} characters", param="q")
+        query = query.where(Job.prompt.ilike(_like_pattern(text), escape="\\"))
+    return newest_first(session, query, id_column=Job.id, prefix="job", limit=limit, cursor=cursor)
+
+
 WEBHOOK_EVENTS = {
     JobStatus.SUCCEEDED: "job.succeeded",
     JobStatus.FAILED: "job.failed",
@@ -282,3 +350,11 @@ def to_job_out(session: Session, jobs: Sequence[Job]) -> list[JobOut]:
         outputs = {row.job_id: row for row in rows}
     positions = queue_positions(session, jobs=jobs)
     return [job_out(job, outputs.get(job.id), positions.get(job.id)) for job in jobs]
+
+
+def to_admin_job_out(session: Session, jobs: Sequence[Job]) -> list[AdminJobOut]:
+    """The Job of each row, with its key's id."""
+    return [
+        AdminJobOut(**out.model_dump(), key_id=job.api_key_id)
+        for job, out in zip(jobs, to_job_out(session, jobs), strict=True)
+    ]
