@@ -508,3 +508,161 @@ def test_a_price_added_on_the_page_is_in_the_price_table(signed_in: Session, boa
     [added] = [p for p in prices if p["effective_from"].startswith("2031-01-01")]
     assert added["model"] == "flux-2-klein-9b"
     assert added["output_unit_usd"] == "0.0021"
+
+
+# ---- usage, jobs, reconciliation ---------------------------------------------------------
+
+
+def _money(text: str) -> int:
+    """ "$0.001148" as nano-USD."""
+    return int(Decimal(text.strip().removeprefix("$")) * 10**9)
+
+
+@pytest.mark.parametrize("tz", ["UTC", "Asia/Kolkata"])
+def test_usage_totals_equal_the_api_and_the_ledger_and_the_csv_is_the_view(
+    signed_in: Session, board: Board, tz: str
+) -> None:
+    key = board.stack.create_key(f"usage {tz}")
+    with board.api(key) as client:
+        run_job(client)
+        run_job(client, width=1024, height=1024)
+    today = datetime.now(UTC).date()
+    params = {
+        "from": (today - timedelta(days=3)).isoformat(),
+        "to": (today + timedelta(days=2)).isoformat(),
+        "tz": tz,
+        "group_by": "day",
+    }
+    query = "&".join(f"{name}={value}" for name, value in params.items())
+    for _ in range(5):  # until no other test's job lands between the reads
+        with board.api() as api:
+            before = api.get("/v1/admin/usage", params=params).json()
+        page = signed_in.go(f"/admin/usage?{query}")
+        line = page.locator("p[data-reconciliation]")  # loaded by htmx after the page
+        line.wait_for()
+        with board.api() as api:
+            after = api.get("/v1/admin/usage", params=params).json()
+        if before == after:
+            break
+    assert before == after
+    shown_rows = [
+        [cell.inner_text() for cell in row.locator("td").all()]
+        for row in page.locator("table[data-usage] tbody tr").all()
+    ]
+    assert [row[0] for row in shown_rows] == [row["group"] for row in after["data"]]
+    assert [_money(row[4]) for row in shown_rows] == [
+        _money(row["charged_usd"]) for row in after["data"]
+    ]
+    total = _money(page.locator("[data-total-charged]").inner_text())
+    assert total == _money(after["total"]["charged_usd"])
+    # The reconciliation line: by key = by model = the ledger, to the nano-dollar.
+    assert "reconciled to the nano-dollar" in line.inner_text()
+    for part in ("key", "model", "ledger"):
+        assert _money(line.locator(f"[data-sum={part}]").inner_text()) == total
+    [(ledger,)] = board.stack.sql(
+        "SELECT coalesce(sum(amount_nanos), 0) FROM charges"
+        " WHERE created_at >= :start AND created_at < :end",
+        start=board.at(datetime.fromisoformat(after["from"])),
+        end=board.at(datetime.fromisoformat(after["to"])),
+    )
+    assert int(ledger) == total
+    # The CSV link downloads exactly this view: the API's CSV of the same query.
+    with page.expect_download() as download_info:
+        page.click("a[data-csv]")
+    downloaded = Path(download_info.value.path()).read_text()
+    with board.api() as api:
+        api_csv = api.get("/v1/admin/usage", params={**params, "format": "csv"}).text
+    assert downloaded == api_csv
+    assert downloaded.count("\n") == len(after["data"]) + 1
+
+
+def test_jobs_page_filters_and_pages_without_counting(signed_in: Session, board: Board) -> None:
+    key = board.stack.create_key("many jobs")
+    word = uuid.uuid4().hex[:10]
+    with board.api(key) as client:
+        ids = [
+            client.post(
+                "/v1/jobs", json={"prompt": f"page {n} {word}", "width": 512, "height": 512}
+            ).json()["id"]
+            for n in range(53)
+        ]
+        for job_id in ids:
+            wait_for_job(client, job_id, statuses=FINAL)
+    [(key_id,)] = board.stack.sql("SELECT api_key_id FROM jobs WHERE id = :id", id=ids[0])
+
+    page = signed_in.go(f"/admin/jobs?key={key_id}")
+    first = [row.get_attribute("data-job-id") for row in page.locator("tr[data-job-id]").all()]
+    assert first == list(reversed(ids))[:50]  # newest first, 50 a page
+    # A thumbnail inside the page for each succeeded job: no request per row.
+    assert page.locator("img.thumb[src^='data:image/webp;base64,']").count() == 50
+    page.click("a[rel=next]")
+    page.wait_for_load_state()
+    rest = [row.get_attribute("data-job-id") for row in page.locator("tr[data-job-id]").all()]
+    assert rest == list(reversed(ids))[50:]
+    assert f"key={key_id}" in page.url  # the filter stays in the URL
+    assert page.locator("a[rel=next]").count() == 0
+    # Thumbnails were made once.
+    assert board.stack.sql(
+        "SELECT count(*) FROM job_thumbnails t JOIN jobs j ON j.id = t.job_id"
+        " WHERE j.api_key_id = :key_id",
+        key_id=key_id,
+    ) == [(53,)]
+
+    page = signed_in.go(f"/admin/jobs?q=page+7+{word}")
+    assert [r.get_attribute("data-job-id") for r in page.locator("tr[data-job-id]").all()] == [
+        ids[7]
+    ]
+    page = signed_in.go(f"/admin/jobs?id={ids[3]}")
+    assert [r.get_attribute("data-job-id") for r in page.locator("tr[data-job-id]").all()] == [
+        ids[3]
+    ]
+    page = signed_in.go(f"/admin/jobs?key={key_id}&status=failed")
+    assert page.locator("tr[data-job-id]").count() == 0
+    # The filter form builds the same URL.
+    page = signed_in.go("/admin/jobs")
+    page.fill("input[name=q]", f"page 12 {word}")
+    page.click("form.filters button[type=submit]")
+    page.wait_for_load_state()
+    assert [r.get_attribute("data-job-id") for r in page.locator("tr[data-job-id]").all()] == [
+        ids[12]
+    ]
+    with httpx.Client(base_url=board.stack.api_url) as anonymous:
+        refused = anonymous.get(f"/admin/jobs?key={key_id}")
+    assert refused.status_code == 303  # no session: to the login form
+
+
+def test_reconciliation_page_shows_the_ledger_per_day(signed_in: Session, board: Board) -> None:
+    key = board.stack.create_key("reconciled")
+    with board.api(key) as client:
+        run_job(client)
+    today = datetime.now(UTC).date()
+    page = signed_in.go("/admin/reconciliation")
+    rows = page.locator("table[data-reconciliation-days] tbody tr").all()
+    cells = {
+        row.locator("td").first.inner_text(): [c.inner_text() for c in row.locator("td").all()]
+        for row in rows
+    }
+    [(charged, count)] = board.stack.sql(
+        "SELECT coalesce(sum(amount_nanos), 0), count(*) FROM charges"
+        " WHERE created_at >= :start AND created_at < :end",
+        start=board.at(datetime.combine(today, datetime.min.time(), UTC)),
+        end=board.at(datetime.combine(today + timedelta(days=1), datetime.min.time(), UTC)),
+    )
+    assert int(cells[today.isoformat()][1]) == count
+    assert _money(cells[today.isoformat()][2]) == int(charged)
+
+
+def test_overview_draws_the_spend_chart_in_utc_days(signed_in: Session, board: Board) -> None:
+    with board.api(board.stack.create_key("charted")) as client:
+        run_job(client)
+    page = signed_in.go("/admin?days=7&stack=key")
+    data = page.evaluate("JSON.parse(document.getElementById('spend-data').textContent)")
+    assert len(data["x"]) == 7
+    assert data["x"][-1] == int(
+        datetime.combine(datetime.now(UTC).date(), datetime.min.time(), UTC).timestamp()
+    )
+    assert "charted" in [series["label"] for series in data["series"]]
+    page.locator(".chart canvas").wait_for()  # uPlot drew it
+    today_total = sum(series["values"][-1] for series in data["series"])
+    shown = _money(page.locator("[data-figure=spend-today]").inner_text())
+    assert round(today_total * 10**9) == shown

@@ -51,16 +51,13 @@ def _usage_response(
     api_key_id: str | None,
     as_csv: bool,
 ) -> UsageOut | Response:
-    zone = usage.parse_tz(tz)
-    default_start, default_end = usage.default_window(utcnow(), zone)
-    window_start = usage.parse_bound(start, param="from", default=default_start, tz=zone)
-    window_end = usage.parse_bound(end, param="to", default=default_end, tz=zone)
+    span = usage.window(start=start, end=end, tz=tz, now=utcnow())
     rows = usage.usage(
         session,
-        start=window_start,
-        end=window_end,
+        start=span.start,
+        end=span.end,
         group_by=group_by,
-        tz=zone,
+        tz=span.tz,
         api_key_id=api_key_id,
     )
     if as_csv:
@@ -69,7 +66,7 @@ def _usage_response(
             media_type="text/csv",
             headers={"Content-Disposition": 'attachment; filename="fluxgate-usage.csv"'},
         )
-    return usage_out(rows, start=window_start, end=window_end, group_by=group_by, tz=zone.key)
+    return usage_out(rows, start=span.start, end=span.end, group_by=group_by, tz=span.tz.key)
 
 
 FromQuery = Annotated[

@@ -142,6 +142,27 @@ def default_window(now: datetime, tz: tzinfo = UTC) -> tuple[datetime, datetime]
     return local_midnight(local.date().replace(day=1), tz), now + timedelta(seconds=1)
 
 
+@dataclass(frozen=True)
+class Window:
+    """A report's window, ``start <= charged < end``, and the zone its days and hours are in."""
+
+    start: datetime
+    end: datetime
+    tz: ZoneInfo
+
+
+def window(*, start: str | None, end: str | None, tz: str | None, now: datetime) -> Window:
+    """The window a caller named (``from``/``to``: dates are midnights in ``tz``), by default
+    this month so far in ``tz``."""
+    zone = parse_tz(tz)
+    default_start, default_end = default_window(now, zone)
+    return Window(
+        start=parse_bound(start, param="from", default=default_start, tz=zone),
+        end=parse_bound(end, param="to", default=default_end, tz=zone),
+        tz=zone,
+    )
+
+
 def _ceil_hour(at: datetime) -> datetime:
     floor = floor_hour(at)
     return floor if floor == at else floor + HOUR
@@ -471,3 +492,57 @@ def csv_lines(rows: Iterable[UsageRow], *, group_by: GroupBy) -> Iterator[str]:
 
 def as_csv(rows: list[UsageRow], *, group_by: GroupBy) -> str:
     return "".join(csv_lines(rows, group_by=group_by))
+
+
+@dataclass(frozen=True)
+class DailySpend:
+    day: date  # UTC
+    name: str  # the model, or the key id
+    charged_nanos: int
+
+
+def _utc_day(column: Any, dialect: str) -> ColumnElement[Any]:
+    if dialect == "postgresql":
+        return func.date(func.timezone("UTC", column))
+    return func.substr(column, 1, 10)  # SQLite keeps UTC times as 'YYYY-MM-DD HH:MM:SS...'
+
+
+def daily_spend(
+    session: Session, *, first_day: date, last_day: date, split: Literal["model", "key"]
+) -> list[DailySpend]:
+    """Charged nano-USD per UTC day and model (or key), ``first_day`` to ``last_day``: the
+    rollup below its watermark, the ledger above it (UTC days are whole hours: no hour splits)."""
+    if last_day < first_day:
+        raise InvalidParameter("to must not be before from", param="to")
+    dialect = session.get_bind().dialect.name
+    start = local_midnight(first_day, UTC)
+    end = local_midnight(last_day + timedelta(days=1), UTC)
+    rolled_until = min(max(watermark(session) or start, start), end)
+    sums: dict[tuple[date, str], int] = {}
+
+    def add(rows: Iterable[Any]) -> None:
+        for day, name, nanos in rows:
+            key = (date.fromisoformat(str(day)[:10]), str(name))
+            sums[key] = sums.get(key, 0) + int(nanos)
+
+    rolled_name = UsageHour.model if split == "model" else UsageHour.api_key_id
+    if rolled_until > start:
+        day = _utc_day(UsageHour.hour_start, dialect)
+        add(
+            session.execute(
+                select(day, rolled_name, func.sum(UsageHour.charged_nanos))
+                .where(UsageHour.hour_start >= start, UsageHour.hour_start < rolled_until)
+                .group_by(day, rolled_name)
+            )
+        )
+    if rolled_until < end:
+        day = _utc_day(Charge.created_at, dialect)
+        name = Charge.model if split == "model" else Charge.api_key_id
+        add(
+            session.execute(
+                select(day, name, func.sum(Charge.amount_nanos))
+                .where(Charge.created_at >= rolled_until, Charge.created_at < end)
+                .group_by(day, name)
+            )
+        )
+    return [DailySpend(day, name, nanos) for (day, name), nanos in sorted(sums.items())]

@@ -66,9 +66,12 @@ def convert_image(data: bytes, target: str) -> tuple[bytes, str]:
 def thumbnail(data: bytes, *, side: int) -> bytes:
     """A small WebP that fits ``side`` x ``side`` (aspect kept); drafted from a reduced decode
     where the format allows, so a large image is never decoded whole."""
-    with Image.open(io.BytesIO(data), formats=list(FORMATS)) as image:
-        image.draft("RGB", (side * 2, side * 2))
-        small = _flatten(image) if image.mode not in ("RGB", "L") else image.copy()
+    try:
+        with Image.open(io.BytesIO(data), formats=list(FORMATS)) as image:
+            image.draft("RGB", (side * 2, side * 2))
+            small = _flatten(image) if image.mode not in ("RGB", "L") else image.copy()
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as error:
+        raise ImageError(f"not a complete PNG, JPEG or WebP image ({error})") from None
     small.thumbnail((side, side))
     out = io.BytesIO()
     small.save(out, format="WEBP", quality=70)

@@ -31,7 +31,9 @@ NAV = (
 
 
 def usd(nanos: int | None) -> str:
-    return "—" if nanos is None else f"${format_usd(nanos)}"
+    if nanos is None:
+        return "—"
+    return f"-${format_usd(-nanos)}" if nanos < 0 else f"${format_usd(nanos)}"
 
 
 def when(value: datetime | None) -> str:

@@ -4,13 +4,16 @@ a secret is shown once."""
 
 from __future__ import annotations
 
-from datetime import timedelta
-from typing import Annotated, Any
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Annotated, Any, Literal
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, Form, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi import APIRouter, Depends, Form, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from sqlalchemy.orm import Session
 
+from app.billing import reconciliation, usage
 from app.billing import service as billing_service
 from app.billing.schemas import PriceCreate, price_out
 from app.core.errors import Forbidden, InvalidParameter, NotFound
@@ -20,13 +23,30 @@ from app.dashboard.deps import CurrentDep, FormDep, session_policy, session_toke
 from app.dashboard.forms import to_schema
 from app.dashboard.rendering import render
 from app.http.deps import SessionDep, SettingsDep
-from app.jobs.models import Job
+from app.jobs import service as job_service
+from app.jobs.models import Job, JobStatus
+from app.jobs.service import JobFilters
 from app.keys import service as key_service
 from app.keys.schemas import KeyCreate, KeyUpdate
 from app.upstream import catalog
 from app.webhooks import service as webhooks
 
 router = APIRouter(prefix=security.DASHBOARD_PREFIX, include_in_schema=False)
+
+JOBS_PER_PAGE = 50
+# Offered in the Usage page's time zone field (any IANA name is taken).
+COMMON_ZONES = (
+    "UTC",
+    "America/Los_Angeles",
+    "America/New_York",
+    "America/Sao_Paulo",
+    "Europe/London",
+    "Europe/Berlin",
+    "Asia/Kolkata",
+    "Asia/Shanghai",
+    "Asia/Tokyo",
+    "Australia/Sydney",
+)
 
 
 def _see(path: str) -> RedirectResponse:
@@ -112,7 +132,15 @@ def log_out(
 
 
 @router.get("", response_class=HTMLResponse)
-def overview(request: Request, current: CurrentDep, session: SessionDep) -> HTMLResponse:
+def overview(
+    request: Request,
+    current: CurrentDep,
+    session: SessionDep,
+    days: int = 30,
+    stack: Literal["model", "key"] = "model",
+) -> HTMLResponse:
+    if days not in views.CHART_DAYS:
+        raise InvalidParameter("days must be 7, 30 or 90", param="days")
     now = utcnow()
     return render(
         request,
@@ -120,6 +148,9 @@ def overview(request: Request, current: CurrentDep, session: SessionDep) -> HTML
         current=current,
         active="/admin",
         title="Overview",
+        days=days,
+        stack=stack,
+        chart=views.spend_chart(session, now=now, days=days, split=stack),
         spend=views.spend(session, now=now),
         health=views.health(session, now=now),
         budgets=views.budget_uses(session, now=now),
@@ -355,11 +386,204 @@ def job_image(
     )
 
 
-@router.get("/jobs/{job_id}/thumbnail.webp")
-def job_thumbnail(job_id: str, current: CurrentDep, session: SessionDep) -> Response:
-    return Response(
-        thumbnails.thumbnail_of(session, job_id=job_id),
-        media_type="image/webp",
-        # A job's output never changes: the browser may keep it (privately) for a day.
-        headers={"Cache-Control": "private, max-age=86400, immutable"},
+@router.get("/jobs", response_class=HTMLResponse)
+def jobs_page(
+    request: Request,
+    current: CurrentDep,
+    session: SessionDep,
+    key: str | None = None,
+    status: str | None = None,
+    model: str | None = None,
+    start: Annotated[str | None, Query(alias="from")] = None,
+    to: str | None = None,
+    id: str | None = None,
+    q: str | None = None,
+    cursor: str | None = None,
+) -> HTMLResponse:
+    filters = JobFilters.from_query(
+        key_id=key, status=status, model=model, start=start, end=to, job_id=id, prompt=q
     )
+    jobs, next_cursor = job_service.list_all_jobs(
+        session, filters=filters, limit=JOBS_PER_PAGE, cursor=cursor or None
+    )
+    keys = key_service.list_keys(session)
+    query = {
+        "key": key,
+        "status": status,
+        "model": model,
+        "from": start,
+        "to": to,
+        "id": id,
+        "q": q,
+    }
+
+    def page_query(**changes: str | None) -> str:
+        return urlencode({k: v for k, v in {**query, **changes}.items() if v})
+
+    return render(
+        request,
+        "jobs.html",
+        current=current,
+        active="/admin/jobs",
+        title="Jobs",
+        jobs=jobs,
+        next_cursor=next_cursor,
+        cursor=cursor,
+        query=query,
+        page_query=page_query,
+        keys=keys,
+        key_names={k.id: k.name for k in keys},
+        statuses=[s.value for s in JobStatus],
+        models=list(catalog.MODELS),
+        thumbnails=thumbnails.thumbnails_of(session, job_ids=[job.id for job in jobs]),
+    )
+
+
+# ---- usage and reconciliation ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UsageView:
+    """A Usage page's query: the window, the grouping and the key, as the URL holds them."""
+
+    span: usage.Window
+    group_by: usage.GroupBy
+    key_id: str | None
+    query: dict[str, str]
+
+
+def usage_view(
+    start: Annotated[str | None, Query(alias="from")] = None,
+    to: str | None = None,
+    tz: str | None = None,
+    group_by: usage.GroupBy = "day",
+    key: str | None = None,
+) -> UsageView:
+    span = usage.window(start=start or None, end=to or None, tz=tz or None, now=utcnow())
+    local_end = span.end.astimezone(span.tz)
+    # The form shows whole local days: "to" is exclusive, so a window ending mid-day ends on
+    # the next midnight.
+    last = (
+        local_end.date()
+        if local_end.time() == datetime.min.time()
+        else local_end.date() + timedelta(days=1)
+    )
+    query = {
+        "from": span.start.astimezone(span.tz).date().isoformat(),
+        "to": to or last.isoformat(),
+        "tz": span.tz.key,
+        "group_by": group_by,
+        "key": key or "",
+    }
+    return UsageView(span=span, group_by=group_by, key_id=key or None, query=query)
+
+
+UsageViewDep = Annotated[UsageView, Depends(usage_view)]
+
+
+def _usage_rows(session: Session, view: UsageView, group_by: usage.GroupBy) -> list[usage.UsageRow]:
+    return usage.usage(
+        session,
+        start=view.span.start,
+        end=view.span.end,
+        group_by=group_by,
+        tz=view.span.tz,
+        api_key_id=view.key_id,
+    )
+
+
+@router.get("/usage", response_class=HTMLResponse)
+def usage_page(
+    request: Request, current: CurrentDep, session: SessionDep, view: UsageViewDep
+) -> HTMLResponse:
+    rows = _usage_rows(session, view, view.group_by)
+    keys = key_service.list_keys(session)
+    return render(
+        request,
+        "usage.html",
+        current=current,
+        active="/admin/usage",
+        title="Usage",
+        rows=rows,
+        total=usage.totals(rows),
+        window=view.span,
+        zone=view.span.tz,
+        query=view.query,
+        csv_query=urlencode({k: v for k, v in view.query.items() if v}),
+        keys=keys,
+        key_names={k.id: k.name for k in keys},
+        common_zones=COMMON_ZONES,
+    )
+
+
+@router.get("/usage/reconciliation", response_class=HTMLResponse)
+def usage_reconciliation(
+    request: Request, current: CurrentDep, session: SessionDep, view: UsageViewDep
+) -> HTMLResponse:
+    """The Usage page's check, loaded after the page: the report summed by key and by model
+    equals the ledger itself (read from ``charges``, not the rollup) to the nano-dollar."""
+    by_key = usage.totals(_usage_rows(session, view, "key"))
+    by_model = usage.totals(_usage_rows(session, view, "model"))
+    ledger = usage.ledger_totals(
+        session, start=view.span.start, end=view.span.end, api_key_id=view.key_id
+    )
+    return render(
+        request,
+        "_reconciliation_line.html",
+        current=current,
+        by_key=by_key,
+        by_model=by_model,
+        ledger=ledger,
+        reconciled=ledger.agrees_with(by_key) and ledger.agrees_with(by_model),
+    )
+
+
+@router.get("/usage.csv")
+def usage_csv(current: CurrentDep, session: SessionDep, view: UsageViewDep) -> Response:
+    rows = _usage_rows(session, view, view.group_by)
+    return StreamingResponse(
+        usage.csv_lines(rows, group_by=view.group_by),
+        media_type="text/csv",
+        headers={"Content-Disposition": 'attachment; filename="fluxgate-usage.csv"'},
+    )
+
+
+@router.get("/reconciliation", response_class=HTMLResponse)
+def reconciliation_page(
+    request: Request,
+    current: CurrentDep,
+    session: SessionDep,
+    start: Annotated[str | None, Query(alias="from")] = None,
+    to: str | None = None,
+    day: str | None = None,
+) -> HTMLResponse:
+    today = utcnow().date()
+    last_day = _day(to, "to") or today
+    first_day = _day(start, "from") or last_day - timedelta(days=29)
+    selected = _day(day, "day")
+    keys = key_service.list_keys(session)
+    return render(
+        request,
+        "reconciliation.html",
+        current=current,
+        active="/admin/reconciliation",
+        title="Reconciliation",
+        first_day=first_day,
+        last_day=last_day,
+        days=reconciliation.reconcile_days(session, first_day=first_day, last_day=last_day),
+        selected_day=selected,
+        # Workers AI reports neurons to two decimals: up to 55 nano-USD a job is rounding.
+        mismatches=[]
+        if selected is None
+        else reconciliation.mismatches(session, day=selected, tolerance_nanos=55),
+        key_names={k.id: k.name for k in keys},
+    )
+
+
+def _day(value: str | None, param: str) -> date | None:
+    if not value:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise InvalidParameter(f"{param} must be a date like 2026-11-01", param=param) from None

@@ -1,33 +1,51 @@
-"""Thumbnails for the Jobs page: made from the output image on first view, kept in the database
-(so a page of 50 jobs decodes nothing the second time), served with long-lived caching."""
+"""Thumbnails for the Jobs page: made from the output image the first time a job is listed, kept
+in the database, and sent inside the page (``data:`` URLs), so a page of 50 jobs is one request
+and decodes nothing the second time."""
 
 from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.core.errors import NotFound
-from app.core.images import thumbnail
+from app.core.images import ImageError, thumbnail
 from app.dashboard.models import JobThumbnail
 from app.jobs.models import JobImage
 
 THUMBNAIL_SIDE = 96
 
 
-def thumbnail_of(session: Session, *, job_id: str) -> bytes:
-    kept = session.scalar(select(JobThumbnail.data).where(JobThumbnail.job_id == job_id))
-    if kept is not None:
-        return kept
-    output = session.scalar(
-        select(JobImage.data).where(JobImage.job_id == job_id, JobImage.role == "output")
+def thumbnails_of(session: Session, *, job_ids: Sequence[str]) -> dict[str, str]:
+    """``data:`` URLs of the thumbnails of those jobs that have an output image."""
+    if not job_ids:
+        return {}
+    found = dict(
+        session.execute(
+            select(JobThumbnail.job_id, JobThumbnail.data).where(JobThumbnail.job_id.in_(job_ids))
+        ).all()
     )
-    if output is None:
-        raise NotFound("this job has no output image", code="image_not_found")
-    data = thumbnail(output, side=THUMBNAIL_SIDE)
-    try:
-        with session.begin_nested():
-            session.add(JobThumbnail(job_id=job_id, data=data))
-    except IntegrityError:
-        pass  # a concurrent view made the same thumbnail first
-    return data
+    missing = [job_id for job_id in job_ids if job_id not in found]
+    if missing:
+        outputs = session.execute(
+            select(JobImage.job_id, JobImage.data).where(
+                JobImage.job_id.in_(missing), JobImage.role == "output"
+            )
+        ).all()
+        for job_id, image in outputs:
+            try:
+                data = thumbnail(image, side=THUMBNAIL_SIDE)
+            except ImageError:
+                continue
+            found[job_id] = data
+            try:
+                with session.begin_nested():
+                    session.add(JobThumbnail(job_id=job_id, data=data))
+            except IntegrityError:
+                pass  # a concurrent page made the same thumbnail first
+    return {
+        job_id: "data:image/webp;base64," + base64.b64encode(data).decode()
+        for job_id, data in found.items()
+    }

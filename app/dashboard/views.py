@@ -7,7 +7,7 @@ import statistics
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import ColumnElement, Float, and_, case, cast, func, select
 from sqlalchemy.orm import Session
@@ -390,3 +390,33 @@ def job_image(session: Session, *, job_id: str, role: str, position: int) -> Job
     if image is None:
         raise NotFound("no such image of this job", code="image_not_found")
     return image
+
+
+CHART_DAYS = (7, 30, 90)
+
+
+def spend_chart(
+    session: Session, *, now: datetime, days: int, split: Literal["model", "key"]
+) -> dict[str, Any]:
+    """Spend per UTC day over the last ``days`` days, one series per model (or key), for
+    uPlot: ``x`` in epoch seconds, values in USD (display only; the tables carry exact
+    amounts)."""
+    last_day = now.astimezone(UTC).date()
+    first_day = last_day - timedelta(days=days - 1)
+    spends = usage.daily_spend(session, first_day=first_day, last_day=last_day, split=split)
+    day_list = [first_day + timedelta(days=offset) for offset in range(days)]
+    names = sorted({spend.name for spend in spends})
+    labels = {name: name for name in names}
+    if split == "key":
+        labels = dict(
+            session.execute(select(ApiKey.id, ApiKey.name).where(ApiKey.id.in_(names)))
+            .tuples()
+            .all()
+        )
+    values = {name: [0.0] * days for name in names}
+    for spend in spends:
+        values[spend.name][(spend.day - first_day).days] = spend.charged_nanos / 1e9
+    return {
+        "x": [int(datetime.combine(day, datetime.min.time(), UTC).timestamp()) for day in day_list],
+        "series": [{"label": labels.get(name, name), "values": values[name]} for name in names],
+    }

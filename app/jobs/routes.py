@@ -8,11 +8,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from app.billing.usage import parse_bound
 from app.core.db import end_read
 from app.core.errors import error_responses
 from app.core.images import in_format
-from app.core.orm import utcnow
 from app.http.body import StrictJSONRoute, read_body
 from app.http.deps import SessionDep, SettingsDep
 from app.http.sse import EventStreamResponse
@@ -169,14 +167,8 @@ def list_all_jobs(
     limit: Annotated[int, Query(description="1..100")] = 20,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
 ) -> AdminJobList:
-    filters = JobFilters(
-        api_key_id=key_id,
-        status=status,
-        model=model,
-        created_from=None if start is None else parse_bound(start, param="from", default=utcnow()),
-        created_to=None if to is None else parse_bound(to, param="to", default=utcnow()),
-        job_id=id,
-        prompt_contains=q,
+    filters = JobFilters.from_query(
+        key_id=key_id, status=status, model=model, start=start, end=to, job_id=id, prompt=q
     )
     jobs, next_cursor = service.list_all_jobs(session, filters=filters, limit=limit, cursor=cursor)
     return AdminJobList(data=service.to_admin_job_out(session, jobs), next_cursor=next_cursor)

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, load_only
 
 from app.billing.rules import Cost
 from app.billing.service import estimate, price_in_force
+from app.billing.usage import parse_bound
 from app.core import outbox
 from app.core.db import rows_affected
 from app.core.errors import Conflict, InvalidParameter, NotFound
@@ -185,6 +186,31 @@ class JobFilters:
     created_to: datetime | None = None
     job_id: str | None = None
     prompt_contains: str | None = None
+
+    @classmethod
+    def from_query(
+        cls,
+        *,
+        key_id: str | None,
+        status: str | None,
+        model: str | None,
+        start: str | None,
+        end: str | None,
+        job_id: str | None,
+        prompt: str | None,
+    ) -> JobFilters:
+        """The filters as a query string names them (``from``/``to``: a date, midnight UTC, or
+        an ISO time); an empty value, as a form sends for "any", leaves a filter out."""
+        now = utcnow()
+        return cls(
+            api_key_id=key_id or None,
+            status=status or None,
+            model=model or None,
+            created_from=parse_bound(start, param="from", default=now) if start else None,
+            created_to=parse_bound(end, param="to", default=now) if end else None,
+            job_id=job_id or None,
+            prompt_contains=prompt or None,
+        )
 
 
 PROMPT_SEARCH_MAX_CHARS = 200

@@ -14,43 +14,43 @@ document.addEventListener("submit", (event) => {
 });
 
 // Charts: data from <script type="application/json" id="...">, drawn by uPlot into the
-// element whose data-chart names it.
+// element whose data-chart names it, as stacked bars (the tallest drawn first, each series on
+// top of the ones before it); the legend shows each series' own value.
 const PALETTE = ["#3b5bdb", "#e67700", "#2b8a3e", "#c2255c", "#7048e8", "#0b7285", "#5c940d", "#862e9c"];
 
 function drawChart(element) {
   const source = document.getElementById(element.getAttribute("data-chart"));
   if (!source || typeof uPlot === "undefined") return;
   const data = JSON.parse(source.textContent);
-  if (!data.x.length) return;
-  // Stacked bars: each series is drawn as the running sum of the ones before it.
-  const stacked = [];
+  if (!data.series.length) return;
+  const cumulative = [];
   let running = data.x.map(() => 0);
-  for (const values of data.series.map((s) => s.values)) {
-    running = running.map((sum, i) => sum + values[i]);
-    stacked.push(running);
+  for (const series of data.series) {
+    running = running.map((sum, i) => sum + series.values[i]);
+    cumulative.push(running);
   }
-  const series = [{}].concat(
-    data.series.map((s, i) => ({
-      label: s.label,
-      stroke: PALETTE[i % PALETTE.length],
-      fill: PALETTE[i % PALETTE.length] + "55",
-      paths: uPlot.paths.bars({ size: [0.7, 60] }),
-      value: (u, v, si, idx) => (idx == null ? "" : "$" + data.series[si - 1].values[idx].toFixed(6)),
+  const order = data.series.map((_, i) => i).reverse();
+  const series = [{ label: "day" }].concat(
+    order.map((k) => ({
+      label: data.series[k].label,
+      stroke: PALETTE[k % PALETTE.length],
+      fill: PALETTE[k % PALETTE.length] + "cc",
+      paths: uPlot.paths.bars({ size: [0.7, 40] }),
+      points: { show: false },
+      value: (u, v, si, idx) => (idx == null ? "—" : "$" + data.series[k].values[idx].toFixed(6)),
     }))
   );
-  const ordered = stacked.slice().reverse();
-  const seriesOrdered = [series[0]].concat(series.slice(1).reverse());
-  const width = Math.max(320, element.clientWidth);
-  // eslint-disable-next-line no-new
   new uPlot(
     {
-      width,
+      width: Math.max(320, element.clientWidth),
       height: 280,
-      series: seriesOrdered,
+      series,
+      // Days are UTC days: label them in UTC, whatever the browser's own zone.
+      tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), "Etc/UTC"),
+      scales: { x: { time: true, range: (u, min, max) => [min - 43200, max + 43200] } },
       axes: [{}, { values: (u, ticks) => ticks.map((t) => "$" + t) }],
-      scales: { x: { time: true } },
     },
-    [data.x].concat(ordered),
+    [data.x].concat(order.map((k) => cumulative[k])),
     element
   );
 }
