@@ -7,6 +7,8 @@ Create Date: 2026-11-29
 
 from __future__ import annotations
 
+import logging
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -16,6 +18,8 @@ revision = "0008"
 down_revision = "0007"
 branch_labels = None
 depends_on = None
+
+logger = logging.getLogger("alembic.runtime.migration")
 
 
 def upgrade() -> None:
@@ -55,21 +59,38 @@ def upgrade() -> None:
     op.create_index("ix_charges_created_at", "charges", ["created_at"])
     op.create_index("ix_jobs_model_id", "jobs", ["model", "id"])
     if op.get_bind().dialect.name == "postgresql":
-        # Trigrams make a case-insensitive substring search of prompts an index lookup.
-        # pg_trgm is a trusted extension (PostgreSQL 13+): the database owner may create it.
-        op.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
-        op.create_index(
-            "ix_jobs_prompt_trgm",
-            "jobs",
-            ["prompt"],
-            postgresql_using="gin",
-            postgresql_ops={"prompt": "gin_trgm_ops"},
-        )
+        _prompt_trigrams()
+
+
+def _prompt_trigrams() -> None:
+    """Trigrams make a case-insensitive substring search of prompts an index lookup. pg_trgm
+    is a trusted extension (PostgreSQL 13+): the database owner may create it. Where it is
+    missing or not allowed, prompt search still works, by scanning."""
+    bind = op.get_bind()
+    available = bind.exec_driver_sql(
+        "SELECT 1 FROM pg_available_extensions WHERE name = 'pg_trgm'"
+    ).scalar()
+    if not available:
+        logger.warning("pg_trgm is not available: prompt search will scan the jobs")
+        return
+    try:
+        with bind.begin_nested():
+            bind.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+    except sa.exc.DBAPIError as error:
+        logger.warning("cannot create pg_trgm (%s): prompt search will scan the jobs", error)
+        return
+    op.create_index(
+        "ix_jobs_prompt_trgm",
+        "jobs",
+        ["prompt"],
+        postgresql_using="gin",
+        postgresql_ops={"prompt": "gin_trgm_ops"},
+    )
 
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
-        op.drop_index("ix_jobs_prompt_trgm", table_name="jobs")
+        op.execute("DROP INDEX IF EXISTS ix_jobs_prompt_trgm")
     op.drop_index("ix_jobs_model_id", table_name="jobs")
     op.drop_index("ix_charges_created_at", table_name="charges")
     op.drop_table("usage_rollup_state")
