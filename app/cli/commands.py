@@ -53,7 +53,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.http.limits import LimitedHttpToolsProtocol
-    from app.http.serve import serve
+    from app.http.serve import log_config, serve
 
     settings = get_settings()
     serve(
@@ -64,6 +64,7 @@ def cmd_api(args: argparse.Namespace) -> int:
             port=args.port,
             workers=args.workers,
             log_level=settings.log_level.lower(),
+            log_config=log_config(),
             proxy_headers=True,
             timeout_graceful_shutdown=30,
             http=LimitedHttpToolsProtocol,

@@ -7,9 +7,13 @@ wait on it).
 
 from __future__ import annotations
 
+import copy
+import logging
 import socket
+from typing import Any
 
 import uvicorn
+from uvicorn.config import LOGGING_CONFIG
 from uvicorn.supervisors import Multiprocess
 
 from app.core.settings import ConfigError
@@ -36,3 +40,25 @@ def serve(config: uvicorn.Config) -> None:
         Multiprocess(config, sockets=[sock]).run()
     else:
         uvicorn.Server(config).run(sockets=[sock])
+
+
+class WithoutQueryStrings(logging.Filter):
+    """uvicorn's access log lines without query strings: they can hold what must not be
+    logged (the text of a prompt search, a job id being looked for)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # uvicorn's access record: (client, method, path with query, HTTP version, status).
+        if isinstance(record.args, tuple) and len(record.args) == 5:
+            client, method, path, version, status = record.args
+            if isinstance(path, str):
+                record.args = (client, method, path.split("?", 1)[0], version, status)
+        return True
+
+
+def log_config() -> dict[str, Any]:
+    """uvicorn's logging configuration, its access log filtered (applied in every worker
+    process too)."""
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["without_query_strings"] = {"()": WithoutQueryStrings}
+    config["handlers"]["access"]["filters"] = ["without_query_strings"]
+    return config
