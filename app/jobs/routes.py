@@ -162,7 +162,7 @@ def list_all_jobs(
     to: Annotated[str | None, Query(description="created before: a date (UTC) or ISO time")] = None,
     id: Annotated[str | None, Query(description="one job id")] = None,
     q: Annotated[
-        str | None, Query(description="text the prompt contains (any case), 1..200 characters")
+        str | None, Query(description="text the prompt contains (any case), 3..200 characters")
     ] = None,
     limit: Annotated[int, Query(description="1..100")] = 20,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,

@@ -213,6 +213,9 @@ class JobFilters:
         )
 
 
+# Three characters at least: the trigram index (PostgreSQL) finds nothing shorter, and a rare
+# match would otherwise be looked for through every prompt.
+PROMPT_SEARCH_MIN_CHARS = 3
 PROMPT_SEARCH_MAX_CHARS = 200
 # Ids carry the millisecond they were made at, a moment after created_at was taken: a time
 # range also bounds the ids, with this slack, so the primary key's index narrows the scan.
@@ -257,8 +260,11 @@ def list_all_jobs(
         query = query.where(Job.created_at < filters.created_to, Job.id < id_floor("job", high))
     if filters.prompt_contains is not None:
         text = filters.prompt_contains
-        if not text or len(text) > PROMPT_SEARCH_MAX_CHARS:
-            raise InvalidParameter(f"q must be 1..{PROMPT_SEARCH_MAX_CHARS} characters", param="q")
+        if not PROMPT_SEARCH_MIN_CHARS <= len(text) <= PROMPT_SEARCH_MAX_CHARS:
+            raise InvalidParameter(
+                f"q must be {PROMPT_SEARCH_MIN_CHARS}..{PROMPT_SEARCH_MAX_CHARS} characters",
+                param="q",
+            )
         query = query.where(Job.prompt.ilike(_like_pattern(text), escape="\\"))
     return newest_first(session, query, id_column=Job.id, prefix="job", limit=limit, cursor=cursor)
 
