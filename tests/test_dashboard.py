@@ -4,10 +4,13 @@ stack, on PostgreSQL + Redis and on the embedded default. Every test's browser i
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -17,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
 from playwright.sync_api import Browser, Page
 
 from tests.harness.browser import Session, browser_session, chromium
@@ -32,9 +36,15 @@ CSP = (
 )
 PAGES = [
     "/admin",
+    "/admin?days=90&stack=key",
+    "/admin/usage",
+    "/admin/usage?group_by=hour&tz=Asia/Kolkata",
+    "/admin/usage/reconciliation",
     "/admin/keys",
+    "/admin/jobs",
     "/admin/webhooks",
     "/admin/prices",
+    "/admin/reconciliation",
 ]
 
 
@@ -65,6 +75,8 @@ def board(log_dir: Path, request: pytest.FixtureRequest) -> Iterator[Board]:
             # The first attempt at once, the next in ten minutes: a failing delivery stays
             # failing until someone redelivers it.
             webhook_retry_schedule="0,600",
+            # One login window for the whole run: the throttle test cannot straddle two.
+            admin_login_window_seconds="1000000000",
         ) as stack:
             yield Board(stack, stack.create_key("dashboard admin", "--admin"), receiver)
     finally:
@@ -177,8 +189,16 @@ def test_failed_logins_are_throttled_per_address(board: Board) -> None:
     origin = {"Origin": url}
     try:
         with httpx.Client(base_url=url, headers=origin) as client:
-            for _ in range(10):  # FLUXGATE_ADMIN_LOGIN_MAX_FAILURES' default
-                assert client.post("/admin/login", data={"key": "fgk_wrong"}).status_code == 401
+            assert client.post("/admin/login", data={"key": board.admin}).status_code == 303
+
+            def guess(_: int) -> int:
+                return client.post("/admin/login", data={"key": "fgk_wrong"}).status_code
+
+            # Sent at once, the guesses take turns: exactly the allowed number is checked
+            # (FLUXGATE_ADMIN_LOGIN_MAX_FAILURES' default, 10), a working login is no failure.
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                answers = sorted(pool.map(guess, range(16)))
+            assert answers == [401] * 10 + [429] * 6
             refused = client.post("/admin/login", data={"key": board.admin})
             assert refused.status_code == 429
             assert int(refused.headers["retry-after"]) > 0
@@ -258,8 +278,16 @@ def test_forms_without_the_token_or_from_another_origin_are_refused(
     with board.api() as api:
         names = [k["name"] for k in api.get("/v1/admin/keys").json()["data"]]
     assert name not in names
-    # The same form from the dashboard's own origin, with its token, goes through.
+    # htmx sends the token as a header: a wrong header is refused even beside a right field.
+    wrong = {"Origin": url, "X-CSRF-Token": "forged"}
+    assert post({"name": name, "csrf_token": token}, wrong) == 403
+    with board.api() as api:
+        names = [k["name"] for k in api.get("/v1/admin/keys").json()["data"]]
+    assert name not in names
+    # The same form from the dashboard's own origin, with its token, goes through; so does the
+    # token in the header alone.
     assert post({"name": name, "csrf_token": token}, {"Origin": url}) == 201
+    assert post({"name": f"{name} 2"}, {"Origin": url, "X-CSRF-Token": token}) == 201
 
 
 def test_a_form_on_another_origin_cannot_post_to_the_dashboard(
@@ -297,6 +325,57 @@ def test_a_form_on_another_origin_cannot_post_to_the_dashboard(
         server.server_close()
     with board.api() as api:
         assert name not in [k["name"] for k in api.get("/v1/admin/keys").json()["data"]]
+
+
+def test_bad_input_is_a_4xx_page_never_a_500(signed_in: Session, board: Board) -> None:
+    cookie = signed_in.cookie(COOKIE)
+    assert cookie is not None
+    bad = [
+        "/admin?days=8",
+        "/admin?days=x&stack=y",
+        "/admin/usage?tz=Mars/Base",
+        "/admin/usage?group_by=week",
+        "/admin/usage?from=2026-13-01",
+        "/admin/usage?to=9999-12-31T12:00:00Z",
+        "/admin/usage?from=0001-01-01T00:00:00Z&tz=America/New_York",
+        "/admin/usage.csv?tz=Asia/Tokyo&to=9999-12-31T23:30:00%2B00:00",
+        "/admin/usage?from=2026-11-02&to=2026-11-01",
+        "/admin/jobs?status=done",
+        "/admin/jobs?cursor=job_nope",
+        "/admin/jobs?q=ab",
+        "/admin/jobs?from=yesterday",
+        "/admin/jobs?q=%00",
+        "/admin/jobs/job_nope",
+        "/admin/jobs/x/images/output/99999999999999999999",
+        "/admin/jobs/x/images/output/-1",
+        "/admin/keys/key_nope",
+        "/admin/webhooks?status=lost",
+        "/admin/reconciliation?to=0001-01-05",
+        "/admin/reconciliation?from=9999-12-01&to=9999-12-31",
+        "/admin/reconciliation?day=9999-12-31",
+        "/admin/reconciliation?from=2026-11-10&to=2026-11-01",
+        "/admin/nothing-here",
+    ]
+    with httpx.Client(
+        base_url=board.stack.api_url, cookies={COOKIE: str(cookie["value"])}
+    ) as client:
+        for path in bad:
+            answer = client.get(path)
+            assert 400 <= answer.status_code < 500, (path, answer.status_code)
+            assert answer.headers["content-type"].startswith("text/html"), path
+            assert answer.headers["content-security-policy"] == CSP, path
+            assert 'role="alert"' in answer.text, path
+        posted = client.post(
+            "/admin/keys/key_nope", data={"name": "x"}, headers={"Origin": board.stack.api_url}
+        )
+        assert posted.status_code == 403  # no token: refused before anything is looked up
+
+
+def test_a_form_posted_after_the_session_ended_leads_back_to_a_page(board: Board) -> None:
+    with httpx.Client(base_url=board.stack.api_url, headers={"Origin": board.stack.api_url}) as c:
+        answer = c.post("/admin/keys/key_x/revoke", data={"csrf_token": "t"})
+    assert answer.status_code == 303
+    assert answer.headers["location"] == "/admin/login?next=%2Fadmin"
 
 
 def test_pages_carry_the_security_headers_and_no_inline_code(
@@ -587,18 +666,19 @@ def test_jobs_page_filters_and_pages_without_counting(signed_in: Session, board:
             for n in range(53)
         ]
         for job_id in ids:
-            wait_for_job(client, job_id, statuses=FINAL)
+            assert wait_for_job(client, job_id, statuses=FINAL)["status"] == "succeeded"
     [(key_id,)] = board.stack.sql("SELECT api_key_id FROM jobs WHERE id = :id", id=ids[0])
+    newest_first = sorted(ids, reverse=True)  # ids sort by creation time
 
     page = signed_in.go(f"/admin/jobs?key={key_id}")
     first = [row.get_attribute("data-job-id") for row in page.locator("tr[data-job-id]").all()]
-    assert first == list(reversed(ids))[:50]  # newest first, 50 a page
+    assert first == newest_first[:50]  # 50 a page
     # A thumbnail inside the page for each succeeded job: no request per row.
     assert page.locator("img.thumb[src^='data:image/webp;base64,']").count() == 50
     page.click("a[rel=next]")
     page.wait_for_load_state()
     rest = [row.get_attribute("data-job-id") for row in page.locator("tr[data-job-id]").all()]
-    assert rest == list(reversed(ids))[50:]
+    assert rest == newest_first[50:]
     assert f"key={key_id}" in page.url  # the filter stays in the URL
     assert page.locator("a[rel=next]").count() == 0
     # Thumbnails were made once.
@@ -629,6 +709,10 @@ def test_jobs_page_filters_and_pages_without_counting(signed_in: Session, board:
     with httpx.Client(base_url=board.stack.api_url) as anonymous:
         refused = anonymous.get(f"/admin/jobs?key={key_id}")
     assert refused.status_code == 303  # no session: to the login form
+    # What was searched for is not in the API's access log (query strings are left out).
+    api_log = board.stack.process("api").log()
+    assert "GET /admin/jobs HTTP/1.1" in api_log
+    assert word not in api_log
 
 
 def test_reconciliation_page_shows_the_ledger_per_day(signed_in: Session, board: Board) -> None:
@@ -666,3 +750,46 @@ def test_overview_draws_the_spend_chart_in_utc_days(signed_in: Session, board: B
     today_total = sum(series["values"][-1] for series in data["series"])
     shown = _money(page.locator("[data-figure=spend-today]").inner_text())
     assert round(today_total * 10**9) == shown
+
+
+# ---- screenshots -------------------------------------------------------------------------
+
+SCREENSHOTS = [
+    ("overview", "/admin?days=7&stack=model"),
+    ("usage", "/admin/usage?group_by=model"),
+    ("keys", "/admin/keys"),
+    ("jobs", "/admin/jobs"),
+    ("webhooks", "/admin/webhooks?status="),
+]
+
+
+def test_screenshots_of_the_pages(board: Board, browser: Browser, tmp_path: Path) -> None:
+    """Each page, rendered with some data, as the README shows it. The files land in
+    ``tmp_path``, and also in the folder ``FLUXGATE_SCREENSHOTS`` names (how the README's
+    docs/dashboard/*.png are made)."""
+    budgeted = board.stack.create_key("checkout service", "--budget-usd", "0.01")
+    with board.api(budgeted) as client:
+        run_job(client, prompt="a product shot of a ceramic mug, studio light")
+        run_job(client, model="flux-2-dev", steps=4, prompt="a mug on a wooden table")
+    with board.api(board.stack.create_key("marketing site")) as client:
+        run_job(client, model="flux-2-klein-9b", prompt="a lighthouse at dusk, watercolour")
+        run_job(client, width=1024, height=768, prompt="a city skyline at night")
+    target = os.environ.get("FLUXGATE_SCREENSHOTS")
+    with browser_session(browser, board.stack.api_url) as web:
+        web.page.set_viewport_size({"width": 1280, "height": 800})
+        web.log_in(board.admin)
+        for name, path in SCREENSHOTS:
+            page = web.go(path)
+            page.wait_for_load_state("networkidle")
+            assert page.locator("h1").count() == 1
+            assert "error" not in page.title().lower()
+            shot = tmp_path / f"{name}.png"
+            page.screenshot(path=str(shot), full_page=True)
+            with Image.open(shot) as image:
+                assert image.width == 1280
+                assert image.height >= 800
+                assert len(image.getcolors(1 << 16) or range(1 << 16)) > 16  # not a blank page
+            if target:
+                Path(target).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(shot, Path(target) / shot.name)
+        assert web.problems() == []

@@ -156,11 +156,17 @@ def window(*, start: str | None, end: str | None, tz: str | None, now: datetime)
     this month so far in ``tz``."""
     zone = parse_tz(tz)
     default_start, default_end = default_window(now, zone)
-    return Window(
+    span = Window(
         start=parse_bound(start, param="from", default=default_start, tz=zone),
         end=parse_bound(end, param="to", default=default_end, tz=zone),
         tz=zone,
     )
+    # Checked here, before anything works out local days around the bounds.
+    if span.start < EARLIEST:
+        raise InvalidParameter("from must be 1970-01-01 or later", param="from")
+    if span.end > LATEST:
+        raise InvalidParameter("to must be before the year 9000", param="to")
+    return span
 
 
 def _ceil_hour(at: datetime) -> datetime:
@@ -498,6 +504,8 @@ def as_csv(rows: list[UsageRow], *, group_by: GroupBy) -> str:
 class DailySpend:
     day: date  # UTC
     name: str  # the model, or the key id
+    jobs: int
+    output_tiles: int
     charged_nanos: int
 
 
@@ -510,27 +518,35 @@ def _utc_day(column: Any, dialect: str) -> ColumnElement[Any]:
 def daily_spend(
     session: Session, *, first_day: date, last_day: date, split: Literal["model", "key"]
 ) -> list[DailySpend]:
-    """Charged nano-USD per UTC day and model (or key), ``first_day`` to ``last_day``: the
-    rollup below its watermark, the ledger above it (UTC days are whole hours: no hour splits)."""
+    """Charged jobs, output tiles and nano-USD per UTC day and model (or key), ``first_day`` to
+    ``last_day``: the rollup below its watermark, the ledger above it (UTC days are whole
+    hours: no hour splits)."""
     if last_day < first_day:
         raise InvalidParameter("to must not be before from", param="to")
     dialect = session.get_bind().dialect.name
     start = local_midnight(first_day, UTC)
     end = local_midnight(last_day + timedelta(days=1), UTC)
     rolled_until = min(max(watermark(session) or start, start), end)
-    sums: dict[tuple[date, str], int] = {}
+    sums: dict[tuple[date, str], tuple[int, int, int]] = {}
 
     def add(rows: Iterable[Any]) -> None:
-        for day, name, nanos in rows:
+        for day, name, jobs, tiles, nanos in rows:
             key = (date.fromisoformat(str(day)[:10]), str(name))
-            sums[key] = sums.get(key, 0) + int(nanos)
+            before = sums.get(key, (0, 0, 0))
+            sums[key] = (before[0] + int(jobs), before[1] + int(tiles), before[2] + int(nanos))
 
     rolled_name = UsageHour.model if split == "model" else UsageHour.api_key_id
     if rolled_until > start:
         day = _utc_day(UsageHour.hour_start, dialect)
         add(
             session.execute(
-                select(day, rolled_name, func.sum(UsageHour.charged_nanos))
+                select(
+                    day,
+                    rolled_name,
+                    func.sum(UsageHour.jobs),
+                    func.sum(UsageHour.output_tiles),
+                    func.sum(UsageHour.charged_nanos),
+                )
                 .where(UsageHour.hour_start >= start, UsageHour.hour_start < rolled_until)
                 .group_by(day, rolled_name)
             )
@@ -540,9 +556,16 @@ def daily_spend(
         name = Charge.model if split == "model" else Charge.api_key_id
         add(
             session.execute(
-                select(day, name, func.sum(Charge.amount_nanos))
+                select(
+                    day,
+                    name,
+                    func.count(Charge.id),
+                    func.coalesce(func.sum(Job.output_tiles), 0),
+                    func.sum(Charge.amount_nanos),
+                )
+                .join(Job, Job.id == Charge.job_id)
                 .where(Charge.created_at >= rolled_until, Charge.created_at < end)
                 .group_by(day, name)
             )
         )
-    return [DailySpend(day, name, nanos) for (day, name), nanos in sorted(sums.items())]
+    return [DailySpend(day, name, *totals) for (day, name), totals in sorted(sums.items())]

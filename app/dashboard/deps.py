@@ -42,8 +42,9 @@ def get_current(request: Request, session: SessionDep, settings: SettingsDep) ->
         else sessions.current(session, token=token, now=utcnow(), policy=session_policy(settings))
     )
     if current is None:
+        # Back to the page after login; a form's target is no page to go back to.
         query = f"?{request.url.query}" if request.url.query else ""
-        raise LoginRequired(request.url.path + query)
+        raise LoginRequired(request.url.path + query if request.method == "GET" else "/admin")
     return current
 
 

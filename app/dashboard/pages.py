@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from app.dashboard.rendering import render
-from app.dashboard.security import DASHBOARD_PREFIX
+from app.dashboard.security import DASHBOARD_PREFIX, PAGE_HEADERS
 
 
 def is_dashboard(path: str) -> bool:
@@ -30,7 +30,8 @@ def error_page(
         "error.html",
         current=None,
         status_code=status,
-        headers=dict(headers or {}),
+        # Set here too: a 500 is answered outside the middleware that adds them to pages.
+        headers={**PAGE_HEADERS, "cache-control": "no-store", **(headers or {})},
         title=heading,
         status=status,
         heading=heading,

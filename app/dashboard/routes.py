@@ -4,12 +4,13 @@ a secret is shown once."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, Form, Query, Request
+from fastapi import APIRouter, Depends, Form, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from sqlalchemy.orm import Session
 
@@ -34,6 +35,8 @@ from app.webhooks import service as webhooks
 router = APIRouter(prefix=security.DASHBOARD_PREFIX, include_in_schema=False)
 
 JOBS_PER_PAGE = 50
+# A time that names its offset: ...Z or ...+05:30 / -05:00.
+NAMED_ZONE = re.compile(r"(?:[zZ]|[+-]\d\d:?\d\d)$")
 # Offered in the Usage page's time zone field (any IANA name is taken).
 COMMON_ZONES = (
     "UTC",
@@ -78,7 +81,7 @@ def log_in(
     opened = sessions.log_in(
         session,
         presented=key,
-        address=request.client.host if request.client else "unknown",
+        address=sessions.throttled_address(request.client.host if request.client else None),
         now=utcnow(),
         policy=session_policy(settings),
         max_failures=settings.admin_login_max_failures,
@@ -302,7 +305,7 @@ async def add_price(request: Request, current: FormDep, session: SessionDep) -> 
     form = dict((await request.form()).items())
     when = form.get("effective_from")
     # The form's time is UTC, as its label says; a browser's datetime-local has no zone.
-    if isinstance(when, str) and when and not when.endswith(("Z", "z")) and "+" not in when:
+    if isinstance(when, str) and when and not NAMED_ZONE.search(when):
         form["effective_from"] = f"{when}Z"
     try:
         spec = to_schema(PriceCreate, form, fields=(*PRICE_FIELDS, "per_step"), flags=("per_step",))
@@ -376,13 +379,18 @@ def job_page(
 
 @router.get("/jobs/{job_id}/images/{role}/{position}")
 def job_image(
-    job_id: str, role: str, position: int, current: CurrentDep, session: SessionDep
+    job_id: str,
+    role: str,
+    position: Annotated[int, Path(ge=0, le=99)],
+    current: CurrentDep,
+    session: SessionDep,
 ) -> Response:
     image = views.job_image(session, job_id=job_id, role=role, position=position)
     return Response(
         image.data,
         media_type=image.content_type,
-        headers={"Cache-Control": "private, max-age=3600", "ETag": f'"{image.sha256}"'},
+        # Not kept by the browser: after logout nothing of a job stays on the machine.
+        headers={"Cache-Control": "no-store"},
     )
 
 
@@ -559,7 +567,7 @@ def reconciliation_page(
 ) -> HTMLResponse:
     today = utcnow().date()
     last_day = _day(to, "to") or today
-    first_day = _day(start, "from") or last_day - timedelta(days=29)
+    first_day = _day(start, "from") or max(last_day - timedelta(days=29), usage.EARLIEST.date())
     selected = _day(day, "day")
     keys = key_service.list_keys(session)
     return render(
@@ -584,6 +592,9 @@ def _day(value: str | None, param: str) -> date | None:
     if not value:
         return None
     try:
-        return date.fromisoformat(value)
+        day = date.fromisoformat(value)
     except ValueError:
         raise InvalidParameter(f"{param} must be a date like 2026-11-01", param=param) from None
+    if not usage.EARLIEST.date() <= day < usage.LATEST.date():
+        raise InvalidParameter(f"{param} must be from 1970 to 8999", param=param)
+    return day

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.core.db import rows_affected
 from app.core.errors import FluxgateError
 from app.dashboard.models import AdminSession, LoginFailure
 from app.keys.models import ApiKey
@@ -65,15 +65,14 @@ def log_in(
     max_failures: int,
     window: timedelta,
 ) -> Opened | None:
-    """A new session for a live admin key, or ``None`` (the failure is counted). Raises
-    :class:`TooManyLogins` once ``address`` has failed ``max_failures`` times in its window."""
+    """A new session for a live admin key, or ``None`` (the failure stays counted). Raises
+    :class:`TooManyLogins` once ``address`` has failed ``max_failures`` times in its window.
+
+    The attempt is counted before the key is checked, in one statement that locks the
+    address's row until the request commits: parallel guesses take turns, none gets past the
+    limit by being checked against the same count."""
     window_start = _window_start(now, window)
-    failures = session.scalar(
-        select(LoginFailure.count).where(
-            LoginFailure.address == address, LoginFailure.window_start == window_start
-        )
-    )
-    if failures is not None and failures >= max_failures:
+    if _count_attempt(session, address=address, window_start=window_start, by=1) > max_failures:
         wait = int((window_start + window - now).total_seconds()) + 1
         raise TooManyLogins(
             f"too many failed logins from this address; try again in {wait}s",
@@ -81,10 +80,14 @@ def log_in(
         )
     api_key = authenticate(session, presented=presented.strip())
     if api_key is None or not api_key.is_admin:
-        _count_failure(session, address=address, window_start=window_start)
         return None
-    # Expired sessions are cleared here, where sessions are made: no job needed to do it.
-    session.execute(delete(AdminSession).where(AdminSession.expires_at <= now))
+    _count_attempt(session, address=address, window_start=window_start, by=-1)  # not a failure
+    # Ended sessions are cleared here, where sessions are made: no job needed to do it.
+    session.execute(
+        delete(AdminSession).where(
+            or_(AdminSession.expires_at <= now, AdminSession.last_seen_at <= now - policy.idle)
+        )
+    )
     token = secrets.token_urlsafe(32)
     admin_session = AdminSession(
         token_hash=_hash(token),
@@ -99,28 +102,45 @@ def log_in(
     return Opened(token=token, admin_session=admin_session)
 
 
+def throttled_address(host: str | None) -> str:
+    """Whom failed logins are counted against: the client's address, or its /64 for IPv6
+    (one host usually holds a whole /64, and could otherwise pick a fresh address per guess)."""
+    if host is None:
+        return "unknown"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host[:64]
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
 def _window_start(now: datetime, window: timedelta) -> datetime:
     seconds = int(window.total_seconds())
     epoch = int(now.timestamp())
     return datetime.fromtimestamp(epoch - epoch % seconds, tz=now.tzinfo)
 
 
-def _count_failure(session: Session, *, address: str, window_start: datetime) -> None:
+def _count_attempt(session: Session, *, address: str, window_start: datetime, by: int) -> int:
+    """Add ``by`` to the address's count in the window; the count after it."""
     counted = session.execute(
         update(LoginFailure)
         .where(LoginFailure.address == address, LoginFailure.window_start == window_start)
-        .values(count=LoginFailure.count + 1)
+        .values(count=LoginFailure.count + by)
+        .returning(LoginFailure.count)
         .execution_options(synchronize_session=False)
-    )
-    if rows_affected(counted) == 1:
-        return
-    # The first failure of a window: older windows of every address are done with.
+    ).scalar_one_or_none()
+    if counted is not None:
+        return int(counted)
+    # The first attempt of a window: older windows of every address are done with.
     session.execute(delete(LoginFailure).where(LoginFailure.window_start < window_start))
     try:
         with session.begin_nested():
-            session.add(LoginFailure(address=address, window_start=window_start, count=1))
-    except IntegrityError:  # a concurrent failure made the row first
-        _count_failure(session, address=address, window_start=window_start)
+            session.add(LoginFailure(address=address, window_start=window_start, count=by))
+    except IntegrityError:  # a concurrent attempt made the row first
+        return _count_attempt(session, address=address, window_start=window_start, by=by)
+    return by
 
 
 def current(

@@ -56,27 +56,34 @@ def _ms_between(session: Session, start: Any, end: Any) -> ColumnElement[float]:
     return cast((func.julianday(end) - func.julianday(start)) * 86_400_000.0, Float)
 
 
-def _percentiles(session: Session, value: ColumnElement[Any], *conditions: Any) -> Percentiles:
-    """p50 and p95 of ``value`` over the rows matching ``conditions``: in the database where it
-    can (PostgreSQL), else over the fetched values (SQLite, the embedded default's scale)."""
+def _percentiles(
+    session: Session, measures: list[tuple[ColumnElement[Any], ColumnElement[bool]]], *where: Any
+) -> list[Percentiles]:
+    """p50 and p95 of each ``(value, condition)`` over the rows matching ``where``, in one
+    pass: in the database where it can (PostgreSQL), else over the fetched values (SQLite, the
+    embedded default's scale)."""
     if session.get_bind().dialect.name == "postgresql":
-        row = session.execute(
-            select(
-                func.percentile_cont(0.5).within_group(value),
-                func.percentile_cont(0.95).within_group(value),
-            ).where(*conditions)
-        ).one()
-        return Percentiles(
-            p50=None if row[0] is None else float(row[0]),
-            p95=None if row[1] is None else float(row[1]),
-        )
-    values = sorted(float(v) for v in session.scalars(select(value).where(*conditions)))
-    if not values:
-        return Percentiles(None, None)
-    if len(values) == 1:
-        return Percentiles(values[0], values[0])
-    cuts = statistics.quantiles(values, n=100, method="inclusive")
-    return Percentiles(p50=statistics.median(values), p95=cuts[94])
+        columns = [
+            func.percentile_cont(fraction).within_group(value).filter(condition)
+            for value, condition in measures
+            for fraction in (0.5, 0.95)
+        ]
+        row = session.execute(select(*columns).where(*where)).one()
+        found = [None if value is None else float(value) for value in row]
+        return [Percentiles(found[i], found[i + 1]) for i in range(0, len(found), 2)]
+    picked = [case((condition, value), else_=None) for value, condition in measures]
+    rows = session.execute(select(*picked).where(*where)).all()
+    results = []
+    for index in range(len(measures)):
+        values = sorted(float(row[index]) for row in rows if row[index] is not None)
+        if not values:
+            results.append(Percentiles(None, None))
+        elif len(values) == 1:
+            results.append(Percentiles(values[0], values[0]))
+        else:
+            cuts = statistics.quantiles(values, n=100, method="inclusive")
+            results.append(Percentiles(p50=statistics.median(values), p95=cuts[94]))
+    return results
 
 
 def health(session: Session, *, now: datetime) -> Health:
@@ -97,12 +104,22 @@ def health(session: Session, *, now: datetime) -> Health:
         ).where(JobAttempt.ended_at >= since)
     ).one()
     attempts = int(attempts_row[0])
-    started = and_(recent, Job.started_at.is_not(None))
+    started = Job.started_at.is_not(None)
     succeeded_once = and_(
-        recent, Job.status == JobStatus.SUCCEEDED, Job.attempts == 1, Job.upstream_ms.is_not(None)
+        Job.status == JobStatus.SUCCEEDED, Job.attempts == 1, Job.upstream_ms.is_not(None)
     )
     queue_wait = _ms_between(session, Job.created_at, Job.started_at)
     total = _ms_between(session, Job.created_at, Job.completed_at)
+    upstream = cast(Job.upstream_ms, Float)
+    waits, upstreams, overheads = _percentiles(
+        session,
+        [
+            (queue_wait, started),
+            (upstream, succeeded_once),
+            (total - queue_wait - upstream, succeeded_once),
+        ],
+        recent,
+    )
     backlog = dict(
         session.execute(
             select(Job.status, func.count())
@@ -116,11 +133,9 @@ def health(session: Session, *, now: datetime) -> Health:
         attempts=attempts,
         rate_429=None if attempts == 0 else int(attempts_row[1] or 0) / attempts,
         rate_5xx=None if attempts == 0 else int(attempts_row[2] or 0) / attempts,
-        queue_wait_ms=_percentiles(session, queue_wait, started),
-        upstream_ms=_percentiles(session, cast(Job.upstream_ms, Float), succeeded_once),
-        overhead_ms=_percentiles(
-            session, total - queue_wait - cast(Job.upstream_ms, Float), succeeded_once
-        ),
+        queue_wait_ms=waits,
+        upstream_ms=upstreams,
+        overhead_ms=overheads,
         queued_now=int(backlog.get(JobStatus.QUEUED, 0)),
         running_now=int(backlog.get(JobStatus.RUNNING, 0)),
     )
@@ -355,41 +370,41 @@ def job_page(session: Session, *, job: Job) -> JobPage:
 
 
 @dataclass(frozen=True)
+class ModelSpend:
+    model: str
+    jobs: int
+    output_tiles: int
+    charged_nanos: int
+
+
+@dataclass(frozen=True)
 class Spend:
     today_nanos: int
     month_nanos: int
     last_30_days_nanos: int
-    by_model: list[usage.UsageRow]  # the last 30 days
+    by_model: list[ModelSpend]  # the last 30 days
 
 
 def spend(session: Session, *, now: datetime) -> Spend:
-    """Charged USD from the ledger: today and this month (UTC), and the last 30 days by model."""
-    today = datetime(now.year, now.month, now.day, tzinfo=UTC)
-    month = datetime(now.year, now.month, 1, tzinfo=UTC)
-    end = now + timedelta(seconds=1)
-
-    def total(start: datetime) -> int:
-        rows = usage.usage(session, start=start, end=end, group_by="model")
-        return sum(row.charged_nanos for row in rows)
-
-    by_model = usage.usage(session, start=today - timedelta(days=29), end=end, group_by="model")
+    """Charged USD today and this month (UTC), and in the last 30 UTC days by model: one read
+    of the days' sums (the rollup, and the ledger past it)."""
+    today = now.astimezone(UTC).date()
+    month = today.replace(day=1)
+    thirty = today - timedelta(days=29)
+    days = usage.daily_spend(session, first_day=min(month, thirty), last_day=today, split="model")
+    models: dict[str, list[int]] = {}
+    for day in days:
+        if day.day >= thirty:
+            sums = models.setdefault(day.name, [0, 0, 0])
+            sums[0] += day.jobs
+            sums[1] += day.output_tiles
+            sums[2] += day.charged_nanos
     return Spend(
-        today_nanos=total(today),
-        month_nanos=total(month),
-        last_30_days_nanos=sum(row.charged_nanos for row in by_model),
-        by_model=by_model,
+        today_nanos=sum(day.charged_nanos for day in days if day.day == today),
+        month_nanos=sum(day.charged_nanos for day in days if day.day >= month),
+        last_30_days_nanos=sum(day.charged_nanos for day in days if day.day >= thirty),
+        by_model=[ModelSpend(model, *sums) for model, sums in sorted(models.items())],
     )
-
-
-def job_image(session: Session, *, job_id: str, role: str, position: int) -> JobImage:
-    image = session.scalar(
-        select(JobImage).where(
-            JobImage.job_id == job_id, JobImage.role == role, JobImage.position == position
-        )
-    )
-    if image is None:
-        raise NotFound("no such image of this job", code="image_not_found")
-    return image
 
 
 CHART_DAYS = (7, 30, 90)
@@ -420,3 +435,14 @@ def spend_chart(
         "x": [int(datetime.combine(day, datetime.min.time(), UTC).timestamp()) for day in day_list],
         "series": [{"label": labels.get(name, name), "values": values[name]} for name in names],
     }
+
+
+def job_image(session: Session, *, job_id: str, role: str, position: int) -> JobImage:
+    image = session.scalar(
+        select(JobImage).where(
+            JobImage.job_id == job_id, JobImage.role == role, JobImage.position == position
+        )
+    )
+    if image is None:
+        raise NotFound("no such image of this job", code="image_not_found")
+    return image

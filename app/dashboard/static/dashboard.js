@@ -48,7 +48,14 @@ function drawChart(element) {
       // Days are UTC days: label them in UTC, whatever the browser's own zone.
       tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), "Etc/UTC"),
       scales: { x: { time: true, range: (u, min, max) => [min - 43200, max + 43200] } },
-      axes: [{}, { values: (u, ticks) => ticks.map((t) => "$" + t) }],
+      axes: [
+        {
+          // One label a day (or a week, or a month), as the UTC date.
+          incrs: [86400, 7 * 86400, 30 * 86400],
+          values: (u, ticks) => ticks.map((t) => new Date(t * 1000).toISOString().slice(5, 10)),
+        },
+        { size: 70, values: (u, ticks) => ticks.map((t) => "$" + t) },
+      ],
     },
     [data.x].concat(order.map((k) => cumulative[k])),
     element
