@@ -304,6 +304,51 @@ def http_timings(api_url: str, admin_key: str, *, first_day: date, last_day: dat
     return results
 
 
+def page_timings(api_url: str, admin_key: str, *, first_day: date, last_day: date,
+                 job_id: str, key_id: str) -> list[Timed]:  # fmt: skip
+    """The dashboard's pages, as a browser asks for them: signed in once (the session cookie),
+    each page one request (the Usage page's reconciliation line is its own, loaded after)."""
+    results: list[Timed] = []
+    with httpx.Client(base_url=api_url, timeout=300, headers={"Origin": api_url}) as browser:
+        login = browser.post("/admin/login", data={"key": admin_key})
+        if login.status_code != 303:
+            raise RuntimeError(f"dashboard login: HTTP {login.status_code}")
+
+        def page(name: str, path: str) -> None:
+            def call() -> httpx.Response:
+                response = browser.get(path)
+                if response.status_code != 200:
+                    raise RuntimeError(f"{path}: HTTP {response.status_code}")
+                return response
+
+            results.append(time_call(name, call, lambda r: f"{len(r.content) // 1024} KiB"))
+
+        window = f"from={first_day.isoformat()}&to={(last_day + timedelta(days=1)).isoformat()}"
+        page("Overview (30 days by model)", "/admin")
+        page("Overview, 90 days by key", "/admin?days=90&stack=key")
+        page("Usage, this month by day (default)", "/admin/usage")
+        page("  its reconciliation line", "/admin/usage/reconciliation")
+        page(f"Usage, {DAYS} days by day, UTC", f"/admin/usage?{window}&group_by=day")
+        page(f"Usage, {DAYS} days by key, Asia/Kolkata",
+             f"/admin/usage?{window}&group_by=key&tz=Asia/Kolkata")  # fmt: skip
+        page(f"  its reconciliation line ({DAYS} days)",
+             f"/admin/usage/reconciliation?{window}&group_by=key&tz=Asia/Kolkata")  # fmt: skip
+        page(f"Usage CSV, {DAYS} days by day", f"/admin/usage.csv?{window}&group_by=day")
+        page("Keys", "/admin/keys")
+        page("Jobs, first page", "/admin/jobs")
+        page("Jobs, one key and failed", f"/admin/jobs?key={key_id}&status=failed")
+        page("Jobs, prompt search", "/admin/jobs?q=Lighthouse")
+        page("Job page", f"/admin/jobs/{job_id}")
+        page("Webhooks (failing)", "/admin/webhooks")
+        page("Prices", "/admin/prices")
+        page("Reconciliation (30 days)", "/admin/reconciliation")
+        days = f"from={first_day.isoformat()}&to={last_day.isoformat()}"
+        page(f"Reconciliation ({DAYS} days)", f"/admin/reconciliation?{days}")
+        page("Reconciliation, one day's jobs",
+             f"/admin/reconciliation?day={(last_day - timedelta(days=1)).isoformat()}")  # fmt: skip
+    return results
+
+
 def service_timings(database_url: str, *, first_day: date, last_day: date) -> list[Timed]:
     engine = make_engine(normalize_database_url(database_url))
     sessions = sessionmaker(bind=engine)
@@ -424,12 +469,22 @@ def main(argv: list[str] | None = None) -> int:
                     stack.api_url, admin_key, first_day=first_day, last_day=last_day,
                     database_url=url,
                 )  # fmt: skip
+                with psycopg.connect(url) as conn:
+                    job_id, key_id = conn.execute(
+                        "SELECT id, api_key_id FROM jobs WHERE status = 'succeeded'"
+                        " ORDER BY id DESC LIMIT 1"
+                    ).fetchone() or ("", "")
+                pages = page_timings(
+                    stack.api_url, admin_key, first_day=first_day, last_day=last_day,
+                    job_id=job_id, key_id=key_id,
+                )  # fmt: skip
             finally:
                 stack.close()
             services = service_timings(url, first_day=first_day, last_day=last_day)
     finally:
         shutil.rmtree(log_dir, ignore_errors=True)
     report["http"] = [vars(row) for row in http]
+    report["pages"] = [vars(row) for row in pages]
     report["services"] = [vars(row) for row in services]
     if args.json:
         print(json.dumps(report, indent=2, default=str))
@@ -440,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"seeding: {seeding}; rollup: {report['rollup']['rows']:,} rows in "
               f"{report['rollup']['seconds']:.1f}s")  # fmt: skip
     print_table("Over HTTP (API process, PostgreSQL)", http)
+    print_table("Dashboard pages over HTTP (signed in)", pages)
     print_table("Services, in process", services)
     return 0
 
