@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
-from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
 from app.billing import service as billing_service
@@ -26,6 +25,7 @@ from app.core.errors import error_responses
 from app.core.orm import utcnow
 from app.http.body import StrictJSONRoute
 from app.http.deps import SessionDep
+from app.http.downloads import CsvDownload
 from app.keys.deps import AdminKeyDep, ApiKeyDep
 from app.upstream import catalog
 
@@ -61,11 +61,7 @@ def _usage_response(
         api_key_id=api_key_id,
     )
     if as_csv:
-        return StreamingResponse(
-            usage.csv_lines(rows, group_by=group_by),
-            media_type="text/csv",
-            headers={"Content-Disposition": 'attachment; filename="fluxgate-usage.csv"'},
-        )
+        return CsvDownload(usage.csv_lines(rows, group_by=group_by), filename="fluxgate-usage.csv")
     return usage_out(rows, start=span.start, end=span.end, group_by=group_by, tz=span.tz.key)
 
 

@@ -496,10 +496,6 @@ def csv_lines(rows: Iterable[UsageRow], *, group_by: GroupBy) -> Iterator[str]:
         )
 
 
-def as_csv(rows: list[UsageRow], *, group_by: GroupBy) -> str:
-    return "".join(csv_lines(rows, group_by=group_by))
-
-
 @dataclass(frozen=True)
 class DailySpend:
     day: date  # UTC

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Form, Path, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
 from app.billing import reconciliation, usage
@@ -24,6 +24,7 @@ from app.dashboard.deps import CurrentDep, FormDep, session_policy, session_toke
 from app.dashboard.forms import to_schema
 from app.dashboard.rendering import render
 from app.http.deps import SessionDep, SettingsDep
+from app.http.downloads import CsvDownload
 from app.jobs import service as job_service
 from app.jobs.models import Job, JobStatus
 from app.jobs.service import JobFilters
@@ -549,11 +550,7 @@ def usage_reconciliation(
 @router.get("/usage.csv")
 def usage_csv(current: CurrentDep, session: SessionDep, view: UsageViewDep) -> Response:
     rows = _usage_rows(session, view, view.group_by)
-    return StreamingResponse(
-        usage.csv_lines(rows, group_by=view.group_by),
-        media_type="text/csv",
-        headers={"Content-Disposition": 'attachment; filename="fluxgate-usage.csv"'},
-    )
+    return CsvDownload(usage.csv_lines(rows, group_by=view.group_by), filename="fluxgate-usage.csv")
 
 
 @router.get("/reconciliation", response_class=HTMLResponse)
