@@ -24,6 +24,7 @@ from PIL import Image
 from playwright.sync_api import Browser, Page
 
 from tests.harness.browser import Session, browser_session, chromium
+from tests.harness.images import b64, picture
 from tests.harness.processes import free_port, wait_until
 from tests.harness.stack import Stack, running_gateway
 from tests.helpers import FINAL, wait_for_job
@@ -493,6 +494,28 @@ def test_a_job_page_explains_its_charge(signed_in: Session, board: Board) -> Non
     assert "attempt 1 ended" in page.locator(".timeline").inner_text()
     image = page.locator("img[alt='output image']")
     assert image.evaluate("img => img.complete && img.naturalWidth") == 1024
+
+
+def test_an_edit_job_page_shows_its_inputs_and_prices_them(
+    signed_in: Session, board: Board
+) -> None:
+    with board.api(board.stack.create_key("editor")) as client:
+        job = run_job(
+            client,
+            model="flux-2-klein-9b",
+            input_images=[b64(picture(300, 400)), b64(picture(1800, 900, fmt="JPEG"))],
+        )
+    page = signed_in.go(f"/admin/jobs/{job['id']}")
+    lines = {
+        row.locator("td").first.inner_text(): [c.inner_text() for c in row.locator("td").all()]
+        for row in page.locator("[data-explain] tbody tr").all()
+    }
+    # klein-9b bills input by the megapixel: the stored (downscaled) inputs, one each.
+    assert lines["input megapixels"][1] == "2"
+    assert _money(page.locator("[data-total]").inner_text()) == _money(f"${job['cost']['charged']}")
+    for position in (0, 1):
+        image = page.locator(f"img[alt='input image {position + 1}']")
+        assert image.evaluate("img => img.complete && img.naturalWidth > 0")
 
 
 def test_a_failing_delivery_is_redelivered_from_the_page(signed_in: Session, board: Board) -> None:
