@@ -1,7 +1,7 @@
 """Every table, imported in one place: where the session factory is built (app/core/db.py)
 and by Alembic, so relationships and foreign keys across domains always resolve."""
 
-from app.billing.models import BudgetPeriod, Charge, Price, UsageHour, UsageRollupState
+from app.billing.models import BudgetPeriod, Charge, LedgerHour, Price, UsageHour, UsageRollupState
 from app.core.orm import Base
 from app.dashboard.models import AdminSession, JobThumbnail, LoginFailure
 from app.jobs.models import IdempotencyKey, ImageLink, Job, JobAttempt, JobImage
@@ -21,6 +21,7 @@ __all__ = [
     "JobAttempt",
     "JobImage",
     "JobThumbnail",
+    "LedgerHour",
     "LoginFailure",
     "Price",
     "RateWindow",

@@ -404,6 +404,11 @@ def run_rollup(database_url: str) -> tuple[float, int]:
                 result = rollup.roll_up(session, now=now)
             rows += result.rows
             if result.rolled_until == rollup.floor_hour(now - rollup.ROLLUP_GRACE):
+                break
+        while True:  # and the ledger's own hourly sums, as beat does after the rollup
+            with sessionmaker(bind=engine).begin() as session:
+                checked = rollup.check_ledger(session, now=now)
+            if checked.rolled_until == rollup.floor_hour(now - rollup.LEDGER_CHECK_LAG):
                 return time.monotonic() - began, rows
     finally:
         engine.dispose()

@@ -40,6 +40,7 @@ TABLES = {
     "job_thumbnails",
     "usage_hours",
     "usage_rollup_state",
+    "ledger_hours",
     "alembic_version",
 }
 

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.billing import reconciliation, rollup, usage
-from app.billing.models import Charge, Price, UsageHour
+from app.billing.models import Charge, LedgerHour, Price, UsageHour
 from app.core.db import make_engine
 from app.core.errors import InvalidParameter
 from app.core.ids import new_id
@@ -469,3 +469,75 @@ def test_a_backlog_is_rolled_up_a_week_a_pass(sessions: sessionmaker[Session]) -
     ]
     assert roll(sessions, now).rows == 0
     assert sum(row[3] for row in rollup_rows(sessions)) == 20
+
+
+def test_ledger_totals_read_the_ledgers_own_hourly_sums_an_hour_late_and_stay_exact(
+    sessions: sessionmaker[Session],
+) -> None:
+    charges = [
+        (DAY + timedelta(hours=18, minutes=29, seconds=59), 100),
+        (DAY + timedelta(hours=18, minutes=30), 200),
+        (DAY + timedelta(hours=19, minutes=10), 300),
+        (DAY + timedelta(days=2, minutes=5), 400),
+    ]
+    with sessions.begin() as session:
+        key = add_key(session, "ledger check")
+        for at, nanos in charges:
+            add_charge(session, key=key, at=at, nanos=nanos)
+    windows = [
+        (DAY, DAY + timedelta(days=3)),
+        # Asia/Kolkata's midnights: 18:30 UTC.
+        (DAY + timedelta(hours=18, minutes=30), DAY + timedelta(days=1, hours=18, minutes=30)),
+        (DAY + timedelta(hours=18, minutes=29), DAY + timedelta(hours=18, minutes=31)),
+        (DAY + timedelta(hours=19), DAY + timedelta(hours=20)),
+        (DAY + timedelta(days=2, minutes=5), DAY + timedelta(days=2, minutes=6)),
+    ]
+
+    def expected(start: datetime, end: datetime) -> tuple[int, int]:
+        inside = [nanos for at, nanos in charges if start <= at < end]
+        return len(inside), sum(inside)
+
+    def totals() -> list[tuple[int, int]]:
+        with sessions() as session:
+            found = [usage.ledger_totals(session, start=s, end=e) for s, e in windows]
+        return [(t.jobs, t.charged_nanos) for t in found]
+
+    want = [expected(start, end) for start, end in windows]
+    assert totals() == want  # nothing summed yet: all from charges
+
+    # An hour after 19:40 is 18:40: only the hours before 18:00 are summed.
+    with sessions.begin() as session:
+        early = rollup.check_ledger(session, now=DAY + timedelta(hours=19, minutes=40))
+    assert early.rolled_until == DAY + timedelta(hours=18)
+    assert totals() == want
+
+    with sessions.begin() as session:
+        done = rollup.check_ledger(session, now=DAY + timedelta(days=3, hours=2))
+    assert done.rolled_until == DAY + timedelta(days=3, hours=1)
+    with sessions() as session:
+        hours = session.execute(
+            select(LedgerHour.hour_start, LedgerHour.jobs, LedgerHour.charged_nanos).order_by(
+                LedgerHour.hour_start
+            )
+        ).all()
+    assert [tuple(row) for row in hours] == [
+        (DAY + timedelta(hours=18), 2, 300),
+        (DAY + timedelta(hours=19), 1, 300),
+        (DAY + timedelta(days=2), 1, 400),
+    ]
+    assert totals() == want  # now mostly from those sums, exact at every edge
+    # A rerun changes nothing.
+    with sessions.begin() as session:
+        again = rollup.check_ledger(session, now=DAY + timedelta(days=3, hours=2))
+    assert again.rows == 0
+    assert again.rolled_until == done.rolled_until
+    assert totals() == want
+    # What is read for summed hours is the sums: a charge taken out of the ledger behind its
+    # back is still counted there (the reports' check is against the sums an hour later).
+    with sessions.begin() as session:
+        session.execute(
+            Charge.__table__.delete().where(
+                Charge.created_at == DAY + timedelta(hours=19, minutes=10)
+            )
+        )
+    assert totals()[3] == (1, 300)

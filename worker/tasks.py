@@ -210,7 +210,8 @@ def sweep() -> None:
 
 @celery_app.task(name=ROLLUP_USAGE_TASK, ignore_result=True)
 def rollup_usage() -> None:
-    """Roll closed hours of the ledger up for the usage reports (app/billing/rollup.py)."""
+    """Roll closed hours of the ledger up for the usage reports, and sum the ledger's hours for
+    their reconciliation line (app/billing/rollup.py)."""
     result = with_transaction(lambda session: rollup.roll_up(session, now=utcnow()))
     if result.rows:
         logger.info(
@@ -218,6 +219,14 @@ def rollup_usage() -> None:
             result.rows,
             result.rolled_from,
             result.rolled_until,
+        )
+    checked = with_transaction(lambda session: rollup.check_ledger(session, now=utcnow()))
+    if checked.rows:
+        logger.info(
+            "ledger check: %d hours for %s .. %s",
+            checked.rows,
+            checked.rolled_from,
+            checked.rolled_until,
         )
 
 

@@ -127,3 +127,18 @@ class UsageRollupState(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     rolled_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Every UTC hour before this is in ``ledger_hours`` (null: none yet).
+    ledger_checked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class LedgerHour(Base):
+    """The ledger itself (``charges`` alone, nothing joined) summed per UTC hour, an hour after
+    the hour closed (app/billing/rollup.py:check_ledger). The reports' reconciliation line
+    checks them against it: a few rows a day to read instead of every charge, and summed apart
+    from the rollup, later, so a charge the rollup missed shows up as a difference."""
+
+    __tablename__ = "ledger_hours"
+
+    hour_start: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    jobs: Mapped[int] = mapped_column(BigInteger)
+    charged_nanos: Mapped[int] = mapped_column(BigInteger)

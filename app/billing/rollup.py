@@ -38,10 +38,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from app.billing.models import Charge, UsageHour, UsageRollupState
+from app.billing.models import Charge, LedgerHour, UsageHour, UsageRollupState
 from app.jobs.models import Job
 
 ROLLUP_GRACE = timedelta(minutes=2)
+# The ledger is checked an hour after the rollup's grace: a charge that reached an hour after
+# the rollup had summed it (which the grace rules out) would show as a difference.
+LEDGER_CHECK_LAG = timedelta(hours=1)
 # One pass rolls at most this much, so a long backlog (a first run over years of ledger) is
 # caught up in bounded transactions, a pass a beat interval.
 MAX_HOURS_PER_PASS = 7 * 24
@@ -113,21 +116,10 @@ def roll_up(session: Session, *, now: datetime) -> RollupResult:
     this moves). ``rolled_until`` of the result short of ``floor_hour(now - ROLLUP_GRACE)``:
     more to do."""
     dialect = session.get_bind().dialect.name
-    state = session.scalars(
-        select(UsageRollupState).where(UsageRollupState.id == 1).with_for_update()
-    ).one()
-    until = floor_hour(now - ROLLUP_GRACE)
-    start = state.rolled_until
-    if start is None:
-        first = session.scalar(select(func.min(Charge.created_at)))
-        start = floor_hour(first) if first is not None else until
-    until = min(until, start + timedelta(hours=MAX_HOURS_PER_PASS))
-    if start >= until:
-        if state.rolled_until is None:
-            # No charge before ``until``: those hours are complete, and empty.
-            state.rolled_until = until
-            session.flush()
-        return RollupResult(state.rolled_until, state.rolled_until, 0)
+    span = _next_span(session, done_until="rolled_until", lag=ROLLUP_GRACE, now=now)
+    if isinstance(span, RollupResult):
+        return span
+    start, until = span
     hour = hour_of(Charge.created_at, dialect)
     implied = implied_nanos_sql(Job.upstream_neurons, dialect)
     into_hour = seconds_into_hour(Charge.created_at, dialect)
@@ -183,3 +175,64 @@ def roll_up(session: Session, *, now: datetime) -> RollupResult:
         select(func.count()).where(UsageHour.hour_start >= start, UsageHour.hour_start < until)
     )
     return RollupResult(start, until, int(rows or 0))
+
+
+def _next_span(
+    session: Session, *, done_until: str, lag: timedelta, now: datetime
+) -> tuple[datetime, datetime] | RollupResult:
+    """The hours a pass covers: from the state's ``done_until`` (locked until the caller
+    commits) to the last hour closed for ``lag``, at most ``MAX_HOURS_PER_PASS``; or, with
+    nothing to do, the result to return."""
+    state = session.scalars(
+        select(UsageRollupState).where(UsageRollupState.id == 1).with_for_update()
+    ).one()
+    done: datetime | None = getattr(state, done_until)
+    until = floor_hour(now - lag)
+    start = done
+    if start is None:
+        first = session.scalar(select(func.min(Charge.created_at)))
+        start = floor_hour(first) if first is not None else until
+    until = min(until, start + timedelta(hours=MAX_HOURS_PER_PASS))
+    if start >= until:
+        if done is None:
+            # No charge before ``until``: those hours are complete, and empty.
+            setattr(state, done_until, until)
+            session.flush()
+            done = until
+        return RollupResult(done, done, 0)
+    return start, until
+
+
+def check_ledger(session: Session, *, now: datetime) -> RollupResult:
+    """Sum the ledger (``charges`` alone) per UTC hour into ``ledger_hours``, for the hours
+    closed for ``LEDGER_CHECK_LAG``: later than the rollup, and by a statement of its own, so
+    the reports (the rollup) and this check can disagree if a charge came late or a report
+    summed wrong. Flushes; the caller commits, with the state this moves."""
+    span = _next_span(session, done_until="ledger_checked_until", lag=LEDGER_CHECK_LAG, now=now)
+    if isinstance(span, RollupResult):
+        return span
+    start, until = span
+    hour = hour_of(Charge.created_at, session.get_bind().dialect.name)
+    session.execute(
+        insert(LedgerHour).from_select(
+            ["hour_start", "jobs", "charged_nanos"],
+            select(hour, func.count(Charge.id), func.coalesce(func.sum(Charge.amount_nanos), 0))
+            .where(Charge.created_at >= start, Charge.created_at < until)
+            .group_by(hour),
+        )
+    )
+    session.execute(
+        update(UsageRollupState).where(UsageRollupState.id == 1).values(ledger_checked_until=until)
+    )
+    session.flush()
+    rows = session.scalar(
+        select(func.count()).where(LedgerHour.hour_start >= start, LedgerHour.hour_start < until)
+    )
+    return RollupResult(start, until, int(rows or 0))
+
+
+def ledger_checked_until(session: Session) -> datetime | None:
+    """Every UTC hour before this is in ``ledger_hours``; ``None``: none is yet."""
+    return session.scalar(
+        select(UsageRollupState.ledger_checked_until).where(UsageRollupState.id == 1)
+    )

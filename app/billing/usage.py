@@ -52,13 +52,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from app.billing.models import Charge, UsageHour
+from app.billing.models import Charge, LedgerHour, UsageHour
 from app.billing.rollup import (
     HOUR,
     MEASURES,
     QUARTER_MINUTES,
     floor_hour,
     hour_of,
+    ledger_checked_until,
     seconds_into_hour,
     watermark,
 )
@@ -458,21 +459,38 @@ def ledger_totals(
     api_key_id: str | None = None,
     with_tiles: bool = False,
 ) -> LedgerTotals:
-    """The window's totals straight from the ledger (never the rollup): what every report's
-    totals must equal, whatever it is grouped by."""
+    """The window's totals from the ledger (never the rollup): what every report's totals must
+    equal, whatever it is grouped by. Everyone's jobs and nano-USD come from the ledger's own
+    hourly sums (``ledger_hours``) for the whole hours they cover and from ``charges`` for the
+    rest; one key's, or tiles (which live in ``jobs``), from ``charges`` alone."""
     conditions = [Charge.created_at >= start, Charge.created_at < end]
     if api_key_id is not None:
         conditions.append(Charge.api_key_id == api_key_id)
-    if not with_tiles:
-        jobs, nanos = session.execute(
-            select(func.count(Charge.id), func.coalesce(func.sum(Charge.amount_nanos), 0)).where(
-                *conditions
-            )
-        ).one()
+    if with_tiles:
+        query = select(*_ledger_sums()).join(Job, Job.id == Charge.job_id).where(*conditions)
+        jobs, output_tiles, input_tiles, nanos = session.execute(query).one()
+        return LedgerTotals(int(jobs), int(nanos), int(output_tiles), int(input_tiles))
+    counted = (func.count(Charge.id), func.coalesce(func.sum(Charge.amount_nanos), 0))
+    if api_key_id is not None:
+        jobs, nanos = session.execute(select(*counted).where(*conditions)).one()
         return LedgerTotals(int(jobs), int(nanos))
-    query = select(*_ledger_sums()).join(Job, Job.id == Charge.job_id).where(*conditions)
-    jobs, output_tiles, input_tiles, nanos = session.execute(query).one()
-    return LedgerTotals(int(jobs), int(nanos), int(output_tiles), int(input_tiles))
+    low = min(_ceil_hour(start), end)
+    high = max(low, min(floor_hour(end), ledger_checked_until(session) or low))
+    jobs, nanos = session.execute(
+        select(
+            func.coalesce(func.sum(LedgerHour.jobs), 0),
+            func.coalesce(func.sum(LedgerHour.charged_nanos), 0),
+        ).where(LedgerHour.hour_start >= low, LedgerHour.hour_start < high)
+    ).one()
+    # The rest: before the first whole hour, and from the last hour summed to the end.
+    rest = select(*counted).where(
+        or_(
+            and_(Charge.created_at >= start, Charge.created_at < low),
+            and_(Charge.created_at >= high, Charge.created_at < end),
+        )
+    )
+    more_jobs, more_nanos = session.execute(rest).one()
+    return LedgerTotals(int(jobs) + int(more_jobs), int(nanos) + int(more_nanos))
 
 
 CSV_HEADER = ("jobs", "output_tiles", "input_tiles", "charged_usd")
