@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import redis
 from sqlalchemy.exc import OperationalError
@@ -212,22 +213,16 @@ def sweep() -> None:
 def rollup_usage() -> None:
     """Roll closed hours of the ledger up for the usage reports, and sum the ledger's hours for
     their reconciliation line (app/billing/rollup.py)."""
-    result = with_transaction(lambda session: rollup.roll_up(session, now=utcnow()))
-    if result.rows:
-        logger.info(
-            "usage rollup: %d rows for %s .. %s",
-            result.rows,
-            result.rolled_from,
-            result.rolled_until,
-        )
-    checked = with_transaction(lambda session: rollup.check_ledger(session, now=utcnow()))
-    if checked.rows:
-        logger.info(
-            "ledger check: %d hours for %s .. %s",
-            checked.rows,
-            checked.rolled_from,
-            checked.rolled_until,
-        )
+    for what, step in (("usage rollup", rollup.roll_up), ("ledger check", rollup.check_ledger)):
+        result = with_transaction(partial(step, now=utcnow()))
+        if result.rows:
+            logger.info(
+                "%s: %d rows for %s .. %s",
+                what,
+                result.rows,
+                result.rolled_from,
+                result.rolled_until,
+            )
 
 
 @celery_app.task(name=DELIVER_WEBHOOK_TASK, ignore_result=True)

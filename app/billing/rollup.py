@@ -36,7 +36,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from app.billing.models import Charge, LedgerHour, UsageHour, UsageRollupState
 from app.jobs.models import Job
@@ -167,14 +167,7 @@ def roll_up(session: Session, *, now: datetime) -> RollupResult:
             summed,
         )
     )
-    session.execute(
-        update(UsageRollupState).where(UsageRollupState.id == 1).values(rolled_until=until)
-    )
-    session.flush()
-    rows = session.scalar(
-        select(func.count()).where(UsageHour.hour_start >= start, UsageHour.hour_start < until)
-    )
-    return RollupResult(start, until, int(rows or 0))
+    return _done(session, done_until="rolled_until", hours=UsageHour.hour_start, span=span)
 
 
 def _next_span(
@@ -203,6 +196,23 @@ def _next_span(
     return start, until
 
 
+def _done(
+    session: Session,
+    *,
+    done_until: str,
+    hours: InstrumentedAttribute[datetime],
+    span: tuple[datetime, datetime],
+) -> RollupResult:
+    """Move the state's ``done_until`` to the span's end; the rows the pass wrote."""
+    start, until = span
+    session.execute(
+        update(UsageRollupState).where(UsageRollupState.id == 1).values({done_until: until})
+    )
+    session.flush()
+    rows = session.scalar(select(func.count()).where(hours >= start, hours < until))
+    return RollupResult(start, until, int(rows or 0))
+
+
 def check_ledger(session: Session, *, now: datetime) -> RollupResult:
     """Sum the ledger (``charges`` alone) per UTC hour into ``ledger_hours``, for the hours
     closed for ``LEDGER_CHECK_LAG``: later than the rollup, and by a statement of its own, so
@@ -221,14 +231,7 @@ def check_ledger(session: Session, *, now: datetime) -> RollupResult:
             .group_by(hour),
         )
     )
-    session.execute(
-        update(UsageRollupState).where(UsageRollupState.id == 1).values(ledger_checked_until=until)
-    )
-    session.flush()
-    rows = session.scalar(
-        select(func.count()).where(LedgerHour.hour_start >= start, LedgerHour.hour_start < until)
-    )
-    return RollupResult(start, until, int(rows or 0))
+    return _done(session, done_until="ledger_checked_until", hours=LedgerHour.hour_start, span=span)
 
 
 def ledger_checked_until(session: Session) -> datetime | None:
