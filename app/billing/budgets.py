@@ -105,6 +105,8 @@ def settle(session: Session, *, api_key_id: str, start: datetime | None, amount_
     )
 
 
-def current_period(session: Session, *, api_key: ApiKey, at: datetime) -> BudgetPeriod | None:
-    """What the key has held and spent in the period ``at`` falls in (none yet: ``None``)."""
-    return session.get(BudgetPeriod, (api_key.id, period_start(api_key, at)))
+def used_nanos(session: Session, *, api_key: ApiKey, at: datetime) -> int:
+    """What the key has used of its budget in the period ``at`` falls in: held by unfinished
+    jobs, and charged."""
+    period = session.get(BudgetPeriod, (api_key.id, period_start(api_key, at)))
+    return 0 if period is None else period.held_nanos + period.charged_nanos

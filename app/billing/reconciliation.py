@@ -127,6 +127,10 @@ def reconcile_days(session: Session, *, first_day: date, last_day: date) -> list
     ]
 
 
+# Workers AI reports neurons to two decimals: up to this much a job (0.005 neuron) is rounding.
+ROUNDING_NANOS = 55
+
+
 def mismatches(
     session: Session, *, day: date, limit: int = 100, tolerance_nanos: int = 0
 ) -> list[Mismatch]:

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from app.billing import reconciliation, usage
 from app.billing import service as billing_service
 from app.billing.schemas import PriceCreate, price_out
-from app.core.errors import Forbidden, InvalidParameter, NotFound
+from app.core.errors import Forbidden, InvalidParameter
 from app.core.orm import utcnow
 from app.dashboard import security, sessions, thumbnails, views
 from app.dashboard.deps import CurrentDep, FormDep, session_policy, session_token
@@ -26,7 +26,7 @@ from app.dashboard.rendering import render
 from app.http.deps import SessionDep, SettingsDep
 from app.http.downloads import CsvDownload
 from app.jobs import service as job_service
-from app.jobs.models import Job, JobStatus
+from app.jobs.models import JobStatus
 from app.jobs.service import JobFilters
 from app.keys import service as key_service
 from app.keys.schemas import KeyCreate, KeyUpdate
@@ -102,13 +102,9 @@ def log_in(
     secure = security.is_secure(request, settings)
     response = _see(security.safe_next(next))
     response.set_cookie(
-        security.cookie_name(secure),
-        opened.token,
+        value=opened.token,
         max_age=settings.admin_session_max_seconds,
-        path=security.cookie_path(secure),
-        secure=secure,
-        httponly=True,
-        samesite="strict",
+        **security.cookie_options(secure),
     )
     return response
 
@@ -122,13 +118,7 @@ def log_out(
         sessions.log_out(session, token=token)
     secure = security.is_secure(request, settings)
     response = _see(f"{security.DASHBOARD_PREFIX}/login")
-    response.delete_cookie(
-        security.cookie_name(secure),
-        path=security.cookie_path(secure),
-        secure=secure,
-        httponly=True,
-        samesite="strict",
-    )
+    response.delete_cookie(**security.cookie_options(secure))
     return response
 
 
@@ -361,18 +351,11 @@ def redeliver(
 # ---- jobs --------------------------------------------------------------------------------
 
 
-def _job(session: Session, job_id: str) -> Job:
-    job = session.get(Job, job_id)
-    if job is None:
-        raise NotFound(f"no job {job_id}", code="job_not_found", param="id")
-    return job
-
-
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(
     job_id: str, request: Request, current: CurrentDep, session: SessionDep
 ) -> HTMLResponse:
-    page = views.job_page(session, job=_job(session, job_id))
+    page = views.job_page(session, job=job_service.find_job(session, job_id=job_id))
     return render(
         request, "job.html", current=current, active="/admin/jobs", title=job_id, page=page
     )
@@ -530,7 +513,8 @@ def usage_reconciliation(
     request: Request, current: CurrentDep, session: SessionDep, view: UsageViewDep
 ) -> HTMLResponse:
     """The Usage page's check, loaded after the page: the report summed by key and by model
-    equals the ledger itself (read from ``charges``, not the rollup) to the nano-dollar."""
+    equals the ledger (usage.ledger_totals: its own hourly sums and ``charges``, never the
+    rollup) to the nano-dollar."""
     by_key = usage.totals(_usage_rows(session, view, "key"))
     by_model = usage.totals(_usage_rows(session, view, "model"))
     ledger = usage.ledger_totals(
@@ -577,10 +561,11 @@ def reconciliation_page(
         last_day=last_day,
         days=reconciliation.reconcile_days(session, first_day=first_day, last_day=last_day),
         selected_day=selected,
-        # Workers AI reports neurons to two decimals: up to 55 nano-USD a job is rounding.
         mismatches=[]
         if selected is None
-        else reconciliation.mismatches(session, day=selected, tolerance_nanos=55),
+        else reconciliation.mismatches(
+            session, day=selected, tolerance_nanos=reconciliation.ROUNDING_NANOS
+        ),
         key_names={k.id: k.name for k in keys},
     )
 

@@ -3,6 +3,7 @@ inline script or style), the session cookie's attributes, and the cross-site req
 
 from __future__ import annotations
 
+from typing import Literal, TypedDict
 from urllib.parse import urlsplit
 
 from starlette.requests import Request
@@ -75,6 +76,25 @@ def cookie_name(secure: bool) -> str:
 def cookie_path(secure: bool) -> str:
     # The __Host- prefix requires Path=/; over plain http the cookie is kept to /admin.
     return "/" if secure else DASHBOARD_PREFIX
+
+
+class CookieOptions(TypedDict):
+    key: str
+    path: str
+    secure: bool
+    httponly: bool
+    samesite: Literal["strict"]
+
+
+def cookie_options(secure: bool) -> CookieOptions:
+    """The session cookie's name and attributes, the same when it is set and when deleted."""
+    return {
+        "key": cookie_name(secure),
+        "path": cookie_path(secure),
+        "secure": secure,
+        "httponly": True,
+        "samesite": "strict",
+    }
 
 
 def own_origin(request: Request, settings: Settings) -> str:

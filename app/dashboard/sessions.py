@@ -8,7 +8,6 @@ sessions when a key is revoked). Failed logins are counted per client address an
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import ipaddress
 import secrets
@@ -22,7 +21,7 @@ from sqlalchemy.orm import Session
 from app.core.errors import FluxgateError
 from app.dashboard.models import AdminSession, LoginFailure
 from app.keys.models import ApiKey
-from app.keys.service import authenticate
+from app.keys.service import authenticate, hash_key
 
 # How often a session's idle clock is pushed forward: not a write on every page.
 TOUCH_EVERY = timedelta(minutes=1)
@@ -49,10 +48,6 @@ class Opened:
 class Current:
     admin_session: AdminSession
     api_key: ApiKey
-
-
-def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def log_in(
@@ -90,7 +85,7 @@ def log_in(
     )
     token = secrets.token_urlsafe(32)
     admin_session = AdminSession(
-        token_hash=_hash(token),
+        token_hash=hash_key(token),
         api_key_id=api_key.id,
         csrf_token=secrets.token_urlsafe(32),
         created_at=now,
@@ -146,12 +141,13 @@ def _count_attempt(session: Session, *, address: str, window_start: datetime, by
 def current(
     session: Session, *, token: str, now: datetime, policy: SessionPolicy
 ) -> Current | None:
-    """The live session behind a cookie and its admin key, or ``None`` (and an expired
-    session is deleted). Pushes the idle clock forward."""
+    """The live session behind a cookie and its admin key, or ``None``. Pushes the idle clock
+    forward. An ended session's row is left to the next login's clean-up: the request that
+    finds it answers with the login form and commits nothing."""
     found = session.execute(
         select(AdminSession, ApiKey)
         .join(ApiKey, ApiKey.id == AdminSession.api_key_id)
-        .where(AdminSession.token_hash == _hash(token))
+        .where(AdminSession.token_hash == hash_key(token))
     ).one_or_none()
     if found is None:
         return None
@@ -159,8 +155,6 @@ def current(
     idle_until = admin_session.last_seen_at + policy.idle
     live_key = api_key.revoked_at is None and api_key.is_admin
     if not live_key or now >= admin_session.expires_at or now >= idle_until:
-        session.delete(admin_session)
-        session.flush()
         return None
     if now - admin_session.last_seen_at >= TOUCH_EVERY:
         admin_session.last_seen_at = now
@@ -169,7 +163,7 @@ def current(
 
 
 def log_out(session: Session, *, token: str) -> None:
-    session.execute(delete(AdminSession).where(AdminSession.token_hash == _hash(token)))
+    session.execute(delete(AdminSession).where(AdminSession.token_hash == hash_key(token)))
 
 
 def csrf_matches(admin_session: AdminSession, presented: str | None) -> bool:

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from app.billing import budgets, usage
 from app.billing.models import Charge, Price
+from app.billing.rollup import NANOS_PER_NEURON
 from app.billing.rules import Breakdown, breakdown
 from app.core.errors import NotFound
 from app.core.ids import id_floor
@@ -21,9 +22,6 @@ from app.jobs.models import Job, JobAttempt, JobImage, JobStatus
 from app.keys.models import ApiKey
 from app.webhooks import service as webhooks
 from app.webhooks.schemas import DeliveryOut
-
-NANOS_PER_NEURON = 11_000  # $0.011 per 1,000 neurons (workers-ai.md)
-
 
 # ---- overview ----------------------------------------------------------------------------
 
@@ -163,8 +161,7 @@ def budget_uses(session: Session, *, now: datetime) -> list[BudgetUse]:
     uses = []
     for key in keys:
         budget = key.budget_nanos or 0
-        period = budgets.current_period(session, api_key=key, at=now)
-        used = 0 if period is None else period.held_nanos + period.charged_nanos
+        used = budgets.used_nanos(session, api_key=key, at=now)
         start = budgets.period_start(key, now)
         runs_out = None
         elapsed = (now - start).total_seconds()
@@ -217,12 +214,10 @@ def key_rows(session: Session, *, now: datetime) -> list[KeyRow]:
     }
     rows = []
     for key, last in keys:
-        period = budgets.current_period(session, api_key=key, at=now)
-        used = 0 if period is None else period.held_nanos + period.charged_nanos
         rows.append(
             KeyRow(
                 key=key,
-                used_nanos=used,
+                used_nanos=budgets.used_nanos(session, api_key=key, at=now),
                 jobs_this_month=charged.get(key.id, 0),
                 last_used=last,
             )

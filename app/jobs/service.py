@@ -146,10 +146,18 @@ def mark_not_enqueued(session: Session, *, job_id: str) -> None:
     )
 
 
+def find_job(session: Session, *, job_id: str) -> Job:
+    """Any key's job (an admin's view)."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id}", code="job_not_found", param="id")
+    return job
+
+
 def get_job(session: Session, *, api_key: ApiKey, job_id: str) -> Job:
     """The caller's own job; anyone else's is indistinguishable from a missing one."""
-    job = session.get(Job, job_id)
-    if job is None or job.api_key_id != api_key.id:
+    job = find_job(session, job_id=job_id)
+    if job.api_key_id != api_key.id:
         raise NotFound(f"no job {job_id}", code="job_not_found", param="id")
     return job
 

@@ -160,6 +160,5 @@ def revoke_key(session: Session, *, key_id: str) -> ApiKey:
 
 def to_key_out(session: Session, api_key: ApiKey) -> KeyOut:
     """The key as the API shows it, with what it has used of its budget this period."""
-    period = budgets.current_period(session, api_key=api_key, at=utcnow())
-    used = 0 if period is None else period.held_nanos + period.charged_nanos
+    used = budgets.used_nanos(session, api_key=api_key, at=utcnow())
     return key_out(api_key, budget_used_nanos=used)
