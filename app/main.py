@@ -32,8 +32,10 @@ from app.dashboard.security import STATIC_PREFIX, DashboardHeaders
 from app.http import ops
 from app.http.body import check_path_and_query
 from app.http.limits import RequestBodyLimits
+from app.http.metrics import RequestMetrics
 from app.jobs import routes as job_routes
 from app.jobs import watching
+from app.jobs.backlog import BacklogCollector
 from app.keys import routes as key_routes
 from app.openai_compat import routes as openai_routes
 from app.openai_compat.schemas import OPENAI_PREFIX
@@ -204,6 +206,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.backends = pieces
     app.state.watch = watching.Watch(hub)
+    app.state.metric_collectors = [BacklogCollector()]
     install_error_handlers(app)
     app.add_middleware(DashboardHeaders)
     app.add_middleware(
@@ -211,6 +214,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_bytes=settings.max_request_bytes,
         timeout_seconds=settings.request_body_timeout_seconds,
     )
+    app.add_middleware(RequestMetrics)
     app.include_router(ops.router)
     app.include_router(job_routes.router)
     app.include_router(job_routes.admin_router)

@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.billing.models import BudgetPeriod
+from app.core import metrics
 from app.core.db import rows_affected
 from app.core.errors import FluxgateError
 from app.core.money import format_usd
@@ -69,6 +70,7 @@ def hold(session: Session, *, api_key: ApiKey, amount_nanos: int, at: datetime) 
     )
     if rows_affected(reserved) != 1:
         period = "this month" if api_key.budget_period == "month" else "in total"
+        metrics.SUBMISSIONS_REFUSED.labels("budget_exceeded").inc()
         raise BudgetExceeded(
             f"this job costs ${format_usd(amount_nanos)}, more than is left of the key's "
             f"${format_usd(api_key.budget_nanos)} budget {period}"

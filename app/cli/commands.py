@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
 from pydantic import BaseModel
 
-from app.core.settings import ConfigError, get_settings, use_settings
+from app.core.settings import (
+    ConfigError,
+    Settings,
+    get_settings,
+    share_metrics_directory,
+    use_settings,
+)
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -50,12 +58,24 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 
 def cmd_api(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    with contextlib.ExitStack() as stack:
+        if settings.prometheus_multiproc_dir is None:
+            # A fresh directory per run: the metrics of processes that are gone do not count.
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="fluxgate-metrics-"))
+            settings = use_settings(settings, prometheus_multiproc_dir=folder)
+        # Before uvicorn starts the app, which makes the metrics.
+        share_metrics_directory(str(settings.prometheus_multiproc_dir))
+        _serve_api(args, settings)
+    return 0
+
+
+def _serve_api(args: argparse.Namespace, settings: Settings) -> None:
     import uvicorn
 
     from app.http.limits import LimitedHttpToolsProtocol
     from app.http.serve import log_config, serve
 
-    settings = get_settings()
     serve(
         uvicorn.Config(
             "app.main:create_app",
@@ -70,7 +90,6 @@ def cmd_api(args: argparse.Namespace) -> int:
             http=LimitedHttpToolsProtocol,
         )
     )
-    return 0
 
 
 # The worker's tasks, loaded by Celery by name in worker processes only: nothing in app/
@@ -81,6 +100,7 @@ WORKER_TASKS = "worker.tasks"
 def cmd_worker(args: argparse.Namespace) -> int:
     from app import backends
     from app.core.queue import QUEUES, celery_app
+    from app.http.metrics import serve_metrics
 
     settings = get_settings()
     if args.concurrency is not None:
@@ -93,6 +113,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         settings.require_upstream()
 
     backends.connect(settings)
+    if args.metrics_port is not None:
+        serve_metrics(host=args.metrics_host, port=args.metrics_port)
     celery_app.conf.include = [WORKER_TASKS]
     celery_app.worker_main(
         [
@@ -353,6 +375,17 @@ def build_parser() -> argparse.ArgumentParser:
         default="jobs,webhooks,maintenance",
         help="what to consume: jobs, webhooks, maintenance (default all; run webhooks in a "
         "worker of its own so slow receivers never hold up image jobs)",
+    )
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve this worker's Prometheus metrics on this port (default: off)",
+    )
+    worker.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="the address the metrics port listens on (0.0.0.0 inside a container network)",
     )
 
     add("beat", cmd_beat, "Run the periodic sweeper that re-sends stuck or lost jobs")

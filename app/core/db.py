@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.core import metrics
 from app.core.settings import get_settings
 
 logger = logging.getLogger("fluxgate.db")
@@ -51,19 +51,28 @@ def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20) -> Eng
     return engine
 
 
-_statements = 0
-_statements_lock = threading.Lock()
-
-
 def _count_statement(*_args: Any) -> None:
-    global _statements
-    with _statements_lock:
-        _statements += 1
+    metrics.DB_STATEMENTS.inc()
 
 
-def statements_executed() -> int:
-    """SQL statements this process has sent (``/metrics``: the database load it makes)."""
-    return _statements
+def _watch_pool(engine: Engine) -> None:
+    """Connections checked out and the pool's overflow, in the metrics (this process's engine;
+    a pool at its limit makes requests wait, then answer 503)."""
+    pool = engine.pool
+    overflow = getattr(pool, "overflow", None)
+
+    def checked_out(*_args: Any) -> None:
+        metrics.DB_POOL_IN_USE.inc()
+        if overflow is not None:
+            metrics.DB_POOL_OVERFLOW.set(max(0, overflow()))
+
+    def checked_in(*_args: Any) -> None:
+        metrics.DB_POOL_IN_USE.dec()
+        if overflow is not None:
+            metrics.DB_POOL_OVERFLOW.set(max(0, overflow()))
+
+    event.listen(pool, "checkout", checked_out)
+    event.listen(pool, "checkin", checked_in)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -77,11 +86,13 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 @lru_cache(maxsize=1)
 def get_engine() -> Engine:
     settings = get_settings()
-    return make_engine(
+    engine = make_engine(
         settings.database_url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
     )
+    _watch_pool(engine)
+    return engine
 
 
 @lru_cache(maxsize=1)

@@ -2,11 +2,12 @@
 them commits.
 
 Services record them with :func:`add`; after the commit they go out (a job to forward and a
-webhook delivery to make, through the broker port; a job's change, to waiting clients); a
-rollback drops them. So a worker never receives an id it cannot find yet, and nobody is told
-about a change that did not happen. A message lost after the commit is not fatal: a job whose
-message could not be published is marked as having none (the sweeper sends one at its next
-pass), due deliveries are re-sent by the sweeper, and waiting clients re-check their jobs.
+webhook delivery to make, through the broker port; a job's change, to waiting clients; a count
+for the metrics); a rollback drops them. So a worker never receives an id it cannot find yet,
+and nobody is told about a change that did not happen. A message lost after the commit is not
+fatal: a job whose message could not be published is marked as having none (the sweeper sends
+one at its next pass), due deliveries are re-sent by the sweeper, and waiting clients re-check
+their jobs.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from prometheus_client import Counter
 from sqlalchemy import event
 from sqlalchemy.orm import Session, SessionTransaction
 
@@ -45,7 +47,20 @@ class JobChanged:
     status: str
 
 
-Message = ForwardJob | DeliverWebhook | JobChanged
+@dataclass(frozen=True)
+class Counted:
+    """Something the transaction did, counted in a metric of app/core/metrics.py (a job
+    accepted, a charge made): a rollback counts nothing."""
+
+    counter: Counter
+    labels: tuple[str, ...] = ()
+    amount: float = 1.0
+
+    def count(self) -> None:
+        (self.counter.labels(*self.labels) if self.labels else self.counter).inc(self.amount)
+
+
+Message = ForwardJob | DeliverWebhook | JobChanged | Counted
 
 
 @dataclass(frozen=True)
@@ -89,6 +104,8 @@ def _send(message: Message) -> None:
         queue.send_forward(message.job_id, countdown=message.countdown)
     elif isinstance(message, DeliverWebhook):
         queue.send_delivery(message.delivery_id, countdown=message.countdown)
+    elif isinstance(message, Counted):
+        message.count()
     elif _connections is not None:
         _connections.publish_change(message.job_id, message.status)
 

@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 from typing import Annotated, Any, Self, TypeAlias
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_CF_BASE_URL = "https://api.cloudflare.com/client/v4"
@@ -154,6 +154,13 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
+    # prometheus_client's multiprocess directory: `fluxgate api` makes one for its processes
+    # (share_metrics_directory), so /metrics counts all of them together.
+    prometheus_multiproc_dir: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"),
+    )
+
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str) -> str:
@@ -279,6 +286,13 @@ def load_settings(**given: Any) -> Settings:
         return Settings(**given)  # the rest from the environment
     except ValidationError as error:
         raise ConfigError(_one_line(error)) from None
+
+
+def share_metrics_directory(path: str) -> None:
+    """Make ``path`` prometheus_client's multiprocess directory for this process and those it
+    starts (uvicorn's workers): the library reads it from the environment as metrics are made,
+    so this must happen before anything imports them."""
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
 
 
 def child_environment(

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
-from app.core.db import get_engine, statements_executed
+from app.core.db import get_engine
 from app.core.errors import DependencyUnavailable, error_responses
 from app.core.queue import check_broker
 from app.http.body import StrictJSONRoute
+from app.http.metrics import exposition
 
 router = APIRouter(tags=["operations"], route_class=StrictJSONRoute)
 
@@ -39,20 +41,9 @@ def readyz() -> dict[str, str]:
 
 @router.get(
     "/metrics",
-    summary="Prometheus metrics of this API process",
+    summary="Prometheus metrics of this API (all its processes) and the backlog",
     response_class=PlainTextResponse,
 )
-def metrics(request: Request) -> PlainTextResponse:
-    hub = request.app.state.watch.hub
-    lines = [
-        "# HELP fluxgate_db_statements_total SQL statements this process has sent.",
-        "# TYPE fluxgate_db_statements_total counter",
-        f"fluxgate_db_statements_total {statements_executed()}",
-        "# HELP fluxgate_job_watchers Requests and event streams waiting on jobs now.",
-        "# TYPE fluxgate_job_watchers gauge",
-        f"fluxgate_job_watchers {hub.watcher_count}",
-        "# HELP fluxgate_job_notifications_total Job-change notifications received.",
-        "# TYPE fluxgate_job_notifications_total counter",
-        f"fluxgate_job_notifications_total {hub.notifications_received}",
-    ]
-    return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+def metrics(request: Request) -> Response:
+    text = exposition(request.app.state.settings, *request.app.state.metric_collectors)
+    return Response(text, media_type=CONTENT_TYPE_LATEST)

@@ -15,14 +15,14 @@ from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.billing.service import record_charge
-from app.core import outbox
+from app.core import metrics, outbox
 from app.core.db import rows_affected
 from app.core.images import ImageInfo
 from app.core.orm import utcnow
 from app.jobs.models import Job, JobAttempt, JobImage, JobStatus
 from app.jobs.service import job_changed, job_ended
 from app.upstream import catalog
-from app.upstream.workers_ai import GenerationRequest, InputImage, UpstreamError
+from app.upstream.workers_ai import GenerationRequest, InputImage, UpstreamError, call_outcome
 
 
 @dataclass(frozen=True)
@@ -228,7 +228,20 @@ def finish_succeeded(
         amount_nanos=job.estimated_nanos,
     )
     job_ended(session, job=job)
+    _count_charge(session, job=job)
     return True
+
+
+def _count_charge(session: Session, *, job: Job) -> None:
+    outbox.add(
+        session, outbox.Counted(metrics.CHARGED_NANOS, (job.model,), float(job.estimated_nanos))
+    )
+    try:
+        neurons = float(job.upstream_neurons) if job.upstream_neurons else 0.0
+    except ValueError:
+        neurons = 0.0  # a header we cannot read is kept on the job as it came, not counted
+    if neurons > 0 and neurons != float("inf"):
+        outbox.add(session, outbox.Counted(metrics.UPSTREAM_NEURONS, (job.model,), neurons))
 
 
 def _record_attempt(
@@ -295,6 +308,8 @@ def schedule_retry(
     )
     if queued:
         _record_failed_attempt(session, claim, outcome="retrying", error=error)
+        model = claim.request.upstream_model.rsplit("/", 1)[-1]
+        outbox.add(session, outbox.Counted(metrics.JOB_RETRIES, (model, call_outcome(error))))
         job_changed(session, job_id=claim.job_id, status=JobStatus.QUEUED)
         outbox.add(session, outbox.ForwardJob(claim.job_id, countdown=delay_seconds))
     return queued

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, load_only
 from app.billing.rules import Cost
 from app.billing.service import estimate, price_in_force
 from app.billing.usage import parse_bound
-from app.core import outbox
+from app.core import metrics, outbox
 from app.core.db import rows_affected
 from app.core.errors import Conflict, InvalidParameter, NotFound
 from app.core.ids import id_floor, new_id
@@ -136,6 +136,7 @@ def create_job(session: Session, *, api_key: ApiKey, submission: JobSubmission) 
     )
     session.flush()
     outbox.add(session, outbox.ForwardJob(job.id))
+    outbox.add(session, outbox.Counted(metrics.JOBS_SUBMITTED, (job.model,)))
     return job
 
 
@@ -304,6 +305,7 @@ def job_ended(session: Session, *, job: Job) -> None:
             at=job.completed_at or utcnow(),
         )
     job_changed(session, job_id=job.id, status=job.status)
+    outbox.add(session, outbox.Counted(metrics.JOBS_FINISHED, (job.model, job.status)))
 
 
 def job_statuses(session: Session, *, job_ids: Sequence[str]) -> dict[str, str]:

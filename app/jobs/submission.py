@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 from sqlalchemy.orm import Session
 
+from app.core import metrics
 from app.core.db import end_read
 from app.jobs import idempotency, service
 from app.jobs.models import Job
@@ -59,6 +60,7 @@ def submit(
     )
     session.commit()  # the reservation is visible to concurrent duplicates from here on
     if earlier is not None:
+        metrics.IDEMPOTENT_REPLAYS.inc()
         replay = _answer(session, [service.get_job(session, api_key=api_key, job_id=earlier)])
         end_read(session)
         return replace(replay, replayed=True)

@@ -15,6 +15,7 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.core import metrics
 from app.core.db import rows_affected, session_scope
 from app.core.errors import FluxgateError
 from app.keys.models import ApiKey, RateWindow
@@ -81,6 +82,7 @@ def check_submission_rate(counter: RateCounter, *, api_key: ApiKey, now: datetim
     window = now.replace(second=0, microsecond=0)
     if not counter.count(key_id=api_key.id, window=window, limit=limit):
         wait = max(1, int((window + timedelta(minutes=1) - now).total_seconds() + 0.999))
+        metrics.SUBMISSIONS_REFUSED.labels("rate_limit_per_minute").inc()
         raise RateLimited(
             f"this key may submit {limit} jobs per minute; try again in {wait}s",
             headers={"Retry-After": str(wait)},
@@ -99,6 +101,7 @@ def take_slot(session: Session, *, api_key: ApiKey) -> None:
         .execution_options(synchronize_session=False)
     )
     if rows_affected(taken) != 1:
+        metrics.SUBMISSIONS_REFUSED.labels("max_concurrent_jobs").inc()
         raise RateLimited(
             f"this key may have {api_key.max_concurrent_jobs} jobs queued or running at once; "
             "try again when one has finished",

@@ -17,6 +17,7 @@ import redis
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.core import metrics
 from app.core.db import rows_affected, with_transaction
 from app.upstream.models import UpstreamGate
 
@@ -129,4 +130,6 @@ def wait_for_turn(gate: Gate, *, max_sleep: float = 1.0) -> float:
     started = time.monotonic()
     while (wait := gate.acquire()) > 0:
         time.sleep(min(wait, max_sleep))
-    return time.monotonic() - started
+    waited = time.monotonic() - started
+    metrics.UPSTREAM_LIMITER_WAIT.observe(waited)
+    return waited

@@ -18,6 +18,8 @@ from typing import Any
 
 import httpx
 
+from app.core import metrics
+
 # Documented error codes (workers-ai.md), and 3021 which users report.
 RETRYABLE_CODES = frozenset({3007, 3008, 3021, 3040})
 FINAL_CODES = frozenset({5007, 5004, 3003, 3023, 3041, 3042, 3006, 3036})
@@ -204,6 +206,24 @@ class WorkersAIClient:
         self._http.close()
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
+        """One call, counted in the metrics by model and outcome."""
+        model = request.upstream_model.rsplit("/", 1)[-1]
+        metrics.UPSTREAM_IN_FLIGHT.inc()
+        started = time.monotonic()
+        try:
+            result = self._generate(request)
+        except UpstreamError as error:
+            metrics.UPSTREAM_CALLS.labels(model, call_outcome(error)).inc()
+            if error.http_status == 429:
+                metrics.UPSTREAM_THROTTLED.inc()
+            raise
+        finally:
+            metrics.UPSTREAM_IN_FLIGHT.dec()
+            metrics.UPSTREAM_DURATION.labels(model).observe(time.monotonic() - started)
+        metrics.UPSTREAM_CALLS.labels(model, "200").inc()
+        return result
+
+    def _generate(self, request: GenerationRequest) -> GenerationResult:
         started = time.monotonic()
 
         def elapsed_ms() -> int:
@@ -266,6 +286,21 @@ class WorkersAIClient:
         return GenerationResult(
             image=image, neurons=neurons[:32] if neurons else None, duration_ms=duration_ms
         )
+
+
+_OUTCOMES = {"upstream_timeout": "timeout", "upstream_unreachable": "connection_error"}
+
+
+def call_outcome(error: UpstreamError) -> str:
+    """A failed call's label in the metrics: the Workers AI error code where it sent one, else
+    its HTTP status, else what went wrong on the way."""
+    if error.upstream_code is not None:
+        return str(error.upstream_code)
+    if error.code in _OUTCOMES:
+        return _OUTCOMES[error.code]
+    if error.code == "upstream_bad_response":
+        return "bad_response"
+    return str(error.http_status) if error.http_status is not None else error.code
 
 
 def _read_capped(response: httpx.Response) -> bytes:

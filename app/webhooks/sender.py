@@ -37,10 +37,20 @@ class SendResult:
     duration_ms: int
     excerpt: str | None = None
     refused: bool = False  # the URL failed the SSRF rules: retrying cannot help
+    timed_out: bool = False
 
     @property
     def ok(self) -> bool:
         return self.status_code is not None and 200 <= self.status_code < 300
+
+    @property
+    def outcome(self) -> str:
+        """The attempt's label in the metrics: the status class, or what went wrong."""
+        if self.status_code is not None:
+            return f"{self.status_code // 100}xx"
+        if self.refused:
+            return "refused"
+        return "timeout" if self.timed_out else "connection_error"
 
 
 # Name lookups run here so an attempt can give up on one at its deadline (a thread stuck in
@@ -64,7 +74,7 @@ def send(
     def elapsed_ms() -> int:
         return int((time.monotonic() - started) * 1000)
 
-    timed_out = SendResult(None, f"no answer within {timeout:g}s", 0)
+    timed_out = SendResult(None, f"no answer within {timeout:g}s", 0, timed_out=True)
     lookup = _resolvers.submit(check_webhook_url, url, allowed=allowed)
     try:
         target, addresses = lookup.result(timeout=timeout)

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from app.core import outbox
+from app.core import metrics, outbox
 from app.core.db import rows_affected
 from app.core.errors import Conflict, InvalidParameter, NotFound
 from app.core.ids import new_id
@@ -214,6 +214,7 @@ def record_attempt(
     )
     if countdown is not None:
         outbox.add(session, outbox.DeliverWebhook(claim.delivery_id, countdown=countdown))
+    outbox.add(session, outbox.Counted(metrics.WEBHOOK_ATTEMPTS, (result.outcome,)))
     session.flush()
     return next_at
 

@@ -219,13 +219,14 @@ class Stack:
         return api
 
     def start_extra_api(
-        self, *, ready_path: str = "/healthz", **settings: str
+        self, *, ready_path: str = "/healthz", args: Sequence[str] = (), **settings: str
     ) -> tuple[Process, str]:
         """An API process and its URL, once ``ready_path`` answers (``/readyz``: once the
-        database and the broker answer it too); ``settings`` override the stack's for it."""
+        database and the broker answer it too); ``args``: more flags (``--workers``);
+        ``settings`` override the stack's for it."""
         port = free_port()
         env = {**self.env, **_env_names(settings)}
-        api = self.start("api", [*FLUXGATE, "api", "--port", str(port)], env)
+        api = self.start("api", [*FLUXGATE, "api", "--port", str(port), *args], env)
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: answers(f"{url}{ready_path}"), timeout=60, what="the API", watch=[api])
         return api, url
@@ -237,10 +238,12 @@ class Stack:
         queues: str | None = None,
         name: str = "worker",
         wait: bool = True,
+        args: Sequence[str] = (),
         **settings: str,
     ) -> Process:
         """``concurrency=None`` runs the worker exactly as an operator would by default;
-        ``queues`` e.g. ``"webhooks"``; ``settings`` override the stack's for this worker.
+        ``queues`` e.g. ``"webhooks"``; ``args``: more flags (``--metrics-port``);
+        ``settings`` override the stack's for this worker.
 
         ``wait``: until the worker logs that it is ready (at log level INFO or below; at any
         level, ``wait_consuming`` asks the worker itself).
@@ -253,6 +256,7 @@ class Stack:
             argv += ["--concurrency", str(concurrency)]
         if queues is not None:
             argv += ["--queues", queues]
+        argv += args
         worker = self.start(name, argv, env)
         if wait:
             wait_until(

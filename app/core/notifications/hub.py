@@ -10,6 +10,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
+from app.core import metrics
 from app.core.notifications.carriers import Carrier
 
 logger = logging.getLogger("fluxgate.notifications")
@@ -70,11 +71,6 @@ class JobWatchHub:
         self._reconcile_seconds = reconcile_seconds
         self._watchers: dict[str, set[Watcher]] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self.notifications_received = 0
-
-    @property
-    def watcher_count(self) -> int:
-        return len({watcher for group in self._watchers.values() for watcher in group})
 
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(self._reconcile_forever(), name="job-reconcile")]
@@ -101,9 +97,11 @@ class JobWatchHub:
         watcher = Watcher(frozenset(job_ids))
         for job_id in watcher.job_ids:
             self._watchers.setdefault(job_id, set()).add(watcher)
+        metrics.JOB_WATCHERS.inc()
         try:
             yield watcher
         finally:
+            metrics.JOB_WATCHERS.dec()
             for job_id in watcher.job_ids:
                 group = self._watchers.get(job_id)
                 if group is not None:
@@ -115,7 +113,7 @@ class JobWatchHub:
         decoded = _decode(data)
         if decoded is None:
             return
-        self.notifications_received += 1
+        metrics.JOB_NOTIFICATIONS.inc()
         job_id, status = decoded
         for watcher in self._watchers.get(job_id, ()):
             watcher.changes.put_nowait((job_id, status))

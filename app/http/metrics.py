@@ -1,0 +1,80 @@
+"""The API's side of the metrics: every request counted by route template, and the
+``/metrics`` answer (all of this API's processes together in multiprocess mode)."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    generate_latest,
+    multiprocess,
+    start_http_server,
+)
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.core import metrics
+from app.core.settings import ConfigError, Settings
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Requests no route matched (scanners, typos) share one label: a label per path would let
+# any client grow the metrics without bound.
+UNMATCHED = "unmatched"
+
+
+class RequestMetrics:
+    """Counts every answer by route template, method and status, and times it to its last
+    byte. Outermost, so answers other middleware give (413, 408) are counted too."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the client gets if the app raises before answering
+
+        async def send_counted(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_counted)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or UNMATCHED
+            method = scope["method"] if scope["method"] in _METHODS else "other"
+            metrics.HTTP_REQUESTS.labels(template, method, str(status)).inc()
+            metrics.HTTP_DURATION.labels(template).observe(time.perf_counter() - started)
+
+
+def serve_metrics(*, host: str, port: int) -> None:
+    """This process's metrics on ``http://host:port/metrics`` from a thread of its own (a
+    worker's); a port that is taken stops the process with one line."""
+    try:
+        start_http_server(port, addr=host)
+    except OSError as error:
+        raise ConfigError(f"cannot serve metrics on {host}:{port}: {error.strerror}") from None
+
+
+def exposition(settings: Settings, *collectors: Collector) -> bytes:
+    """The text of ``/metrics``: this API's metrics (every process's, when they share a
+    multiprocess directory), then ``collectors``' (read at scrape time)."""
+    if settings.prometheus_multiproc_dir is not None:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(  # type: ignore[no-untyped-call]
+            registry, path=settings.prometheus_multiproc_dir
+        )
+        text = generate_latest(registry)
+    else:
+        text = generate_latest(REGISTRY)
+    extra = CollectorRegistry()
+    for collector in collectors:
+        extra.register(collector)
+    return text + generate_latest(extra)
