@@ -23,6 +23,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Browser, Page
 
+from app.dashboard.rendering import duration
 from tests.harness.browser import Session, browser_session, chromium
 from tests.harness.images import b64, picture
 from tests.harness.processes import free_port, wait_until
@@ -494,6 +495,27 @@ def test_a_job_page_explains_its_charge(signed_in: Session, board: Board) -> Non
     assert "attempt 1 ended" in page.locator(".timeline").inner_text()
     image = page.locator("img[alt='output image']")
     assert image.evaluate("img => img.complete && img.naturalWidth") == 1024
+
+
+def test_a_job_page_shows_where_each_attempts_time_went(signed_in: Session, board: Board) -> None:
+    key = board.stack.create_key("timed")
+    prompt = f"dash retried {uuid.uuid4().hex[:8]}"
+    board.stack.simulator.script(prompt, ["3040", "ok"])
+    with board.api(key) as client:
+        job = run_job(client, prompt=prompt)
+    assert job["attempts"] == 2
+    page = signed_in.go(f"/admin/jobs/{job['id']}")
+    # Each attempt's end shows its own gateway time; the totals are the Job's.
+    overheads = [
+        cell.inner_text() for cell in page.locator("[data-overhead]").all() if cell.inner_text()
+    ]
+    assert len(overheads) == 2
+    assert all(text.endswith("ms") or text.endswith("s") for text in overheads)
+    timings = job["timings"]
+    summary = page.locator("[data-timings]").inner_text()
+    assert f"Workers AI {duration(timings['upstream_ms'])}" in summary
+    assert f"Queued {duration(timings['queue_ms'])}" in summary
+    assert f"the gateway {duration(timings['overhead_ms'])}" in summary
 
 
 def test_an_edit_job_page_shows_its_inputs_and_prices_them(

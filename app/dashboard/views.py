@@ -19,6 +19,7 @@ from app.billing.rules import Breakdown, breakdown
 from app.core.errors import NotFound
 from app.core.ids import id_floor
 from app.jobs.models import Job, JobAttempt, JobImage, JobStatus
+from app.jobs.timings import Timings, attempt_timings, job_timings
 from app.keys.models import ApiKey
 from app.webhooks import service as webhooks
 from app.webhooks.schemas import DeliveryOut
@@ -246,6 +247,8 @@ class TimelineEntry:
     label: str
     detail: str = ""
     duration_ms: float | None = None
+    # An attempt's own time outside the upstream call.
+    overhead_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -254,6 +257,7 @@ class JobPage:
     key: ApiKey
     explanation: Explanation
     timeline: list[TimelineEntry]
+    timings: Timings
     output: JobImage | None
     inputs: list[JobImage]
     deliveries: list[DeliveryOut]
@@ -286,13 +290,8 @@ def explain(job: Job, price: Price, *, input_sizes: list[tuple[int, int]]) -> Ex
 
 def _timeline(job: Job, attempts: list[JobAttempt]) -> list[TimelineEntry]:
     entries = [TimelineEntry(at=job.created_at, label="created")]
-    previous = job.created_at
-    for attempt in attempts:
-        wait = (
-            None
-            if attempt.started_at is None
-            else (attempt.started_at - previous).total_seconds() * 1000
-        )
+    for attempt, spent in zip(attempts, attempt_timings(job, attempts), strict=True):
+        wait = spent.queue_ms
         detail = attempt.outcome
         if attempt.error_code:
             detail += f" · {attempt.error_code}"
@@ -313,9 +312,9 @@ def _timeline(job: Job, attempts: list[JobAttempt]) -> list[TimelineEntry]:
                 label=f"attempt {attempt.number} ended",
                 detail=detail,
                 duration_ms=attempt.upstream_ms,
+                overhead_ms=spent.overhead_ms,
             )
         )
-        previous = attempt.ended_at
     if job.status == JobStatus.RUNNING:
         entries.append(TimelineEntry(at=None, label=f"attempt {job.attempts} in progress"))
     if job.completed_at is not None:
@@ -354,6 +353,7 @@ def job_page(session: Session, *, job: Job) -> JobPage:
         key=session.get_one(ApiKey, job.api_key_id),
         explanation=explain(job, price, input_sizes=[(i.width, i.height) for i in inputs]),
         timeline=_timeline(job, attempts),
+        timings=job_timings(job, attempts),
         output=output,
         inputs=inputs,
         deliveries=deliveries,

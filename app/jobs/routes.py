@@ -17,6 +17,7 @@ from app.http.sse import EventStreamResponse
 from app.jobs import service, submission, watching
 from app.jobs.schemas import AdminJobList, JobCost, JobList, JobOut, cost_out
 from app.jobs.service import JobFilters, JobSubmission, parse_submission
+from app.jobs.timings import server_timing
 from app.jobs.watching import WatchDep
 from app.keys.deps import AdminKeyDep, ApiKeyDep, SubmitterDep
 
@@ -125,6 +126,8 @@ async def submit_job(
         # after an error would pay twice.
         logger.warning("job %s: could not wait for it; answering as accepted", job_id)
         return _json(accepted.rendered[0], 202, headers)
+    if finished:
+        headers["Server-Timing"] = server_timing(**latest.timings.model_dump())
     return _json(latest.model_dump_json().encode(), 200 if finished else 202, headers)
 
 

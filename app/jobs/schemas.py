@@ -19,6 +19,7 @@ from app.core.errors import FluxgateError, InvalidParameter
 from app.core.money import format_usd
 from app.core.text import parse_json
 from app.jobs.models import Job, JobImage, JobStatus
+from app.jobs.timings import Timings
 from app.upstream import catalog
 
 MAX_METADATA_KEYS = 16
@@ -221,6 +222,16 @@ class JobOutput(BaseModel):
     sha256: str
 
 
+class JobTimings(BaseModel):
+    """Where the job's time went, in milliseconds: waiting for a worker (and, for a retried
+    job, between attempts), in Workers AI, and in the gateway itself. Null until known:
+    ``queue_ms`` once the job started, the rest once it ended (all three for a retried job)."""
+
+    queue_ms: int | None
+    upstream_ms: int | None
+    overhead_ms: int | None
+
+
 class JobOut(BaseModel):
     id: str
     object: Literal["job"] = "job"
@@ -237,6 +248,7 @@ class JobOut(BaseModel):
     output: JobOutput | None
     metadata: dict[str, str]
     webhook_url: str | None
+    timings: JobTimings
 
 
 class JobList(BaseModel):
@@ -266,7 +278,7 @@ def cost_out(cost: Cost, *, charged_nanos: int | None = None) -> JobCost:
     )
 
 
-def job_out(job: Job, image: JobImage | None, position: int | None) -> JobOut:
+def job_out(job: Job, image: JobImage | None, position: int | None, timings: Timings) -> JobOut:
     failed = job.status in (JobStatus.FAILED, JobStatus.CANCELED) and job.error_code is not None
     return JobOut(
         id=job.id,
@@ -312,4 +324,9 @@ def job_out(job: Job, image: JobImage | None, position: int | None) -> JobOut:
         else None,
         metadata=job.metadata_ or {},
         webhook_url=job.webhook_url,
+        timings=JobTimings(
+            queue_ms=timings.queue_ms,
+            upstream_ms=timings.upstream_ms,
+            overhead_ms=timings.overhead_ms,
+        ),
     )

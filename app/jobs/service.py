@@ -21,9 +21,9 @@ from app.core.orm import utcnow
 from app.core.paging import newest_first
 from app.core.settings import Settings
 from app.http.body import RequestBody
-from app.jobs import accounting
+from app.jobs import accounting, timings
 from app.jobs.inputs import collect_input_images, input_limits
-from app.jobs.models import Job, JobImage, JobStatus
+from app.jobs.models import Job, JobAttempt, JobImage, JobStatus
 from app.jobs.schemas import (
     AdminJobOut,
     JobCreate,
@@ -391,7 +391,18 @@ def to_job_out(session: Session, jobs: Sequence[Job]) -> list[JobOut]:
         )
         outputs = {row.job_id: row for row in rows}
     positions = queue_positions(session, jobs=jobs)
-    return [job_out(job, outputs.get(job.id), positions.get(job.id)) for job in jobs]
+    spent = job_timings(session, jobs=jobs)
+    return [job_out(job, outputs.get(job.id), positions.get(job.id), spent[job.id]) for job in jobs]
+
+
+def job_timings(session: Session, jobs: Sequence[Job]) -> dict[str, timings.Timings]:
+    """Where each job's time went; the attempts of retried jobs read in one query."""
+    retried = [job.id for job in jobs if timings.needs_attempts(job)]
+    attempts: dict[str, list[JobAttempt]] = {}
+    if retried:
+        for attempt in session.scalars(select(JobAttempt).where(JobAttempt.job_id.in_(retried))):
+            attempts.setdefault(attempt.job_id, []).append(attempt)
+    return {job.id: timings.job_timings(job, attempts.get(job.id, ())) for job in jobs}
 
 
 def to_admin_job_out(session: Session, jobs: Sequence[Job]) -> list[AdminJobOut]:

@@ -19,6 +19,8 @@ from app.http.body import RequestBody, StrictJSONRoute, read_body
 from app.http.deps import SessionDep, SettingsDep
 from app.jobs import submission, watching
 from app.jobs.models import Job, JobStatus
+from app.jobs.service import job_timings
+from app.jobs.timings import server_timing
 from app.jobs.watching import Watch, WatchDep
 from app.keys.deps import SubmitterDep
 from app.keys.models import ApiKey
@@ -42,6 +44,7 @@ class ImagesCall:
     it takes."""
 
     request: Request
+    response: Response
     body: RequestBody
     api_key: ApiKey
     session: Session
@@ -51,13 +54,14 @@ class ImagesCall:
 
 async def images_call(
     request: Request,
+    response: Response,
     api_key: SubmitterDep,
     session: SessionDep,
     watch: WatchDep,
     settings: SettingsDep,
 ) -> ImagesCall:
     body = await read_body(request, max_file_bytes=settings.input_image_max_bytes)
-    return ImagesCall(request, body, api_key, session, watch, settings)
+    return ImagesCall(request, response, body, api_key, session, watch, settings)
 
 
 ImagesCallDep = Annotated[ImagesCall, Depends(images_call)]
@@ -68,15 +72,20 @@ def _create_jobs(session: Session, api_key: ApiKey, parsed: service.ImagesReques
     return [job.id for job in accepted.jobs]
 
 
-def _states(session: Session, job_ids: Sequence[str]) -> dict[str, Job]:
+def _states(session: Session, job_ids: Sequence[str]) -> tuple[dict[str, Job], str]:
+    """The jobs, and the Server-Timing of the one that ended last (what the caller waited
+    for)."""
     states = service.job_states(session, job_ids=job_ids)
+    last = max(states.values(), key=lambda job: job.completed_at or job.created_at)
+    spent = job_timings(session, jobs=[last])[last.id]
     end_read(session)
-    return states
+    return states, server_timing(
+        queue_ms=spent.queue_ms, upstream_ms=spent.upstream_ms, overhead_ms=spent.overhead_ms
+    )
 
 
-async def _wait(
-    request: Request, session: Session, watch: Watch, job_ids: Sequence[str], timeout: float
-) -> list[Job]:
+async def _wait(call: ImagesCall, job_ids: Sequence[str], timeout: float) -> list[Job]:
+    request, session, watch = call.request, call.session, call.watch
     finished = await watching.wait_until_final(
         watch.hub,
         job_ids,
@@ -88,14 +97,15 @@ async def _wait(
             f"the images are not ready after {timeout:.0f}s; they are still being made as "
             f"jobs {', '.join(job_ids)} (GET /v1/jobs/{{id}})"
         )
-    states = await run_in_threadpool(_states, session, job_ids)
+    states, timing = await run_in_threadpool(_states, session, job_ids)
+    call.response.headers["Server-Timing"] = timing
     return [states[job_id] for job_id in job_ids]
 
 
 async def _run(call: ImagesCall, parsed: service.ImagesRequest) -> dict[str, Any]:
     request, session, settings = call.request, call.session, call.settings
     job_ids = await run_in_threadpool(_create_jobs, session, call.api_key, parsed)
-    jobs = await _wait(request, session, call.watch, job_ids, settings.openai_wait_seconds)
+    jobs = await _wait(call, job_ids, settings.openai_wait_seconds)
     if not any(job.status == JobStatus.SUCCEEDED for job in jobs):
         failed = jobs[0]
         raise UpstreamFailed(
