@@ -20,6 +20,8 @@ from tests.harness.processes import ROOT
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]
 FLUXGATE_SERVICES = {"migrate", "api", "worker", "webhooks", "beat", "simulator"}
+MONITORING_SERVICES = {"prometheus", "grafana"}
+DEPLOY = ROOT / "deploy"
 SETTINGS = {f"FLUXGATE_{name.upper()}" for name in Settings.model_fields}
 
 
@@ -47,8 +49,10 @@ def parses_as_fluxgate(argv: list[str]) -> None:
 
 
 def test_services_are_the_documented_ones() -> None:
-    assert set(SERVICES) == {"postgres", "redis", *FLUXGATE_SERVICES}
+    assert set(SERVICES) == {"postgres", "redis", *FLUXGATE_SERVICES, *MONITORING_SERVICES}
     assert SERVICES["simulator"]["profiles"] == ["simulator"]
+    for name in MONITORING_SERVICES:
+        assert SERVICES[name]["profiles"] == ["monitoring"]
     for name in FLUXGATE_SERVICES:
         assert SERVICES[name]["build"] == "."
         assert SERVICES[name]["image"] == "fluxgate:local"
@@ -104,6 +108,66 @@ def test_ports_match_the_commands() -> None:
     assert f"http://simulator:{sim_port}/client/v4" in example
 
 
+def flag(command: list[str], name: str) -> str:
+    return command[command.index(name) + 1]
+
+
+def test_prometheus_scrapes_every_role_where_it_serves_metrics() -> None:
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    targets = {
+        sd["names"][0]: sd["port"]
+        for job in config["scrape_configs"]
+        for sd in job["dns_sd_configs"]
+    }
+    api = SERVICES["api"]["command"]
+    assert targets["api"] == int(flag(api, "--port"))
+    for role in ("worker", "webhooks"):
+        command = SERVICES[role]["command"]
+        assert targets[role] == int(flag(command, "--metrics-port"))
+        # Reachable from Prometheus's container, and never published on the host.
+        assert flag(command, "--metrics-host") == "0.0.0.0"
+        assert "ports" not in SERVICES[role]
+        parses_as_fluxgate(command)
+    mounted = {
+        volume.split(":")[1]: volume.split(":")[0] for volume in SERVICES["prometheus"]["volumes"]
+    }
+    assert mounted["/etc/prometheus/prometheus.yml"] == "./deploy/prometheus/prometheus.yml"
+    assert "--config.file=/etc/prometheus/prometheus.yml" in SERVICES["prometheus"]["command"]
+
+
+def test_grafana_is_provisioned_with_the_dashboard_and_its_datasource() -> None:
+    grafana = SERVICES["grafana"]
+    mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in grafana["volumes"]}
+    provisioning = DEPLOY / "grafana" / "provisioning"
+    assert mounts["/etc/grafana/provisioning"] == "./deploy/grafana/provisioning"
+    [source] = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())[
+        "datasources"
+    ]
+    assert source["url"] == "http://prometheus:9090"
+    [provider] = yaml.safe_load((provisioning / "dashboards" / "fluxgate.yml").read_text())[
+        "providers"
+    ]
+    dashboard_path = provider["options"]["path"]
+    assert mounts[f"{dashboard_path}/fluxgate.json"] == "./deploy/grafana/fluxgate.json"
+    dashboard = json.loads((DEPLOY / "grafana" / "fluxgate.json").read_text())
+    panels = [panel for panel in dashboard["panels"] if panel["type"] != "row"]
+    assert len(panels) >= 20
+    for panel in panels:
+        assert panel["datasource"]["uid"] == source["uid"], panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == source["uid"]
+    # Panels do not overlap.
+    cells = set()
+    for panel in dashboard["panels"]:
+        box = panel["gridPos"]
+        for dx in range(box["w"]):
+            for dy in range(box["h"]):
+                cell = (box["x"] + dx, box["y"] + dy)
+                assert cell not in cells, panel["title"]
+                cells.add(cell)
+
+
 def test_stateful_services_persist_and_are_checked() -> None:
     assert "--appendonly" in SERVICES["redis"]["command"]
     assert (
@@ -113,7 +177,12 @@ def test_stateful_services_persist_and_are_checked() -> None:
     for name in ("postgres", "redis"):
         assert SERVICES[name]["volumes"], name
         assert SERVICES[name]["healthcheck"]["test"], name
-    assert set(COMPOSE["volumes"]) == {"postgres-data", "redis-data"}
+    assert set(COMPOSE["volumes"]) == {
+        "postgres-data",
+        "redis-data",
+        "prometheus-data",
+        "grafana-data",
+    }
 
 
 def test_migrate_runs_once_before_the_others() -> None:

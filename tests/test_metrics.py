@@ -3,6 +3,8 @@ successes, a retry, a failure, refusals, a replay and a webhook, and checked cou
 
 from __future__ import annotations
 
+import json
+import re
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,7 +14,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness.processes import free_port, wait_until
+from tests.harness.processes import ROOT, free_port, wait_until
 from tests.harness.stack import Stack
 from tests.receiver import Receiver
 
@@ -202,6 +204,23 @@ def test_the_worker_counts_upstream_calls_jobs_and_money(run: Run) -> None:
     assert value(worker, "fluxgate_upstream_neurons_total", model=MODEL) > 0
     assert value(worker, "fluxgate_webhook_attempts_total", outcome="2xx") == 1
     assert value(worker, "fluxgate_db_statements_total") > 0
+
+
+def families(url: str) -> set[str]:
+    return {family.name for family in text_string_to_metric_families(httpx.get(url).text)}
+
+
+def test_the_grafana_dashboard_uses_only_metrics_fluxgate_exports(run: Run) -> None:
+    exported = families(f"{run.stack.api_url}/metrics") | families(run.worker_metrics)
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "fluxgate.json").read_text())
+    named = {
+        re.sub(r"_(total|bucket|count|sum)$", "", name)
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+        for name in re.findall(r"fluxgate_[a-z_]+", target["expr"])
+    }
+    assert len(named) >= 20
+    assert named <= exported, named - exported
 
 
 def test_the_ledger_agrees_with_the_charged_counter(run: Run) -> None:
