@@ -355,7 +355,12 @@ def build_parser() -> argparse.ArgumentParser:
         "worker of its own so slow receivers never hold up image jobs)",
     )
 
-    add("beat", cmd_beat, "Run the periodic sweeper that re-sends stuck or lost jobs")
+    add(
+        "beat",
+        cmd_beat,
+        "Run the periodic work: the sweeper that re-sends stuck or lost jobs, the usage "
+        "rollup, image retention and the purge of what has expired",
+    )
 
     from app.simulator.__main__ import add_arguments as add_simulator_arguments
 
