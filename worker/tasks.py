@@ -6,7 +6,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from functools import partial
 
 import redis
@@ -19,16 +22,20 @@ from app.billing import rollup
 from app.core import outbox
 from app.core.db import with_transaction
 from app.core.images import ImageError, ImageInfo, inspect_image
+from app.core.metrics import RETENTION_DELETED_BYTES, RETENTION_DELETED_IMAGES
 from app.core.orm import utcnow
 from app.core.queue import (
     DELIVER_WEBHOOK_TASK,
     FORWARD_TASK,
+    PURGE_TASK,
     ROLLUP_USAGE_TASK,
     SWEEP_TASK,
     celery_app,
 )
 from app.core.settings import Settings, get_settings
-from app.jobs import execution, idempotency
+from app.dashboard import sessions as admin_sessions
+from app.dashboard import thumbnails
+from app.jobs import execution, idempotency, retention
 from app.upstream.gate import wait_for_turn
 from app.upstream.workers_ai import GenerationResult, UpstreamError, WorkersAIClient
 from app.webhooks import sender
@@ -191,7 +198,6 @@ def sweep() -> None:
             max_attempts=settings.upstream_max_attempts,
         )
     )
-    with_transaction(idempotency.purge_expired)
     # The due deliveries' messages go out through the outbox as this commits.
     deliveries = with_transaction(
         lambda session: webhooks.sweep(
@@ -223,6 +229,104 @@ def rollup_usage() -> None:
                 result.rolled_from,
                 result.rolled_until,
             )
+
+
+@dataclass
+class Purged:
+    """What one purge run deleted: images (by role) of how many jobs in how many batches, and
+    the rows of each other kind."""
+
+    jobs: int = 0
+    batches: int = 0
+    images: Counter[str] = field(default_factory=Counter)
+    bytes: Counter[str] = field(default_factory=Counter)
+    rows: Counter[str] = field(default_factory=Counter)
+
+
+def _expire_batch(
+    session: Session, *, cutoff: datetime, limit: int, now: datetime
+) -> retention.ExpiredImages:
+    expired = retention.expire_images(session, cutoff=cutoff, limit=limit, now=now)
+    thumbnails.forget(session, job_ids=expired.job_ids)
+    return expired
+
+
+def purge(
+    settings: Settings,
+    *,
+    now: datetime | None = None,
+    sessions: Callable[[], Session] | None = None,
+) -> Purged:
+    """Delete what is past its use, each kind in batches of RETENTION_BATCH_SIZE, each batch a
+    transaction of its own: stored images (and their thumbnails) IMAGE_RETENTION_DAYS after
+    their job completed, and webhook answer excerpts as old (unless that is 0); expired image
+    links, idempotency keys past 24 hours, ended dashboard sessions and closed failed-login
+    windows. The cut-off is fixed for the run, so it ends however fast jobs complete."""
+    now = now or utcnow()
+    limit = settings.retention_batch_size
+    purged = Purged()
+    steps: list[tuple[str, Callable[..., int]]] = []
+    if settings.image_retention_days > 0:
+        cutoff = now - timedelta(days=settings.image_retention_days)
+        while True:
+            batch = with_transaction(
+                partial(_expire_batch, cutoff=cutoff, limit=limit, now=now), sessions=sessions
+            )
+            # Counted once the batch has committed: a rolled-back batch deleted nothing.
+            for role, count in batch.images.items():
+                RETENTION_DELETED_IMAGES.labels(role=role).inc(count)
+                RETENTION_DELETED_BYTES.labels(role=role).inc(batch.bytes[role])
+            purged.batches += 1
+            purged.jobs += len(batch.job_ids)
+            purged.images.update(batch.images)
+            purged.bytes.update(batch.bytes)
+            if len(batch.job_ids) < limit:
+                break
+        steps.append(("webhook answer excerpts", partial(webhooks.clear_excerpts, before=cutoff)))
+    window = timedelta(seconds=settings.admin_login_window_seconds)
+    steps += [
+        ("expired image links", partial(retention.purge_expired_links, now=now)),
+        ("idempotency keys", partial(idempotency.purge_expired, now=now)),
+        (
+            "ended dashboard sessions",
+            partial(
+                admin_sessions.purge_ended,
+                now=now,
+                policy=admin_sessions.SessionPolicy.from_settings(settings),
+            ),
+        ),
+        (
+            "failed-login windows",
+            partial(admin_sessions.purge_closed_windows, now=now, window=window),
+        ),
+    ]
+    for what, step in steps:
+        while True:
+            count = with_transaction(partial(step, limit=limit), sessions=sessions)
+            purged.rows[what] += count
+            if count < limit:
+                break
+    return purged
+
+
+@celery_app.task(name=PURGE_TASK, ignore_result=True)
+def purge_expired() -> None:
+    """Beat's clean-up, every RETENTION_INTERVAL_SECONDS (see :func:`purge`)."""
+    purged = purge(get_settings())
+    if purged.jobs:
+        logger.info(
+            "retention: images of %d jobs deleted in %d batches: %d input (%d bytes), "
+            "%d output (%d bytes)",
+            purged.jobs,
+            purged.batches,
+            purged.images["input"],
+            purged.bytes["input"],
+            purged.images["output"],
+            purged.bytes["output"],
+        )
+    for what, count in purged.rows.items():
+        if count:
+            logger.info("purge: %s: %d", what, count)
 
 
 @celery_app.task(name=DELIVER_WEBHOOK_TASK, ignore_result=True)

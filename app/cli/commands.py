@@ -388,7 +388,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the address the metrics port listens on (0.0.0.0 inside a container network)",
     )
 
-    add("beat", cmd_beat, "Run the periodic sweeper that re-sends stuck or lost jobs")
+    add(
+        "beat",
+        cmd_beat,
+        "Run the periodic work: the sweeper that re-sends stuck or lost jobs, the usage "
+        "rollup, image retention and the purge of what has expired",
+    )
 
     from app.simulator.__main__ import add_arguments as add_simulator_arguments
 

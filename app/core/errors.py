@@ -56,6 +56,13 @@ class Conflict(FluxgateError):
     code = "conflict"
 
 
+class Gone(FluxgateError):
+    """It existed and was deleted on purpose (an image past IMAGE_RETENTION_DAYS)."""
+
+    status_code = 410
+    code = "gone"
+
+
 class PayloadTooLarge(FluxgateError):
     status_code = 413
     code = "request_too_large"
@@ -117,6 +124,7 @@ DESCRIPTIONS = {
     404: "Nothing with this id, or not the caller's",
     408: "The request was not received in time",
     409: "It conflicts with the resource's state",
+    410: "The image was deleted by retention (`image_expired`); the job and its charge remain",
     413: "The request, or an image in it, is too large",
     415: "The body, or an image in it, has a type that is not accepted",
     422: "A field, parameter or header broke a rule; `param` names it",

@@ -24,6 +24,7 @@ DELIVER_WEBHOOK_TASK = "fluxgate.deliver_webhook"
 FORWARD_TASK = "fluxgate.forward_job"
 SWEEP_TASK = "fluxgate.sweep"
 ROLLUP_USAGE_TASK = "fluxgate.rollup_usage"
+PURGE_TASK = "fluxgate.purge_expired"
 
 celery_app = Celery("fluxgate")
 
@@ -55,6 +56,7 @@ def configure(settings: Settings, broker: Broker) -> Celery:
         task_routes={
             SWEEP_TASK: {"queue": MAINTENANCE_QUEUE},
             ROLLUP_USAGE_TASK: {"queue": MAINTENANCE_QUEUE},
+            PURGE_TASK: {"queue": MAINTENANCE_QUEUE},
             DELIVER_WEBHOOK_TASK: {"queue": WEBHOOKS_QUEUE},
         },
         # Publishing happens inside an HTTP request: fail fast rather than hang it.
@@ -64,6 +66,11 @@ def configure(settings: Settings, broker: Broker) -> Celery:
             "rollup-usage": {
                 "task": ROLLUP_USAGE_TASK,
                 "schedule": settings.usage_rollup_interval_seconds,
+            },
+            # Images past IMAGE_RETENTION_DAYS, and what else is past its use.
+            "purge-expired": {
+                "task": PURGE_TASK,
+                "schedule": settings.retention_interval_seconds,
             },
         },
         worker_hijack_root_logger=False,

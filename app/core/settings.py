@@ -124,6 +124,14 @@ class Settings(BaseSettings):
     # How often beat rolls closed hours of the ledger up for the usage reports.
     usage_rollup_interval_seconds: PositiveSeconds = 60.0
     requeue_after_seconds: PositiveSeconds = 300.0
+    # Stored images (outputs and inputs) are deleted this many days after their job completed;
+    # 0 keeps them. Jobs, charges and usage are kept either way.
+    image_retention_days: int = Field(default=30, ge=0, le=100_000)
+    # How often beat deletes what is past its use: expired images, links, idempotency keys,
+    # webhook answer excerpts, ended dashboard sessions.
+    retention_interval_seconds: PositiveSeconds = 3600.0
+    # Jobs (or rows) per transaction of that clean-up: short transactions, never a long lock.
+    retention_batch_size: int = Field(default=200, ge=1, le=10_000)
     # Per process. Keep processes x (pool + overflow) below PostgreSQL's max_connections.
     db_pool_size: int = Field(default=15, ge=1)
     db_max_overflow: int = Field(default=5, ge=0)

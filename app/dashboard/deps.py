@@ -3,7 +3,6 @@ checks every state-changing request must pass."""
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -24,10 +23,7 @@ class LoginRequired(Exception):
 
 
 def session_policy(settings: Settings) -> sessions.SessionPolicy:
-    return sessions.SessionPolicy(
-        idle=timedelta(seconds=settings.admin_session_idle_seconds),
-        absolute=timedelta(seconds=settings.admin_session_max_seconds),
-    )
+    return sessions.SessionPolicy.from_settings(settings)
 
 
 def session_token(request: Request, settings: Settings) -> str | None:

@@ -427,7 +427,9 @@ def jobs_page(
         key_names={k.id: k.name for k in keys},
         statuses=[s.value for s in JobStatus],
         models=list(catalog.MODELS),
-        thumbnails=thumbnails.thumbnails_of(session, job_ids=[job.id for job in jobs]),
+        thumbnails=thumbnails.thumbnails_of(
+            session, job_ids=[job.id for job in jobs if job.images_expired_at is None]
+        ),
     )
 
 

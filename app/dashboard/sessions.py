@@ -14,11 +14,13 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import delete, or_, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.core.db import rows_affected
 from app.core.errors import FluxgateError
+from app.core.settings import Settings
 from app.dashboard.models import AdminSession, LoginFailure
 from app.keys.models import ApiKey
 from app.keys.service import authenticate, hash_key
@@ -36,6 +38,13 @@ class TooManyLogins(FluxgateError):
 class SessionPolicy:
     idle: timedelta
     absolute: timedelta
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SessionPolicy:
+        return cls(
+            idle=timedelta(seconds=settings.admin_session_idle_seconds),
+            absolute=timedelta(seconds=settings.admin_session_max_seconds),
+        )
 
 
 @dataclass(frozen=True)
@@ -169,4 +178,37 @@ def log_out(session: Session, *, token: str) -> None:
 def csrf_matches(admin_session: AdminSession, presented: str | None) -> bool:
     return presented is not None and hmac.compare_digest(
         admin_session.csrf_token.encode(), presented.encode()
+    )
+
+
+def purge_ended(session: Session, *, now: datetime, policy: SessionPolicy, limit: int) -> int:
+    """Delete up to ``limit`` ended sessions (beat's purge: logins clear them too, but a
+    dashboard nobody signs in to would keep them); how many."""
+    ended = (
+        select(AdminSession.token_hash)
+        .where(or_(AdminSession.expires_at <= now, AdminSession.last_seen_at <= now - policy.idle))
+        .limit(limit)
+    )
+    return rows_affected(
+        session.execute(
+            delete(AdminSession)
+            .where(AdminSession.token_hash.in_(ended))
+            .execution_options(synchronize_session=False)
+        )
+    )
+
+
+def purge_closed_windows(session: Session, *, now: datetime, window: timedelta, limit: int) -> int:
+    """Delete up to ``limit`` failed-login counts of windows that have closed; how many."""
+    closed = (
+        select(LoginFailure.address, LoginFailure.window_start)
+        .where(LoginFailure.window_start <= now - window)
+        .limit(limit)
+    )
+    return rows_affected(
+        session.execute(
+            delete(LoginFailure)
+            .where(tuple_(LoginFailure.address, LoginFailure.window_start).in_(closed))
+            .execution_options(synchronize_session=False)
+        )
     )

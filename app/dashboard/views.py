@@ -18,6 +18,7 @@ from app.billing.rollup import NANOS_PER_NEURON
 from app.billing.rules import Breakdown, breakdown
 from app.core.errors import NotFound
 from app.core.ids import id_floor
+from app.jobs import retention
 from app.jobs.models import Job, JobAttempt, JobImage, JobStatus
 from app.jobs.timings import Timings, attempt_timings, job_timings
 from app.keys.models import ApiKey
@@ -440,4 +441,6 @@ def job_image(session: Session, *, job_id: str, role: str, position: int) -> Job
     )
     if image is None:
         raise NotFound("no such image of this job", code="image_not_found")
+    if image.data is None:
+        raise retention.expired(session.get_one(Job, job_id))
     return image

@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
-from sqlalchemy import text
 
 from app.core.db import get_engine
 from app.core.errors import DependencyUnavailable, error_responses
+from app.core.migrate import Schema, current_revision, expected_schema
 from app.core.queue import check_broker
 from app.http.body import StrictJSONRoute
 from app.http.metrics import exposition
@@ -21,22 +21,50 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="The database and the broker answer", responses=error_responses(503))
+@router.get(
+    "/readyz",
+    summary="The database answers and is at this version's schema; the broker answers",
+    responses=error_responses(503),
+)
 def readyz() -> dict[str, str]:
     try:
         with get_engine().connect() as connection:
-            connection.execute(text("SELECT 1"))
+            revision = current_revision(connection)
     except Exception:
         raise DependencyUnavailable(
             "the database is not reachable", code="database_unavailable"
         ) from None
+    schema = expected_schema()
+    if revision != schema.head:
+        raise _schema_not_ready(revision, schema)
     try:
         check_broker(timeout=2)
     except Exception:
         raise DependencyUnavailable(
             "the broker is not reachable", code="broker_unavailable"
         ) from None
-    return {"status": "ready", "database": "ok", "broker": "ok"}
+    return {"status": "ready", "database": "ok", "migrations": "ok", "broker": "ok"}
+
+
+def _schema_not_ready(revision: str | None, schema: Schema) -> DependencyUnavailable:
+    """A deploy that forgot ``fluxgate migrate`` (or runs older code on a newer database)."""
+    if revision is None:
+        return DependencyUnavailable(
+            f"the database has never been migrated; this version needs schema revision "
+            f"{schema.head}: run `fluxgate migrate`",
+            code="migrations_pending",
+        )
+    if revision in schema.known:
+        return DependencyUnavailable(
+            f"the database schema is at revision {revision}; this version needs {schema.head}: "
+            "run `fluxgate migrate`",
+            code="migrations_pending",
+        )
+    return DependencyUnavailable(
+        f"the database schema is at revision {revision}, which this version does not know (it "
+        f"needs {schema.head}): it was migrated by a newer version of Fluxgate",
+        code="schema_unknown",
+    )
 
 
 @router.get(

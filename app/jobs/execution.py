@@ -157,10 +157,16 @@ def claim(session: Session, *, job_id: str, lease_seconds: float) -> Claim | Non
             guidance=job.guidance,
             steps=job.steps if spec.steps_configurable else None,
             input_images=tuple(
-                InputImage(data=image.data, content_type=image.content_type) for image in inputs
+                InputImage(data=_stored(image), content_type=image.content_type) for image in inputs
             ),
         ),
     )
+
+
+def _stored(image: JobImage) -> bytes:
+    # Retention deletes only the images of jobs that have completed.
+    assert image.data is not None, f"input image of job {image.job_id} has no bytes"
+    return image.data
 
 
 def _update_attempt(session: Session, claim: Claim, **values: object) -> bool:

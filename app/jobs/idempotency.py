@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import delete, update
+from sqlalchemy import delete, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -122,8 +122,16 @@ def release(session: Session, *, api_key_id: str, key: str) -> None:
     )
 
 
-def purge_expired(session: Session) -> int:
+def purge_expired(session: Session, *, now: datetime, limit: int) -> int:
+    """Delete up to ``limit`` keys older than 24 hours (beat's purge); how many."""
+    due = (
+        select(IdempotencyKey.api_key_id, IdempotencyKey.key)
+        .where(IdempotencyKey.created_at < now - KEPT_FOR)
+        .limit(limit)
+    )
     result = session.execute(
-        delete(IdempotencyKey).where(IdempotencyKey.created_at < utcnow() - KEPT_FOR)
+        delete(IdempotencyKey)
+        .where(tuple_(IdempotencyKey.api_key_id, IdempotencyKey.key).in_(due))
+        .execution_options(synchronize_session=False)
     )
     return rows_affected(result)

@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -50,6 +51,14 @@ class Job(Base):
         # The admin listing's model filter (key and status have theirs above; a time range is
         # an id range, ids sorting by creation time).
         Index("ix_jobs_model_id", "model", "id"),
+        # Retention's scan for jobs whose images are due: only jobs whose images are still
+        # kept, so the index shrinks as they expire.
+        Index(
+            "ix_jobs_images_due",
+            "completed_at",
+            postgresql_where=text("images_expired_at IS NULL"),
+            sqlite_where=text("images_expired_at IS NULL"),
+        ),
         # Prompt search (ILIKE '%text%') on PostgreSQL: trigrams (SQLite scans).
         Index(
             "ix_jobs_prompt_trgm",
@@ -99,6 +108,9 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When retention deleted the job's stored images (IMAGE_RETENTION_DAYS after completion);
+    # the image then answers 410 image_expired. Null: kept.
+    images_expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class JobAttempt(Base):
@@ -123,7 +135,9 @@ class JobAttempt(Base):
 
 
 class JobImage(Base):
-    """Image bytes of a job: its output (and, later, its input images)."""
+    """Image bytes of a job: its output and its input images. Retention deletes the bytes
+    (``data`` becomes null) and keeps the rest: the Job's ``output`` block and the pricing of
+    its inputs still read it."""
 
     __tablename__ = "job_images"
     __table_args__ = (
@@ -140,7 +154,7 @@ class JobImage(Base):
     height: Mapped[int] = mapped_column(Integer)
     size_bytes: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str] = mapped_column(String(64))
-    data: Mapped[bytes] = mapped_column(LargeBinary)
+    data: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -152,7 +166,8 @@ class ImageLink(Base):
 
     token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
-    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Expired links are purged by beat.
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

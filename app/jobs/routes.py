@@ -227,7 +227,7 @@ def cancel_job(job_id: str, session: SessionDep, api_key: ApiKeyDep) -> JobOut:
             }
         },
         304: {"description": "Not modified: the `If-None-Match` ETag is current"},
-        **error_responses(409),
+        **error_responses(409, 410),
     },
 )
 def get_image(
@@ -244,6 +244,7 @@ def get_image(
     headers = {"ETag": etag, "Cache-Control": "private, max-age=31536000, immutable"}
     if if_none_match is not None and etag in {tag.strip() for tag in if_none_match.split(",")}:
         return Response(status_code=304, headers=headers)
+    assert image.data is not None  # output_image answers 410 once retention deleted it
     data, content_type = in_format(image.data, image.content_type, format)
     return Response(content=data, media_type=content_type, headers=headers)
 

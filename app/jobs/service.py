@@ -21,7 +21,7 @@ from app.core.orm import utcnow
 from app.core.paging import newest_first
 from app.core.settings import Settings
 from app.http.body import RequestBody
-from app.jobs import accounting, timings
+from app.jobs import accounting, retention, timings
 from app.jobs.inputs import collect_input_images, input_limits
 from app.jobs.models import Job, JobAttempt, JobImage, JobStatus
 from app.jobs.schemas import (
@@ -342,6 +342,8 @@ def cancel_job(session: Session, *, api_key: ApiKey, job_id: str) -> Job:
 
 
 def output_image(session: Session, *, job: Job) -> JobImage:
+    """The job's output with its bytes: 409 until it has succeeded, 410 once retention has
+    deleted it."""
     image = session.scalar(
         select(JobImage).where(
             JobImage.job_id == job.id, JobImage.role == "output", JobImage.position == 0
@@ -352,6 +354,8 @@ def output_image(session: Session, *, job: Job) -> JobImage:
             f"job {job.id} is {job.status}; its image exists once it has succeeded",
             code="image_not_ready",
         )
+    if job.images_expired_at is not None or image.data is None:
+        raise retention.expired(job)
     return image
 
 

@@ -182,11 +182,13 @@ async def edits(call: ImagesCallDep) -> dict[str, Any]:
     "/shared/{token}",
     summary="An image behind an expiring link (no API key needed)",
     response_class=Response,
+    responses=error_responses(410),
 )
 def shared_image(token: str, session: SessionDep, format: str | None = None) -> Response:
     image, seconds_left = service.linked_image(session, token=token)
     if format is not None and format not in ("png", "jpeg", "webp"):
         raise InvalidParameter("format must be png, jpeg or webp", param="format")
+    assert image.data is not None  # linked_image answers 410 once retention deleted it
     data, content_type = in_format(image.data, image.content_type, format)
     return Response(
         content=data,

@@ -20,6 +20,7 @@ from app.core.errors import InvalidParameter, NotFound
 from app.core.images import in_format
 from app.core.orm import utcnow
 from app.core.settings import Settings
+from app.jobs import retention
 from app.jobs.inputs import input_limits, prepare_all
 from app.jobs.models import ImageLink, Job, JobImage, JobStatus
 from app.jobs.schemas import parse_job_create
@@ -150,7 +151,8 @@ def create_link(session: Session, *, job_id: str, ttl_seconds: int) -> str:
 
 
 def linked_image(session: Session, *, token: str) -> tuple[JobImage, int]:
-    """The image behind a link and the seconds it stays valid; unknown or expired: 404."""
+    """The image behind a link and the seconds it stays valid; unknown or expired: 404; the
+    image deleted by retention while the link still stands: 410 image_expired."""
     link = session.get(ImageLink, _token_hash(token))
     now = utcnow()
     if link is None or link.expires_at <= now:
@@ -160,6 +162,8 @@ def linked_image(session: Session, *, token: str) -> tuple[JobImage, int]:
     )
     if image is None:
         raise NotFound("this image link does not exist or has expired", code="link_not_found")
+    if image.data is None:
+        raise retention.expired(session.get_one(Job, link.job_id))
     return image, int((link.expires_at - now).total_seconds())
 
 
@@ -186,6 +190,8 @@ def images_response(
             select(JobImage).where(JobImage.job_id == job.id, JobImage.role == "output")
         )
         assert image is not None  # a succeeded job has its image
+        if image.data is None:  # deleted by retention (never for jobs just made)
+            raise retention.expired(job)
         payload, _ = in_format(image.data, image.content_type, output_format or None)
         data.append({"b64_json": base64.b64encode(payload).decode()})
     return {"created": int(time.time()), "data": data}

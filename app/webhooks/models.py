@@ -5,7 +5,16 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.orm import Base, UTCDateTime, utcnow
@@ -56,7 +65,17 @@ class WebhookAttempt(Base):
     when the next attempt is due (null: none)."""
 
     __tablename__ = "webhook_attempts"
-    __table_args__ = (UniqueConstraint("delivery_id", "number"),)
+    __table_args__ = (
+        UniqueConstraint("delivery_id", "number"),
+        # Retention's scan for excerpts past IMAGE_RETENTION_DAYS: only attempts that still
+        # hold one.
+        Index(
+            "ix_webhook_attempts_excerpt_started_at",
+            "started_at",
+            postgresql_where=text("response_excerpt IS NOT NULL"),
+            sqlite_where=text("response_excerpt IS NOT NULL"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     delivery_id: Mapped[str] = mapped_column(ForeignKey("webhook_deliveries.id"))
@@ -65,6 +84,7 @@ class WebhookAttempt(Base):
     duration_ms: Mapped[int] = mapped_column(Integer)
     status_code: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
-    # The start of the answer's body, for debugging a receiver (bounded).
+    # The start of the answer's body, for debugging a receiver (bounded); cleared after
+    # IMAGE_RETENTION_DAYS.
     response_excerpt: Mapped[str | None] = mapped_column(Text)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -257,6 +257,25 @@ def sweep(
     return due
 
 
+def clear_excerpts(session: Session, *, before: datetime, limit: int) -> int:
+    """Forget the receivers' answer excerpts of up to ``limit`` attempts started before
+    ``before`` (beat's purge, after IMAGE_RETENTION_DAYS): they are for debugging a receiver,
+    and may hold whatever it sent. The attempts themselves, their status and timing, stay."""
+    due = (
+        select(WebhookAttempt.id)
+        .where(WebhookAttempt.response_excerpt.is_not(None), WebhookAttempt.started_at < before)
+        .limit(limit)
+    )
+    return rows_affected(
+        session.execute(
+            update(WebhookAttempt)
+            .where(WebhookAttempt.id.in_(due))
+            .values(response_excerpt=None)
+            .execution_options(synchronize_session=False)
+        )
+    )
+
+
 def redeliver(session: Session, *, delivery_id: str) -> WebhookDelivery:
     """Send the same event again now (same ``webhook-id``), with the retry schedule from its
     start; a delivery with an attempt in flight is a conflict."""

@@ -95,6 +95,11 @@ def _env_names(settings: Mapping[str, str]) -> dict[str, str]:
     return {f"FLUXGATE_{name.upper()}": value for name, value in settings.items()}
 
 
+def _text(statement: str, params: Mapping[str, Any]) -> sa.TextClause:
+    lists = [name for name, value in params.items() if isinstance(value, list | tuple)]
+    return sa.text(statement).bindparams(*(sa.bindparam(name, expanding=True) for name in lists))
+
+
 class Stack:
     """One gateway: its database, broker, simulator, and the processes started on demand.
 
@@ -319,12 +324,13 @@ class Stack:
         )
 
     def sql(self, query: str, **params: Any) -> list[tuple[Any, ...]]:
+        """Rows of ``query``; a list or tuple parameter is expanded (``id IN :ids``)."""
         with self._engine.connect() as connection:
-            return [tuple(row) for row in connection.execute(sa.text(query), params)]
+            return [tuple(row) for row in connection.execute(_text(query, params), params)]
 
     def execute(self, statement: str, **params: Any) -> None:
         with self._engine.begin() as connection:
-            connection.execute(sa.text(statement), params)
+            connection.execute(_text(statement, params), params)
 
     def flush_broker(self) -> None:
         """Lose every message the broker holds."""
