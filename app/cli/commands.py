@@ -52,10 +52,13 @@ def cmd_dev(args: argparse.Namespace) -> int:
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from app.core import tracing
     from app.http.limits import LimitedHttpToolsProtocol
     from app.http.serve import log_config, serve
 
     settings = get_settings()
+    # Each API process sets tracing up in create_app; a missing extra is said here, in one line.
+    tracing.check_installed(settings)
     serve(
         uvicorn.Config(
             "app.main:create_app",
@@ -80,6 +83,7 @@ WORKER_TASKS = "worker.tasks"
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from app import backends
+    from app.core import tracing
     from app.core.queue import QUEUES, celery_app
 
     settings = get_settings()
@@ -92,6 +96,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if "jobs" in names:
         settings.require_upstream()
 
+    # The pool is threads: this process runs every task, so it is set up once, here.
+    tracing.setup(settings, role="worker")
     backends.connect(settings)
     celery_app.conf.include = [WORKER_TASKS]
     celery_app.worker_main(
@@ -111,9 +117,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_beat(_: argparse.Namespace) -> int:
     from app import backends
+    from app.core import tracing
     from app.core.queue import celery_app
 
     settings = get_settings()
+    tracing.setup(settings, role="beat")
     backends.connect(settings)
     # The schedule is one fixed interval: nothing to persist between restarts.
     celery_app.start(
