@@ -20,6 +20,7 @@ from starlette.responses import Response
 
 from app import backends
 from app.billing import routes as billing_routes
+from app.core import tracing
 from app.core.errors import FluxgateError
 from app.core.images import return_freed_pixels_to_the_os
 from app.core.notifications import JobWatchHub
@@ -176,6 +177,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    # Per process (uvicorn may run several), before anything it traces is made.
+    tracing.setup(settings, role="api")
     pieces = backends.connect(settings)
     return_freed_pixels_to_the_os()
     hub = JobWatchHub(
@@ -233,4 +236,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    tracing.instrument_app(app)
     return app

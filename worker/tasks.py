@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from app import backends
 from app.billing import rollup
-from app.core import outbox
+from app.core import outbox, tracing
 from app.core.db import with_transaction
 from app.core.images import ImageError, ImageInfo, inspect_image
 from app.core.metrics import RETENTION_DELETED_BYTES, RETENTION_DELETED_IMAGES
@@ -36,7 +36,7 @@ from app.core.settings import Settings, get_settings
 from app.dashboard import sessions as admin_sessions
 from app.dashboard import thumbnails
 from app.jobs import execution, idempotency, retention
-from app.upstream.gate import wait_for_turn
+from app.upstream.gate import Gate, wait_for_turn
 from app.upstream.workers_ai import GenerationResult, UpstreamError, WorkersAIClient
 from app.webhooks import sender
 from app.webhooks import service as webhooks
@@ -165,7 +165,28 @@ def forward_job(job_id: str) -> None:
         return
     if waited > 1:
         logger.info("job %s waited %.1fs for the upstream limiter", claim.job_id, waited)
+    # In the claimed job's own trace: this message may have been sent for another job.
+    with tracing.job_span(
+        tracing.JOB_ATTEMPT_SPAN,
+        traceparent=claim.traceparent,
+        attributes={
+            "fluxgate.job.id": claim.job_id,
+            "fluxgate.job.attempt": claim.attempt,
+            "fluxgate.upstream.model": claim.request.upstream_model,
+        },
+    ) as note:
+        run_attempt(claim, gate=gate, settings=settings, lease_ends=lease_ends, note=note)
 
+
+def run_attempt(
+    claim: execution.Claim,
+    *,
+    gate: Gate,
+    settings: Settings,
+    lease_ends: float,
+    note: tracing.Note,
+) -> None:
+    """Call the upstream for a claimed attempt and write what came back."""
     outcome = call_upstream(claim)
     # What came back (an image is already paid for upstream) is written while the lease holds,
     # through any database outage shorter than that.
@@ -174,10 +195,12 @@ def forward_job(job_id: str) -> None:
         until=lease_ends - LEASE_MARGIN_SECONDS,
     )
     if not recorded.done:
+        note("fluxgate.job.outcome", "lease lost")
         logger.warning(
             "job %s attempt %s lost its lease; result dropped", claim.job_id, claim.attempt
         )
         return
+    note("fluxgate.job.outcome", recorded.summary)
     logger.info("job %s attempt %s %s", claim.job_id, claim.attempt, recorded.summary)
     if isinstance(outcome, UpstreamError) and outcome.http_status == 429 and outcome.retryable:
         # Out of capacity or over the rate: every worker holds back, not just this one.

@@ -73,9 +73,12 @@ def cmd_api(args: argparse.Namespace) -> int:
 def _serve_api(args: argparse.Namespace, settings: Settings) -> None:
     import uvicorn
 
+    from app.core import tracing
     from app.http.limits import LimitedHttpToolsProtocol
     from app.http.serve import log_config, serve
 
+    # Each API process sets tracing up in create_app; a missing extra is said here, in one line.
+    tracing.check_installed(settings)
     serve(
         uvicorn.Config(
             "app.main:create_app",
@@ -99,6 +102,7 @@ WORKER_TASKS = "worker.tasks"
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from app import backends
+    from app.core import tracing
     from app.core.queue import QUEUES, celery_app
     from app.http.metrics import serve_metrics
 
@@ -112,6 +116,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if "jobs" in names:
         settings.require_upstream()
 
+    # The pool is threads: this process runs every task, so it is set up once, here.
+    tracing.setup(settings, role="worker")
     backends.connect(settings)
     if args.metrics_port is not None:
         serve_metrics(host=args.metrics_host, port=args.metrics_port)
@@ -133,9 +139,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_beat(_: argparse.Namespace) -> int:
     from app import backends
+    from app.core import tracing
     from app.core.queue import celery_app
 
     settings = get_settings()
+    tracing.setup(settings, role="beat")
     backends.connect(settings)
     # The schedule is one fixed interval: nothing to persist between restarts.
     celery_app.start(

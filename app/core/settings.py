@@ -169,6 +169,13 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"),
     )
 
+    # Tracing, off unless a collector's OTLP/HTTP endpoint is set (the ``otel`` extra). These
+    # two are OpenTelemetry's own names, so they carry no FLUXGATE_ prefix.
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
+    otel_service_name: str = Field(default="fluxgate", validation_alias="OTEL_SERVICE_NAME")
+
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str) -> str:
@@ -202,6 +209,21 @@ class Settings(BaseSettings):
     def _webhook_retry_schedule(cls, value: str) -> str:
         parse_schedule(value)
         return value
+
+    @field_validator("otel_exporter_otlp_endpoint")
+    @classmethod
+    def _otel_endpoint(cls, value: str | None) -> str | None:
+        value = (value or "").strip()
+        if not value:
+            return None  # set but empty counts as unset, as in OpenTelemetry's own SDKs
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL, e.g. http://collector:4318")
+        return value.rstrip("/")
+
+    @field_validator("otel_service_name")
+    @classmethod
+    def _otel_service_name(cls, value: str) -> str:
+        return value.strip() or "fluxgate"
 
     @field_validator("log_level")
     @classmethod
@@ -281,7 +303,8 @@ def _one_line(error: ValidationError) -> str:
     parts = []
     for item in error.errors():
         field = ".".join(str(p) for p in item["loc"])
-        name = f"FLUXGATE_{field.upper()}" if field else "settings"
+        # A field read under its own name (OTEL_...) is reported by that name.
+        name = field if field.isupper() else f"FLUXGATE_{field.upper()}" if field else "settings"
         message = item["msg"].removeprefix("Value error, ")
         parts.append(f"{name}: {message}" if field else message)
     return "invalid configuration: " + "; ".join(parts)
@@ -335,7 +358,8 @@ def use_settings(settings: Settings, **changes: Any) -> Settings:
     process's settings (a command-line flag over the environment, ``fluxgate dev``'s own)."""
     global _current
     try:
-        _current = Settings.model_validate({**settings.model_dump(), **changes})
+        # By alias: the fields read under their own names (OTEL_...) are given back by them.
+        _current = Settings.model_validate({**settings.model_dump(by_alias=True), **changes})
     except ValidationError as error:
         raise ConfigError(_one_line(error)) from None
     return _current

@@ -31,6 +31,8 @@ class Claim:
     attempt: int
     request: GenerationRequest
     started_at: datetime
+    # The trace the job's submit started (see app/core/tracing.py), if tracing was on.
+    traceparent: str | None = None
 
 
 CANDIDATES_PER_KEY = 16
@@ -148,6 +150,7 @@ def claim(session: Session, *, job_id: str, lease_seconds: float) -> Claim | Non
         job_id=job.id,
         attempt=claimed,
         started_at=now,
+        traceparent=job.traceparent,
         request=GenerationRequest(
             upstream_model=spec.upstream_id,
             prompt=job.prompt,

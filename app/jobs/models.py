@@ -100,6 +100,9 @@ class Job(Base):
     not_before: Mapped[datetime | None] = mapped_column(UTCDateTime)
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     upstream_ms: Mapped[int | None] = mapped_column(Integer)
+    # The W3C traceparent of the request that submitted the job, kept only while tracing is
+    # on: every attempt's span joins that trace, whichever message started it.
+    traceparent: Mapped[str | None] = mapped_column(String(64))
 
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, load_only
 from app.billing.rules import Cost
 from app.billing.service import estimate, price_in_force
 from app.billing.usage import parse_bound
-from app.core import metrics, outbox
+from app.core import metrics, outbox, tracing
 from app.core.db import rows_affected
 from app.core.errors import Conflict, InvalidParameter, NotFound
 from app.core.ids import id_floor, new_id
@@ -118,6 +118,8 @@ def create_job(session: Session, *, api_key: ApiKey, submission: JobSubmission) 
         attempts=0,
         created_at=now,
         enqueued_at=now,
+        # The submit's trace, which the job's attempts continue (None when tracing is off).
+        traceparent=tracing.current_traceparent(),
     )
     session.add(job)
     session.add_all(
