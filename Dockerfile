@@ -13,9 +13,11 @@ COPY migrations ./migrations
 RUN /opt/fluxgate/bin/pip install -c constraints.txt .
 
 FROM python:3.11-slim AS runtime
+# Logs as one JSON object a line, for whatever collects the containers' output.
 ENV PATH=/opt/fluxgate/bin:$PATH \
     PYTHONUNBUFFERED=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    PYTHONDONTWRITEBYTECODE=1 \
+    FLUXGATE_LOG_FORMAT=json
 RUN useradd --system --uid 10001 --create-home --home-dir /home/fluxgate fluxgate
 COPY --from=build /opt/fluxgate /opt/fluxgate
 USER fluxgate

@@ -27,17 +27,20 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 def _setup_logging() -> None:
+    from app.core.logs import configure
+
     try:
-        level = get_settings().log_level
+        settings = get_settings()
+        log_format, level = settings.log_format, settings.log_level
     except ConfigError:
-        level = "INFO"  # a command that needs the settings reports what is wrong with them
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # One line per upstream call at 64 in flight is noise; our own log says what happened.
-    for noisy in ("httpx", "httpcore", "alembic.runtime.plugins", "python_multipart"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+        # A command that needs the settings reports what is wrong with them.
+        log_format, level = "text", "INFO"
+    configure(log_format=log_format, level=level)
+
+
+def _logging_is_ours(**_: object) -> None:
+    """Celery's ``setup_logging`` signal: answered, so Celery leaves the logging configured
+    here as it is (no handlers of its own, no stdout taken over)."""
 
 
 def cmd_migrate(_: argparse.Namespace) -> int:
@@ -87,7 +90,7 @@ def _serve_api(args: argparse.Namespace, settings: Settings) -> None:
             port=args.port,
             workers=args.workers,
             log_level=settings.log_level.lower(),
-            log_config=log_config(),
+            log_config=log_config(log_format=settings.log_format, level=settings.log_level),
             proxy_headers=True,
             timeout_graceful_shutdown=30,
             http=LimitedHttpToolsProtocol,
@@ -100,7 +103,24 @@ def _serve_api(args: argparse.Namespace, settings: Settings) -> None:
 WORKER_TASKS = "worker.tasks"
 
 
+def _celery_quiet(settings: Settings) -> list[str]:
+    """Celery's start-up banner is printed, not logged: left out of JSON logs."""
+    return ["--quiet"] if settings.log_format == "json" else []
+
+
+def _celery_notices_logged() -> None:
+    """Celery writes its shutdown notices ("worker: Warm shutdown (MainProcess)") straight to
+    the standard output, past logging and whatever --quiet says: in JSON logs they are logged
+    instead, so that every line stays one JSON object."""
+    from celery.apps import worker
+
+    notices = logging.getLogger("celery.apps.worker")
+    worker.safe_say = lambda message, *_: notices.info(message)
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
+    from celery.signals import setup_logging
+
     from app import backends
     from app.core import tracing
     from app.core.queue import QUEUES, celery_app
@@ -122,8 +142,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.metrics_port is not None:
         serve_metrics(host=args.metrics_host, port=args.metrics_port)
     celery_app.conf.include = [WORKER_TASKS]
+    setup_logging.connect(_logging_is_ours)
+    if settings.log_format == "json":
+        _celery_notices_logged()
     celery_app.worker_main(
         [
+            *_celery_quiet(settings),
             "worker",
             "--pool=threads",
             f"--concurrency={settings.worker_concurrency}",
@@ -138,6 +162,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_beat(_: argparse.Namespace) -> int:
+    from celery.signals import setup_logging
+
     from app import backends
     from app.core import tracing
     from app.core.queue import celery_app
@@ -145,9 +171,15 @@ def cmd_beat(_: argparse.Namespace) -> int:
     settings = get_settings()
     tracing.setup(settings, role="beat")
     backends.connect(settings)
+    setup_logging.connect(_logging_is_ours)
     # The schedule is one fixed interval: nothing to persist between restarts.
     celery_app.start(
-        ["beat", "--scheduler=celery.beat:Scheduler", f"--loglevel={settings.log_level}"]
+        [
+            *_celery_quiet(settings),
+            "beat",
+            "--scheduler=celery.beat:Scheduler",
+            f"--loglevel={settings.log_level}",
+        ]
     )
     return 0
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping
-from typing import Annotated, Any, Self, TypeAlias
+from typing import Annotated, Any, Literal, Self, TypeAlias
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -161,6 +161,8 @@ class Settings(BaseSettings):
     admin_login_window_seconds: int = Field(default=15 * 60, ge=1)
 
     log_level: str = "INFO"
+    # "json": one JSON object a line (the Docker image's default); "text" for people.
+    log_format: Literal["text", "json"] = "text"
 
     # prometheus_client's multiprocess directory: `fluxgate api` makes one for its processes
     # (share_metrics_directory), so /metrics counts all of them together.
@@ -232,6 +234,11 @@ class Settings(BaseSettings):
         if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
         return value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _log_format(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

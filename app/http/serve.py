@@ -7,15 +7,14 @@ wait on it).
 
 from __future__ import annotations
 
-import copy
 import logging
 import socket
 from typing import Any
 
 import uvicorn
-from uvicorn.config import LOGGING_CONFIG
 from uvicorn.supervisors import Multiprocess
 
+from app.core.logs import LogFormat, logging_config
 from app.core.settings import ConfigError
 
 
@@ -42,23 +41,39 @@ def serve(config: uvicorn.Config) -> None:
         uvicorn.Server(config).run(sockets=[sock])
 
 
-class WithoutQueryStrings(logging.Filter):
-    """uvicorn's access log lines without query strings: they can hold what must not be
-    logged (the text of a prompt search, a job id being looked for)."""
+class AccessFields(logging.Filter):
+    """uvicorn's access log lines without query strings (they can hold what must not be
+    logged: the text of a prompt search, a job id being looked for), and with the method,
+    path and status as fields of their own."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         # uvicorn's access record: (client, method, path with query, HTTP version, status).
         if isinstance(record.args, tuple) and len(record.args) == 5:
             client, method, path, version, status = record.args
             if isinstance(path, str):
-                record.args = (client, method, path.split("?", 1)[0], version, status)
+                path = path.split("?", 1)[0]
+                record.args = (client, method, path, version, status)
+            record.method, record.path, record.status = method, path, status
         return True
 
 
-def log_config() -> dict[str, Any]:
-    """uvicorn's logging configuration, its access log filtered (applied in every worker
-    process too)."""
-    config = copy.deepcopy(LOGGING_CONFIG)
-    config.setdefault("filters", {})["without_query_strings"] = {"()": WithoutQueryStrings}
-    config["handlers"]["access"]["filters"] = ["without_query_strings"]
+def log_config(*, log_format: LogFormat, level: str) -> dict[str, Any]:
+    """uvicorn's logging configuration (applied in every worker process too): the roles' own
+    (app/core/logs.py), uvicorn's loggers written the same way, its access log through
+    :class:`AccessFields`."""
+    config = logging_config(log_format=log_format, level=level)
+    config["filters"]["access_fields"] = {"()": AccessFields}
+    config["handlers"]["access"] = {
+        **config["handlers"]["default"],
+        "stream": "ext://sys.stdout",
+        # In this order: the context is added to the fields the access filter set.
+        "filters": ["access_fields", "context"],
+    }
+    config["loggers"].update(
+        {
+            "uvicorn": {"handlers": ["default"], "level": "INFO", "propagate": False},
+            "uvicorn.error": {"level": "INFO"},
+            "uvicorn.access": {"handlers": ["access"], "level": "INFO", "propagate": False},
+        }
+    )
     return config
