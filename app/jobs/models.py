@@ -83,6 +83,8 @@ class Job(Base):
     input_image_count: Mapped[int] = mapped_column(Integer, default=0)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     webhook_url: Mapped[str | None] = mapped_column(Text)
+    # The X-Request-ID of the request that submitted it: the worker logs it with the job's lines.
+    request_id: Mapped[str | None] = mapped_column(String(128))
 
     # Money, known exactly at submit; charged only when an image comes back.
     price_id: Mapped[int] = mapped_column(ForeignKey("prices.id"))

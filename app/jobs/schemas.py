@@ -249,6 +249,11 @@ class JobOut(BaseModel):
     metadata: dict[str, str]
     webhook_url: str | None
     timings: JobTimings
+    request_id: str | None = Field(
+        description="the X-Request-ID of the request that submitted the job (the client's, "
+        "or the one the gateway made); its log lines carry it",
+        examples=["3f2b8c0e9a7d4e51b6c2d1f0a9e8b7c6"],
+    )
 
 
 class JobList(BaseModel):
@@ -329,4 +334,5 @@ def job_out(job: Job, image: JobImage | None, position: int | None, timings: Tim
             upstream_ms=timings.upstream_ms,
             overhead_ms=timings.overhead_ms,
         ),
+        request_id=job.request_id,
     )

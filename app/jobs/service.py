@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, load_only
 from app.billing.rules import Cost
 from app.billing.service import estimate, price_in_force
 from app.billing.usage import parse_bound
-from app.core import metrics, outbox, tracing
+from app.core import logs, metrics, outbox, tracing
 from app.core.db import rows_affected
 from app.core.errors import Conflict, InvalidParameter, NotFound
 from app.core.ids import id_floor, new_id
@@ -89,7 +89,8 @@ def quote(session: Session, *, submission: JobSubmission) -> Quote:
 
 def create_job(session: Session, *, api_key: ApiKey, submission: JobSubmission) -> Job:
     """Store a queued job, its input images and its exact price; its broker message (the id
-    only) goes out through the outbox once the caller commits."""
+    only) goes out through the outbox once the caller commits. The job keeps the id of the
+    request being served (its X-Request-ID), so that its worker's lines can be found from it."""
     request = submission.request
     priced = quote(session, submission=submission)
     now = utcnow()
@@ -110,6 +111,7 @@ def create_job(session: Session, *, api_key: ApiKey, submission: JobSubmission) 
         input_image_count=len(submission.inputs),
         metadata_=request.metadata,
         webhook_url=request.webhook_url,
+        request_id=logs.current_request_id(),
         price_id=priced.price_id,
         estimated_nanos=priced.cost.total_nanos,
         input_tiles=priced.cost.input_tiles,
