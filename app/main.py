@@ -20,7 +20,7 @@ from starlette.responses import Response
 
 from app import backends
 from app.billing import routes as billing_routes
-from app.core import tracing
+from app.core import logs, tracing
 from app.core.errors import FluxgateError
 from app.core.images import return_freed_pixels_to_the_os
 from app.core.notifications import JobWatchHub
@@ -34,6 +34,7 @@ from app.http import ops
 from app.http.body import check_path_and_query
 from app.http.limits import RequestBodyLimits
 from app.http.metrics import RequestMetrics
+from app.http.request_ids import REQUEST_ID_HEADER, RequestIds
 from app.jobs import routes as job_routes
 from app.jobs import watching
 from app.jobs.backlog import BacklogCollector
@@ -170,8 +171,15 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> Response:
         logger.exception("unhandled error")
+        # Sent from outside every middleware (Starlette's ServerErrorMiddleware), so without
+        # the one that adds the request id to every other answer.
+        request_id = logs.current_request_id()
         return error_response(
-            request, 500, "internal_error", "an unexpected error occurred; it has been logged"
+            request,
+            500,
+            "internal_error",
+            "an unexpected error occurred; it has been logged",
+            headers={REQUEST_ID_HEADER: request_id} if request_id else None,
         )
 
 
@@ -218,6 +226,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         timeout_seconds=settings.request_body_timeout_seconds,
     )
     app.add_middleware(RequestMetrics)
+    # Added last, so outermost: the id is set before anything else runs and is on every answer.
+    app.add_middleware(RequestIds)
     app.include_router(ops.router)
     app.include_router(job_routes.router)
     app.include_router(job_routes.admin_router)

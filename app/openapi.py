@@ -22,6 +22,7 @@ from pydantic import BaseModel
 
 from app.core.errors import DESCRIPTIONS, ErrorBody, OpenAIErrorBody
 from app.http.deps import get_session
+from app.http.request_ids import MAX_REQUEST_ID_LENGTH, REQUEST_ID_HEADER
 from app.jobs.schemas import JobCreate
 from app.keys.deps import get_api_key, get_submitter, require_admin
 from app.openai_compat.schemas import OPENAI_PREFIX, ImagesEdit, ImagesGenerate
@@ -57,12 +58,13 @@ def inferred_statuses(route: RouteContext) -> set[int]:
 
 def openapi_schema(app: FastAPI) -> dict[str, Any]:
     """The app's OpenAPI description: routes, the bodies routes read themselves, every error
-    status, bearer authentication."""
+    status, the request id on every answer, bearer authentication."""
     schema = get_openapi(
         title=app.title, version=app.version, description=app.description, routes=app.routes
     )
     _add_models(schema, JobCreate, ImagesGenerate, ImagesEdit, ErrorBody, OpenAIErrorBody)
     document_errors(app, schema)
+    document_request_ids(schema)
     schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     schema["security"] = [{"bearer": []}]
     return schema
@@ -103,3 +105,19 @@ def document_errors(app: FastAPI, schema: dict[str, Any]) -> None:
                 responses.pop("422", None)
     for unused in ("HTTPValidationError", "ValidationError"):
         schema["components"]["schemas"].pop(unused, None)
+
+
+REQUEST_ID_RESPONSE_HEADER = {
+    "description": "the request's id: the X-Request-ID sent, if it was 1 to 128 characters of "
+    "A-Z a-z 0-9 . _ : -, else a new one; in the gateway's log lines for the request",
+    "required": True,
+    "schema": {"type": "string", "maxLength": MAX_REQUEST_ID_LENGTH},
+}
+
+
+def document_request_ids(schema: dict[str, Any]) -> None:
+    """Every answer of every operation carries ``X-Request-ID`` (app/http/request_ids.py)."""
+    for operations in schema["paths"].values():
+        for operation in operations.values():
+            for response in operation.get("responses", {}).values():
+                response.setdefault("headers", {})[REQUEST_ID_HEADER] = REQUEST_ID_RESPONSE_HEADER

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from app.core import logs
 from app.core.errors import Forbidden
 from app.core.orm import utcnow
 from app.core.settings import Settings
@@ -41,6 +42,7 @@ def get_current(request: Request, session: SessionDep, settings: SettingsDep) ->
         # Back to the page after login; a form's target is no page to go back to.
         query = f"?{request.url.query}" if request.url.query else ""
         raise LoginRequired(request.url.path + query if request.method == "GET" else "/admin")
+    logs.bind(key_id=current.api_key.id)  # the request's log lines name the admin acting
     return current
 
 

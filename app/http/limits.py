@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from typing import Any
 
@@ -18,8 +19,11 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from app.core import logs
 from app.core.settings import get_settings
+from app.http.request_ids import new_request_id
 
+logger = logging.getLogger("fluxgate.api")
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 _LINGER_SECONDS = 1.0
 # The end of a request head: CRLF CRLF, or the bare LF LF that parsers also accept.
@@ -118,9 +122,15 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             return
         code = "request_timeout" if status == 408 else "request_header_fields_too_large"
         body = json.dumps({"error": {"code": code, "message": message, "param": None}}).encode()
+        # The client's X-Request-ID is somewhere in the head refused unread: a new id, logged,
+        # so that the answer can still be found in the log.
+        request_id = new_request_id()
+        with logs.bound(request_id=request_id):
+            logger.info("request head refused: %d %s", status, message)
         head = (
             b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-            b"connection: close\r\n\r\n" % (status, _REASONS[status], len(body))
+            b"x-request-id: %s\r\nconnection: close\r\n\r\n"
+            % (status, _REASONS[status], len(body), request_id.encode())
         )
         self.transport.write(head + body)
         # Close gently: the answer first, then keep reading (and dropping) what the client is

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from app.core import logs
 from app.core.db import end_read
 from app.core.errors import Forbidden, Unauthorized
 from app.core.orm import utcnow
@@ -35,6 +36,8 @@ def get_api_key(request: Request, session: SessionDep) -> ApiKey:
             headers={"WWW-Authenticate": "Bearer"},
         )
     end_read(session)
+    # From here on the request's log lines (its access line too) carry the key's id.
+    logs.bind(key_id=api_key.id)
     return api_key
 
 
