@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from app import backends
 from app.billing import rollup
-from app.core import outbox, tracing
+from app.core import logs, outbox, tracing
 from app.core.db import with_transaction
 from app.core.images import ImageError, ImageInfo, inspect_image
 from app.core.metrics import RETENTION_DELETED_BYTES, RETENTION_DELETED_IMAGES
@@ -163,19 +163,26 @@ def forward_job(job_id: str) -> None:
     if claim is None:
         logger.debug("message for %s found no due job (all done, canceled or running)", job_id)
         return
-    if waited > 1:
-        logger.info("job %s waited %.1fs for the upstream limiter", claim.job_id, waited)
-    # In the claimed job's own trace: this message may have been sent for another job.
-    with tracing.job_span(
-        tracing.JOB_ATTEMPT_SPAN,
-        traceparent=claim.traceparent,
-        attributes={
-            "fluxgate.job.id": claim.job_id,
-            "fluxgate.job.attempt": claim.attempt,
-            "fluxgate.upstream.model": claim.request.upstream_model,
-        },
-    ) as note:
-        run_attempt(claim, gate=gate, settings=settings, lease_ends=lease_ends, note=note)
+    # The job this slot started (maybe not ``job_id``), and the request that submitted it.
+    with logs.bound(
+        job_id=claim.job_id,
+        attempt=claim.attempt,
+        key_id=claim.key_id,
+        request_id=claim.request_id,
+    ):
+        if waited > 1:
+            logger.info("job %s waited %.1fs for the upstream limiter", claim.job_id, waited)
+        # In the claimed job's own trace: this message may have been sent for another job.
+        with tracing.job_span(
+            tracing.JOB_ATTEMPT_SPAN,
+            traceparent=claim.traceparent,
+            attributes={
+                "fluxgate.job.id": claim.job_id,
+                "fluxgate.job.attempt": claim.attempt,
+                "fluxgate.upstream.model": claim.request.upstream_model,
+            },
+        ) as note:
+            run_attempt(claim, gate=gate, settings=settings, lease_ends=lease_ends, note=note)
 
 
 def run_attempt(
@@ -366,6 +373,19 @@ def deliver_webhook(delivery_id: str) -> None:
     )
     if claim is None:
         return
+    with logs.bound(
+        delivery_id=claim.delivery_id,
+        job_id=claim.job_id,
+        key_id=claim.key_id,
+        attempt=claim.number,
+    ):
+        attempt_delivery(claim, lease_ends=lease_ends, settings=settings)
+
+
+def attempt_delivery(
+    claim: webhooks.DeliveryClaim, *, lease_ends: float, settings: Settings
+) -> None:
+    """Send the claimed attempt of a delivery and record what it saw."""
     started_at = utcnow()
     headers = signed_headers(
         message_id=claim.delivery_id, body=claim.payload, secrets=claim.secrets, at=started_at

@@ -31,6 +31,8 @@ class Claim:
     attempt: int
     request: GenerationRequest
     started_at: datetime
+    key_id: str
+    request_id: str | None  # of the request that submitted the job, for the worker's lines
     # The trace the job's submit started (see app/core/tracing.py), if tracing was on.
     traceparent: str | None = None
 
@@ -150,6 +152,8 @@ def claim(session: Session, *, job_id: str, lease_seconds: float) -> Claim | Non
         job_id=job.id,
         attempt=claimed,
         started_at=now,
+        key_id=job.api_key_id,
+        request_id=job.request_id,
         traceparent=job.traceparent,
         request=GenerationRequest(
             upstream_model=spec.upstream_id,

@@ -70,6 +70,8 @@ def record_event(
 @dataclass(frozen=True)
 class DeliveryClaim:
     delivery_id: str
+    job_id: str
+    key_id: str
     number: int  # this attempt's number, 1-based
     schedule_step: int  # the delay of the retry schedule that led to this attempt
     url: str
@@ -111,14 +113,17 @@ def claim(
             WebhookDelivery.url,
             WebhookDelivery.payload,
             WebhookDelivery.api_key_id,
+            WebhookDelivery.job_id,
         )
         .execution_options(synchronize_session=False)
     ).one_or_none()
     if claimed is None:
         return None
-    number, step, url, payload, api_key_id = claimed
+    number, step, url, payload, api_key_id, job_id = claimed
     return DeliveryClaim(
         delivery_id=delivery_id,
+        job_id=job_id,
+        key_id=api_key_id,
         number=number,
         schedule_step=step,
         url=url,
