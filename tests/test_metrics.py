@@ -3,18 +3,26 @@ successes, a retry, a failure, refusals, a replay and a webhook, and checked cou
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import signal
 import socket
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness.processes import ROOT, free_port, wait_until
+from tests.harness.processes import FLUXGATE, ROOT, answers, free_port, wait_until
 from tests.harness.stack import Stack
 from tests.receiver import Receiver
 
@@ -98,6 +106,8 @@ def run(log_dir: Path, request: pytest.FixtureRequest) -> Iterator[Run]:
             assert client.get("/no/such/page").status_code == 404
         with stack.client(budget_key) as client:
             assert client.post("/v1/jobs", json={"prompt": "metrics over"}).status_code == 402
+        if datetime.now(UTC).second > 50:  # both submissions in one minute's window
+            time.sleep(61 - datetime.now(UTC).second)
         with stack.client(rate_key) as client:
             answer = client.post("/v1/jobs", json={"prompt": "metrics rate"}, headers=wait)
             assert answer.status_code == 200
@@ -243,20 +253,113 @@ def test_a_canceled_job_is_counted_by_the_api(log_dir: Path) -> None:
         stack.close()
 
 
-def test_every_api_process_is_counted(log_dir: Path) -> None:
-    """``--workers 3``: the processes share one multiprocess directory, so /metrics (answered
-    by any of them) counts the requests all of them answered."""
+def healthz_answers_by_process(folder: Path) -> dict[int, float]:
+    """From the multiprocess files: how many ``/healthz`` requests each API process counted."""
+    counted: dict[int, float] = {}
+    for path in folder.glob("counter_*.db"):
+        pid = int(path.stem.split("_")[1])
+        for key, count, _ in MmapedDict(str(path), read_mode=True).read_all_values():
+            _, sample, labels, _ = json.loads(key)
+            if sample == "fluxgate_http_requests_total" and labels.get("route") == "/healthz":
+                counted[pid] = counted.get(pid, 0) + count
+    return counted
+
+
+def test_every_api_process_is_counted(log_dir: Path, tmp_path: Path) -> None:
+    """``--workers 3``: the processes share one multiprocess directory (here one the operator
+    chose), so /metrics, answered by any of them, counts the requests all of them answered."""
+    folder = tmp_path / "metrics"
+    folder.mkdir()
     stack = Stack(log_dir, backend="postgres")
     healthz = {"route": "/healthz", "method": "GET", "status": "200"}
     try:
-        _, url = stack.start_extra_api(args=["--workers", "3"])
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = {**stack.env, "PROMETHEUS_MULTIPROC_DIR": str(folder)}
+        stack.start("api", [*FLUXGATE, "api", "--port", str(port), "--workers", "3"], env)
+        wait_until(lambda: answers(f"{url}/healthz"), timeout=60, what="the API")
         before = value(scrape(f"{url}/metrics"), "fluxgate_http_requests_total", **healthz)
-        for _ in range(60):
-            # A new connection each time, so the processes share them out.
-            assert httpx.get(f"{url}/healthz").status_code == 200
+        sent = 0
+        # The kernel hands each new connection to whichever process accepts first: send
+        # concurrent bursts until at least two of them have answered some.
+        with ThreadPoolExecutor(16) as pool:
+            for _ in range(20):
+                statuses = pool.map(lambda _: httpx.get(f"{url}/healthz").status_code, range(32))
+                assert set(statuses) == {200}
+                sent += 32
+                if len(healthz_answers_by_process(folder)) >= 2:
+                    break
+        assert len(healthz_answers_by_process(folder)) >= 2
         for _ in range(5):  # whichever process answers the scrape
             after = value(scrape(f"{url}/metrics"), "fluxgate_http_requests_total", **healthz)
-            assert after - before == 60
+            assert after - before == sent
+    finally:
+        stack.close()
+
+
+def test_a_dead_api_process_leaves_no_live_gauge_behind(log_dir: Path, tmp_path: Path) -> None:
+    """A request waits on a job (a watcher gauge of 1 in its process); that process is killed,
+    and uvicorn starts another: the scrape no longer counts the dead one's watcher."""
+    folder = tmp_path / "metrics"
+    folder.mkdir()
+    stack = Stack(log_dir, backend="postgres")
+    try:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = {**stack.env, "PROMETHEUS_MULTIPROC_DIR": str(folder)}
+        stack.start("api", [*FLUXGATE, "api", "--port", str(port), "--workers", "2"], env)
+        wait_until(lambda: answers(f"{url}/healthz"), timeout=60, what="the API")
+        key = stack.create_key("watcher")
+        job = httpx.post(
+            f"{url}/v1/jobs",
+            json={"prompt": "never runs"},
+            headers={"Authorization": f"Bearer {key}"},
+        ).json()
+
+        def wait_for_job() -> None:
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.get(
+                    f"{url}/v1/jobs/{job['id']}/events",
+                    headers={"Authorization": f"Bearer {key}"},
+                    timeout=60,
+                )
+
+        waiter = threading.Thread(target=wait_for_job, daemon=True)
+        waiter.start()
+        wait_until(
+            lambda: value(scrape(f"{url}/metrics"), "fluxgate_job_watchers") == 1,
+            timeout=15,
+            what="one watcher",
+        )
+        [watching] = [
+            int(path.stem.split("_")[-1])
+            for path in folder.glob("gauge_livesum_*.db")
+            if any(
+                json.loads(k)[1] == "fluxgate_job_watchers" and v == 1
+                for k, v, _ in MmapedDict(str(path), read_mode=True).read_all_values()
+            )
+        ]
+        os.kill(watching, signal.SIGKILL)
+        waiter.join(timeout=30)
+        wait_until(lambda: answers(f"{url}/healthz"), timeout=60, what="the API")
+        for _ in range(5):  # whichever process answers the scrape
+            assert value(scrape(f"{url}/metrics"), "fluxgate_job_watchers") == 0
+    finally:
+        stack.close()
+
+
+def test_metrics_answer_while_the_database_is_out_of_reach(log_dir: Path) -> None:
+    """The backlog cannot be read: the scrape still answers with the API's own metrics."""
+    stack = Stack(log_dir, backend="postgres")
+    try:
+        nowhere = f"postgresql://postgres@127.0.0.1:{free_port()}/fluxgate"
+        _, url = stack.start_extra_api(database_url=nowhere)
+        for _ in range(2):
+            samples = scrape(f"{url}/metrics")
+            assert ("fluxgate_jobs_queued", frozenset()) not in samples
+            healthz = {"route": "/healthz", "method": "GET", "status": "200"}
+            assert value(samples, "fluxgate_http_requests_total", **healthz) >= 1
+        assert "could not read the backlog" in stack.process("api").log()
     finally:
         stack.close()
 

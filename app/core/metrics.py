@@ -138,5 +138,6 @@ JOB_WATCHERS = Gauge(
     multiprocess_mode="livesum",
 )
 JOB_NOTIFICATIONS = Counter(
-    "fluxgate_job_notifications", "Job-change notifications received by the API."
+    "fluxgate_job_notifications",
+    "Job-change notifications received by the API's processes (each gets every one).",
 )

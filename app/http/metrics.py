@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import os
+import re
 import time
+from pathlib import Path
 
 from prometheus_client import (
     REGISTRY,
@@ -63,10 +66,28 @@ def serve_metrics(*, host: str, port: int) -> None:
         raise ConfigError(f"cannot serve metrics on {host}:{port}: {error.strerror}") from None
 
 
+def forget_dead_processes(directory: str) -> None:
+    """Drop the live gauges of API processes that are gone (uvicorn restarts a worker that
+    died), or their last values would count forever; counters keep theirs, as they should."""
+    pids = {
+        int(match[1])
+        for path in Path(directory).glob("gauge_live*_*.db")
+        if (match := re.fullmatch(r"gauge_live\w+_(\d+)\.db", path.name))
+    }
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+        except PermissionError:
+            pass  # alive, another user's
+
+
 def exposition(settings: Settings, *collectors: Collector) -> bytes:
     """The text of ``/metrics``: this API's metrics (every process's, when they share a
     multiprocess directory), then ``collectors``' (read at scrape time)."""
     if settings.prometheus_multiproc_dir is not None:
+        forget_dead_processes(settings.prometheus_multiproc_dir)
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(  # type: ignore[no-untyped-call]
             registry, path=settings.prometheus_multiproc_dir

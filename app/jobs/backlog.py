@@ -4,6 +4,7 @@ most once per :data:`CACHE_SECONDS` however often it is scraped."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -13,6 +14,8 @@ from datetime import datetime
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
 from app.core.db import session_scope
@@ -21,6 +24,8 @@ from app.jobs.models import Job, JobStatus
 from app.webhooks.models import DeliveryStatus, WebhookDelivery
 
 CACHE_SECONDS = 5.0
+DEPENDENCY_ERRORS = (OperationalError, PoolTimeout)
+logger = logging.getLogger("fluxgate.metrics")
 
 
 @dataclass(frozen=True)
@@ -68,15 +73,24 @@ class BacklogCollector(Collector):
         self._cached: Backlog | None = None
         self._read_at = 0.0
 
-    def backlog(self) -> Backlog:
+    def backlog(self) -> Backlog | None:
+        """The backlog read at most CACHE_SECONDS ago; the last one read while the database is
+        out of reach (a scrape must still show the API's own metrics then), None before any."""
         with self._lock:  # concurrent scrapes share one read
             if self._cached is None or time.monotonic() - self._read_at >= CACHE_SECONDS:
-                self._cached = self._read()
+                # Tried again only after CACHE_SECONDS, so scrapes during an outage do not
+                # each wait on the database.
                 self._read_at = time.monotonic()
+                try:
+                    self._cached = self._read()
+                except DEPENDENCY_ERRORS:
+                    logger.warning("could not read the backlog for /metrics", exc_info=True)
             return self._cached
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         backlog = self.backlog()
+        if backlog is None:
+            return
         yield GaugeMetricFamily(
             "fluxgate_jobs_queued", "Jobs queued now (due or waiting to retry).", backlog.queued
         )
