@@ -138,7 +138,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ClientDisconnect)
     async def client_gone(request: Request, error: ClientDisconnect) -> Response:
         # Not our error and nobody to tell: the client left while sending its request.
-        logger.info("client disconnected while sending %s %s", request.method, request.url.path)
+        logger.info(
+            "client disconnected while sending %s %s",
+            request.method,
+            logs.loggable_path(request.url.path),
+        )
         return Response(status_code=400)
 
     @app.exception_handler(OperationalError)

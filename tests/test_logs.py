@@ -237,6 +237,17 @@ def test_a_full_run_logs_json_lines_and_no_secret(gateway: Gateway) -> None:
         assert wait_for_job(http, ids[1], statuses={"succeeded", "failed"})["status"] == "failed"
     receiver.wait_for(delivered)
     receiver.wait_for(refused, count=2)  # both attempts of the schedule
+    # A shared image link works without a key: its token is a credential too.
+    with gateway.client() as http:
+        made = http.post(
+            "/v1/images/generations",
+            json={"prompt": succeeding, "response_format": "url", "size": "512x512"},
+            timeout=60,
+        )
+        assert made.status_code == 200, made.text
+        link = made.json()["data"][0]["url"]
+    assert httpx.get(link).status_code == 200
+    token = link.split("?", 1)[0].rsplit("/", 1)[-1]
     with httpx.Client(base_url=stack.api_url, headers={"Origin": stack.api_url}) as browser:
         assert browser.post("/admin/login", data={"key": gateway.admin}).status_code == 303
         assert browser.get("/admin/jobs", params={"q": succeeding}).status_code == 200
@@ -257,7 +268,7 @@ def test_a_full_run_logs_json_lines_and_no_secret(gateway: Gateway) -> None:
     loggers = set()
     for process in roles:
         text = process.log()
-        for secret in (gateway.key, gateway.admin, gateway.secret, succeeding, failing):
+        for secret in (gateway.key, gateway.admin, gateway.secret, succeeding, failing, token):
             assert secret not in text, (process.name, secret)
         for record in lines(process):
             assert {"time", "level", "logger", "message"} <= record.keys(), record

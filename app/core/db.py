@@ -34,6 +34,9 @@ def rows_affected(result: Result[Any]) -> int:
 
 def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20) -> Engine:
     kwargs: dict[str, Any] = {
+        # An error's message must not carry a statement's values (prompts, secrets) into logs
+        # or traces.
+        "hide_parameters": True,
         "pool_pre_ping": True,
         "pool_size": pool_size,
         "max_overflow": max_overflow,

@@ -35,6 +35,20 @@ QUIET_LOGGERS = ("httpx", "httpcore", "alembic.runtime.plugins", "python_multipa
 _context: ContextVar[dict[str, str | int] | None] = ContextVar("fluxgate_log_context", default=None)
 
 
+# Paths whose last part is a credential: a shared image link's token works without a key.
+CAPABILITY_PATHS = ("/v1/images/shared/",)
+
+
+def loggable_path(path: str) -> str:
+    """A request's path as it may be logged: no query string (it can hold a prompt search) and
+    no capability token."""
+    path = path.split("?", 1)[0]
+    for prefix in CAPABILITY_PATHS:
+        if path.startswith(prefix):
+            return prefix + "…"
+    return path
+
+
 def start_request(request_id: str) -> None:
     """A new context for one HTTP request.
 

@@ -14,7 +14,7 @@ from typing import Any
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
-from app.core.logs import LogFormat, logging_config
+from app.core.logs import LogFormat, loggable_path, logging_config
 from app.core.settings import ConfigError
 
 
@@ -51,7 +51,7 @@ class AccessFields(logging.Filter):
         if isinstance(record.args, tuple) and len(record.args) == 5:
             client, method, path, version, status = record.args
             if isinstance(path, str):
-                path = path.split("?", 1)[0]
+                path = loggable_path(path)
                 record.args = (client, method, path, version, status)
             record.method, record.path, record.status = method, path, status
         return True
