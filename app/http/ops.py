@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -12,6 +14,8 @@ from app.core.migrate import Schema, current_revision, expected_schema
 from app.core.queue import check_broker
 from app.http.body import StrictJSONRoute
 from app.http.metrics import exposition
+
+logger = logging.getLogger("fluxgate.api")
 
 router = APIRouter(tags=["operations"], route_class=StrictJSONRoute)
 
@@ -35,35 +39,40 @@ def readyz() -> dict[str, str]:
             "the database is not reachable", code="database_unavailable"
         ) from None
     schema = expected_schema()
+    migrations = "ok"
     if revision != schema.head:
-        raise _schema_not_ready(revision, schema)
+        if revision is None or revision in schema.known:
+            raise _schema_behind(revision, schema)
+        # Migrated by a newer version: the deploy step ran before this version's replicas were
+        # replaced. Migrations only add, so this version still works; refusing traffic here
+        # would take every old replica out of service at once in a rolling deploy.
+        logger.warning(
+            "the database schema is at revision %s, newer than this version's %s",
+            revision,
+            schema.head,
+        )
+        migrations = f"ahead: revision {revision} (this version's is {schema.head})"
     try:
         check_broker(timeout=2)
     except Exception:
         raise DependencyUnavailable(
             "the broker is not reachable", code="broker_unavailable"
         ) from None
-    return {"status": "ready", "database": "ok", "migrations": "ok", "broker": "ok"}
+    return {"status": "ready", "database": "ok", "migrations": migrations, "broker": "ok"}
 
 
-def _schema_not_ready(revision: str | None, schema: Schema) -> DependencyUnavailable:
-    """A deploy that forgot ``fluxgate migrate`` (or runs older code on a newer database)."""
+def _schema_behind(revision: str | None, schema: Schema) -> DependencyUnavailable:
+    """A deploy that forgot ``fluxgate migrate``."""
     if revision is None:
         return DependencyUnavailable(
             f"the database has never been migrated; this version needs schema revision "
             f"{schema.head}: run `fluxgate migrate`",
             code="migrations_pending",
         )
-    if revision in schema.known:
-        return DependencyUnavailable(
-            f"the database schema is at revision {revision}; this version needs {schema.head}: "
-            "run `fluxgate migrate`",
-            code="migrations_pending",
-        )
     return DependencyUnavailable(
-        f"the database schema is at revision {revision}, which this version does not know (it "
-        f"needs {schema.head}): it was migrated by a newer version of Fluxgate",
-        code="schema_unknown",
+        f"the database schema is at revision {revision}; this version needs {schema.head}: "
+        "run `fluxgate migrate`",
+        code="migrations_pending",
     )
 
 
