@@ -313,6 +313,7 @@ def purge(
             if len(batch.job_ids) < limit:
                 break
         steps.append(("webhook answer excerpts", partial(webhooks.clear_excerpts, before=cutoff)))
+        steps.append(("thumbnails left behind", thumbnails.purge_left_behind))
     window = timedelta(seconds=settings.admin_login_window_seconds)
     steps += [
         ("expired image links", partial(retention.purge_expired_links, now=now)),

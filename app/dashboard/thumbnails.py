@@ -11,9 +11,10 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.core.db import rows_affected
 from app.core.images import ImageError, thumbnail
 from app.dashboard.models import JobThumbnail
-from app.jobs.models import JobImage
+from app.jobs.models import Job, JobImage
 
 THUMBNAIL_SIDE = 96
 
@@ -21,7 +22,8 @@ THUMBNAIL_SIDE = 96
 def thumbnails_of(session: Session, *, job_ids: Sequence[str]) -> dict[str, str]:
     """``data:`` URLs of the thumbnails of those jobs that still have an output image. The
     caller leaves out jobs whose images retention deleted: a thumbnail made from the output
-    while retention was deleting it may be left behind, and must not be shown."""
+    while retention was deleting it may be left behind (until :func:`purge_left_behind`), and
+    must not be shown."""
     if not job_ids:
         return {}
     found = dict(
@@ -55,6 +57,24 @@ def thumbnails_of(session: Session, *, job_ids: Sequence[str]) -> dict[str, str]
         job_id: "data:image/webp;base64," + base64.b64encode(data).decode()
         for job_id, data in found.items()
     }
+
+
+def purge_left_behind(session: Session, *, limit: int) -> int:
+    """Delete up to ``limit`` thumbnails of jobs whose images retention has deleted (made by a
+    page from the output while the batch was deleting it); how many."""
+    left = (
+        select(JobThumbnail.job_id)
+        .join(Job, Job.id == JobThumbnail.job_id)
+        .where(Job.images_expired_at.is_not(None))
+        .limit(limit)
+    )
+    return rows_affected(
+        session.execute(
+            delete(JobThumbnail)
+            .where(JobThumbnail.job_id.in_(left.scalar_subquery()))
+            .execution_options(synchronize_session=False)
+        )
+    )
 
 
 def forget(session: Session, *, job_ids: Sequence[str]) -> None:
