@@ -321,7 +321,7 @@ def schedule_retry(
     )
     if queued:
         _record_failed_attempt(session, claim, outcome="retrying", error=error)
-        model = claim.request.upstream_model.rsplit("/", 1)[-1]
+        model = catalog.model_name(claim.request.upstream_model)
         outbox.add(session, outbox.Counted(metrics.JOB_RETRIES, (model, call_outcome(error))))
         job_changed(session, job_id=claim.job_id, status=JobStatus.QUEUED)
         outbox.add(session, outbox.ForwardJob(claim.job_id, countdown=delay_seconds))

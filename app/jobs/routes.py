@@ -126,8 +126,9 @@ async def submit_job(
         # after an error would pay twice.
         logger.warning("job %s: could not wait for it; answering as accepted", job_id)
         return _json(accepted.rendered[0], 202, headers)
-    if finished:
-        headers["Server-Timing"] = server_timing(**latest.timings.model_dump())
+    timing = server_timing(**latest.timings.model_dump()) if finished else ""
+    if timing:  # a job canceled before it started spent no time anywhere
+        headers["Server-Timing"] = timing
     return _json(latest.model_dump_json().encode(), 200 if finished else 202, headers)
 
 

@@ -403,6 +403,16 @@ def to_job_out(session: Session, jobs: Sequence[Job]) -> list[JobOut]:
     return [job_out(job, outputs.get(job.id), positions.get(job.id), spent[job.id]) for job in jobs]
 
 
+def server_timing_of(session: Session, *, jobs: Sequence[Job]) -> str:
+    """``Server-Timing`` for a request that waited for ``jobs`` to end: the times of the one
+    that ended last, which is what it waited for ("" when none spent any)."""
+    last = max(jobs, key=lambda job: job.completed_at or job.created_at)
+    spent = job_timings(session, jobs=[last])[last.id]
+    return timings.server_timing(
+        queue_ms=spent.queue_ms, upstream_ms=spent.upstream_ms, overhead_ms=spent.overhead_ms
+    )
+
+
 def job_timings(session: Session, jobs: Sequence[Job]) -> dict[str, timings.Timings]:
     """Where each job's time went; the attempts of retried jobs read in one query."""
     retried = [job.id for job in jobs if timings.needs_attempts(job)]

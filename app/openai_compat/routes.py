@@ -17,10 +17,9 @@ from app.core.images import in_format
 from app.core.settings import Settings
 from app.http.body import RequestBody, StrictJSONRoute, read_body
 from app.http.deps import SessionDep, SettingsDep
+from app.jobs import service as job_service
 from app.jobs import submission, watching
 from app.jobs.models import Job, JobStatus
-from app.jobs.service import job_timings
-from app.jobs.timings import server_timing
 from app.jobs.watching import Watch, WatchDep
 from app.keys.deps import SubmitterDep
 from app.keys.models import ApiKey
@@ -73,15 +72,10 @@ def _create_jobs(session: Session, api_key: ApiKey, parsed: service.ImagesReques
 
 
 def _states(session: Session, job_ids: Sequence[str]) -> tuple[dict[str, Job], str]:
-    """The jobs, and the Server-Timing of the one that ended last (what the caller waited
-    for)."""
     states = service.job_states(session, job_ids=job_ids)
-    last = max(states.values(), key=lambda job: job.completed_at or job.created_at)
-    spent = job_timings(session, jobs=[last])[last.id]
+    timing = job_service.server_timing_of(session, jobs=list(states.values()))
     end_read(session)
-    return states, server_timing(
-        queue_ms=spent.queue_ms, upstream_ms=spent.upstream_ms, overhead_ms=spent.overhead_ms
-    )
+    return states, timing
 
 
 async def _wait(call: ImagesCall, job_ids: Sequence[str], timeout: float) -> list[Job]:
@@ -98,7 +92,8 @@ async def _wait(call: ImagesCall, job_ids: Sequence[str], timeout: float) -> lis
             f"jobs {', '.join(job_ids)} (GET /v1/jobs/{{id}})"
         )
     states, timing = await run_in_threadpool(_states, session, job_ids)
-    call.response.headers["Server-Timing"] = timing
+    if timing:
+        call.response.headers["Server-Timing"] = timing
     return [states[job_id] for job_id in job_ids]
 
 

@@ -64,6 +64,11 @@ def resolve_model(name: str) -> ModelSpec | None:
     return MODELS.get(name.removeprefix(UPSTREAM_PREFIX))
 
 
+def model_name(upstream_id: str) -> str:
+    """``flux-2-dev`` for ``@cf/black-forest-labs/flux-2-dev``: how metrics label a model."""
+    return upstream_id.removeprefix(UPSTREAM_PREFIX)
+
+
 def model_id(name: str) -> str:
     """The canonical id of a model name, for validators; ValueError names the choices."""
     spec = resolve_model(name)

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 
 from app.core import metrics
+from app.upstream import catalog
 
 # Documented error codes (workers-ai.md), and 3021 which users report.
 RETRYABLE_CODES = frozenset({3007, 3008, 3021, 3040})
@@ -207,7 +208,7 @@ class WorkersAIClient:
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
         """One call, counted in the metrics by model and outcome."""
-        model = request.upstream_model.rsplit("/", 1)[-1]
+        model = catalog.model_name(request.upstream_model)
         metrics.UPSTREAM_IN_FLIGHT.inc()
         started = time.monotonic()
         try:
