@@ -135,6 +135,13 @@ def test_prometheus_scrapes_every_role_where_it_serves_metrics() -> None:
     assert "--config.file=/etc/prometheus/prometheus.yml" in SERVICES["prometheus"]["command"]
 
 
+def test_a_plain_up_needs_no_monitoring_variable() -> None:
+    """Compose substitutes variables in the whole file, profiles or not: a required one (``:?``)
+    would stop a plain ``docker compose up``."""
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert re.findall(r"\$\{[A-Z_]+:\?", text) == []
+
+
 def test_grafana_is_provisioned_with_the_dashboard_and_its_datasource() -> None:
     grafana = SERVICES["grafana"]
     mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in grafana["volumes"]}
