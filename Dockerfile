@@ -10,7 +10,9 @@ COPY pyproject.toml constraints.txt README.md ./
 COPY app ./app
 COPY worker ./worker
 COPY migrations ./migrations
-RUN /opt/fluxgate/bin/pip install -c constraints.txt .
+# Optional extras: `docker build --build-arg EXTRAS=otel .` for tracing.
+ARG EXTRAS=""
+RUN /opt/fluxgate/bin/pip install -c constraints.txt ".${EXTRAS:+[$EXTRAS]}"
 
 FROM python:3.11-slim AS runtime
 # Logs as one JSON object a line, for whatever collects the containers' output.

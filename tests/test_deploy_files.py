@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import subprocess
+import tomllib
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -223,6 +225,26 @@ def test_dockerfile_is_multi_stage_slim_non_root_with_a_real_entrypoint() -> Non
     command = exec_form(health.split("CMD", 1)[1].strip())
     assert command[:2] == ["python", "-c"]
     compile(command[2], "<healthcheck>", "exec")
+
+
+def test_the_image_installs_the_extras_it_is_built_with() -> None:
+    """``docker build --build-arg EXTRAS=otel``: the install line, run by the image's shell
+    with pip replaced by echo, names the extra; without the argument, none."""
+    [install] = [
+        rest
+        for keyword, rest in dockerfile_instructions()
+        if keyword == "RUN" and "pip install" in rest
+    ]
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    assert "otel" in extras
+    echoed = install.replace("/opt/fluxgate/bin/pip install", "echo")
+    for value, target in (("", "."), ("otel", ".[otel]")):
+        done = subprocess.run(
+            ["sh", "-c", echoed], env={"EXTRAS": value}, capture_output=True, text=True, check=True
+        )
+        assert done.stdout.split() == ["-c", "constraints.txt", target]
 
 
 def test_docker_ignores_local_state() -> None:
