@@ -33,7 +33,7 @@ from app.dashboard.security import STATIC_PREFIX, DashboardHeaders
 from app.http import ops
 from app.http.body import check_path_and_query
 from app.http.limits import RequestBodyLimits
-from app.http.metrics import RequestMetrics
+from app.http.metrics import RequestMetrics, api_registry
 from app.http.request_ids import REQUEST_ID_HEADER, RequestIds
 from app.jobs import routes as job_routes
 from app.jobs import watching
@@ -221,7 +221,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.backends = pieces
     app.state.watch = watching.Watch(hub)
-    app.state.metric_collectors = [BacklogCollector()]
+    # With a metrics port, `fluxgate api` serves them there, and not here.
+    app.state.metrics = (
+        api_registry(settings, [BacklogCollector()]) if settings.metrics_port is None else None
+    )
     install_error_handlers(app)
     app.add_middleware(DashboardHeaders)
     app.add_middleware(

@@ -364,6 +364,32 @@ def test_metrics_answer_while_the_database_is_out_of_reach(log_dir: Path) -> Non
         stack.close()
 
 
+def test_with_a_metrics_port_the_api_serves_them_there_and_not_on_its_own(
+    log_dir: Path,
+) -> None:
+    """FLUXGATE_METRICS_PORT: every API process's metrics and the backlog on that port (from
+    uvicorn's supervisor), and a 404 on the port the API is published on."""
+    stack = Stack(log_dir, backend="postgres")
+    healthz = {"route": "/healthz", "method": "GET", "status": "200"}
+    try:
+        port = free_port()
+        _, url = stack.start_extra_api(args=["--workers", "2"], metrics_port=str(port))
+        moved = httpx.get(f"{url}/metrics")
+        assert moved.status_code == 404
+        assert "FLUXGATE_METRICS_PORT" in moved.json()["error"]["message"]
+        metrics_url = f"http://127.0.0.1:{port}/metrics"
+        before = value(scrape(metrics_url), "fluxgate_http_requests_total", **healthz)
+        with ThreadPoolExecutor(8) as pool:
+            assert set(pool.map(lambda _: httpx.get(f"{url}/healthz").status_code, range(40))) == {
+                200
+            }
+        samples = scrape(metrics_url)
+        assert value(samples, "fluxgate_http_requests_total", **healthz) - before == 40
+        assert ("fluxgate_jobs_queued", frozenset()) in samples
+    finally:
+        stack.close()
+
+
 def test_a_worker_metrics_port_that_is_taken_stops_the_worker(log_dir: Path) -> None:
     stack = Stack(log_dir, backend="postgres")
     try:

@@ -69,8 +69,24 @@ def cmd_api(args: argparse.Namespace) -> int:
             settings = use_settings(settings, prometheus_multiproc_dir=folder)
         # Before uvicorn starts the app, which makes the metrics.
         share_metrics_directory(str(settings.prometheus_multiproc_dir))
+        if settings.metrics_port is not None:
+            _serve_api_metrics(settings)
         _serve_api(args, settings)
     return 0
+
+
+def _serve_api_metrics(settings: Settings) -> None:
+    """Every API process's metrics, and the backlog, on the metrics port, from this process
+    (uvicorn's supervisor when there are several)."""
+    from app.http.metrics import api_registry, serve_metrics
+    from app.jobs.backlog import BacklogCollector
+
+    assert settings.metrics_port is not None
+    serve_metrics(
+        host=settings.metrics_host,
+        port=settings.metrics_port,
+        registry=api_registry(settings, [BacklogCollector()]),
+    )
 
 
 def _serve_api(args: argparse.Namespace, settings: Settings) -> None:
@@ -139,8 +155,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     # The pool is threads: this process runs every task, so it is set up once, here.
     tracing.setup(settings, role="worker")
     backends.connect(settings)
-    if args.metrics_port is not None:
-        serve_metrics(host=args.metrics_host, port=args.metrics_port)
+    port = args.metrics_port if args.metrics_port is not None else settings.metrics_port
+    if port is not None:
+        serve_metrics(host=args.metrics_host or settings.metrics_host, port=port)
     celery_app.conf.include = [WORKER_TASKS]
     setup_logging.connect(_logging_is_ours)
     if settings.log_format == "json":
@@ -420,12 +437,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-port",
         type=int,
         default=None,
-        help="serve this worker's Prometheus metrics on this port (default: off)",
+        help="serve this worker's Prometheus metrics on this port (default: FLUXGATE_METRICS_PORT, "
+        "else off)",
     )
     worker.add_argument(
         "--metrics-host",
-        default="127.0.0.1",
-        help="the address the metrics port listens on (0.0.0.0 inside a container network)",
+        default=None,
+        help="the address the metrics port listens on (default: FLUXGATE_METRICS_HOST, "
+        "127.0.0.1; 0.0.0.0 inside a container network)",
     )
 
     add(

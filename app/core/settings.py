@@ -164,6 +164,11 @@ class Settings(BaseSettings):
     # "json": one JSON object a line (the Docker image's default); "text" for people.
     log_format: Literal["text", "json"] = "text"
 
+    # Metrics on a port of their own (the API's /metrics then moves there; a worker's default
+    # --metrics-port), so they can stay on the internal network while the API is published.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
+
     # prometheus_client's multiprocess directory: `fluxgate api` makes one for its processes
     # (share_metrics_directory), so /metrics counts all of them together.
     prometheus_multiproc_dir: str | None = Field(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from prometheus_client import (
@@ -15,6 +16,7 @@ from prometheus_client import (
     multiprocess,
     start_http_server,
 )
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -57,11 +59,12 @@ class RequestMetrics:
             metrics.HTTP_DURATION.labels(template).observe(time.perf_counter() - started)
 
 
-def serve_metrics(*, host: str, port: int) -> None:
-    """This process's metrics on ``http://host:port/metrics`` from a thread of its own (a
-    worker's); a port that is taken stops the process with one line."""
+def serve_metrics(*, host: str, port: int, registry: CollectorRegistry = REGISTRY) -> None:
+    """``registry`` on ``http://host:port/metrics`` from a thread of this process (a worker's
+    own metrics, or the API's when it has a metrics port); a port that is taken stops the
+    process with one line."""
     try:
-        start_http_server(port, addr=host)
+        start_http_server(port, addr=host, registry=registry)
     except OSError as error:
         raise ConfigError(f"cannot serve metrics on {host}:{port}: {error.strerror}") from None
 
@@ -83,19 +86,35 @@ def forget_dead_processes(directory: str) -> None:
             pass  # alive, another user's
 
 
-def exposition(settings: Settings, *collectors: Collector) -> bytes:
-    """The text of ``/metrics``: this API's metrics (every process's, when they share a
-    multiprocess directory), then ``collectors``' (read at scrape time)."""
-    if settings.prometheus_multiproc_dir is not None:
-        forget_dead_processes(settings.prometheus_multiproc_dir)
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(  # type: ignore[no-untyped-call]
-            registry, path=settings.prometheus_multiproc_dir
-        )
-        text = generate_latest(registry)
-    else:
-        text = generate_latest(REGISTRY)
-    extra = CollectorRegistry()
-    for collector in collectors:
-        extra.register(collector)
-    return text + generate_latest(extra)
+class ApiMetrics(Collector):
+    """The API's metrics: every process's, when they share a multiprocess directory (the live
+    gauges of dead ones dropped first), else this process's; then ``collectors``' (read at
+    scrape time)."""
+
+    def __init__(self, settings: Settings, collectors: Sequence[Collector]) -> None:
+        self._directory = settings.prometheus_multiproc_dir
+        self._collectors = list(collectors)
+
+    def collect(self) -> Iterable[Metric]:
+        if self._directory is not None:
+            forget_dead_processes(self._directory)
+            processes = CollectorRegistry()
+            multiprocess.MultiProcessCollector(  # type: ignore[no-untyped-call]
+                processes, path=self._directory
+            )
+            yield from processes.collect()
+        else:
+            yield from REGISTRY.collect()
+        for collector in self._collectors:
+            yield from collector.collect()
+
+
+def api_registry(settings: Settings, collectors: Sequence[Collector]) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ApiMetrics(settings, collectors))
+    return registry
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The text of ``/metrics``."""
+    return generate_latest(registry)

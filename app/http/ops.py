@@ -9,7 +9,7 @@ from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.core.db import get_engine
-from app.core.errors import DependencyUnavailable, error_responses
+from app.core.errors import DependencyUnavailable, NotFound, error_responses
 from app.core.migrate import Schema, current_revision, expected_schema
 from app.core.queue import check_broker
 from app.http.body import StrictJSONRoute
@@ -82,5 +82,7 @@ def _schema_behind(revision: str | None, schema: Schema) -> DependencyUnavailabl
     response_class=PlainTextResponse,
 )
 def metrics(request: Request) -> Response:
-    text = exposition(request.app.state.settings, *request.app.state.metric_collectors)
-    return Response(text, media_type=CONTENT_TYPE_LATEST)
+    registry = request.app.state.metrics
+    if registry is None:
+        raise NotFound("the metrics are served on FLUXGATE_METRICS_PORT, not on this port")
+    return Response(exposition(registry), media_type=CONTENT_TYPE_LATEST)
