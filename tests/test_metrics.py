@@ -367,13 +367,13 @@ def test_metrics_answer_while_the_database_is_out_of_reach(log_dir: Path) -> Non
 def test_with_a_metrics_port_the_api_serves_them_there_and_not_on_its_own(
     log_dir: Path,
 ) -> None:
-    """FLUXGATE_METRICS_PORT: every API process's metrics and the backlog on that port (from
-    uvicorn's supervisor), and a 404 on the port the API is published on."""
+    """``--metrics-port`` (FLUXGATE_METRICS_PORT): every API process's metrics and the backlog
+    on that port (from uvicorn's supervisor), and a 404 on the port the API is published on."""
     stack = Stack(log_dir, backend="postgres")
     healthz = {"route": "/healthz", "method": "GET", "status": "200"}
     try:
         port = free_port()
-        _, url = stack.start_extra_api(args=["--workers", "2"], metrics_port=str(port))
+        _, url = stack.start_extra_api(args=["--workers", "2", "--metrics-port", str(port)])
         moved = httpx.get(f"{url}/metrics")
         assert moved.status_code == 404
         assert "FLUXGATE_METRICS_PORT" in moved.json()["error"]["message"]

@@ -19,7 +19,7 @@ from app.core.settings import (
     ConfigError,
     Settings,
     get_settings,
-    share_metrics_directory,
+    share_with_api_processes,
     use_settings,
 )
 
@@ -62,13 +62,17 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 def cmd_api(args: argparse.Namespace) -> int:
     settings = get_settings()
+    if args.metrics_port is not None:
+        settings = use_settings(settings, metrics_port=args.metrics_port)
+    if args.metrics_host is not None:
+        settings = use_settings(settings, metrics_host=args.metrics_host)
     with contextlib.ExitStack() as stack:
         if settings.prometheus_multiproc_dir is None:
             # A fresh directory per run: the metrics of processes that are gone do not count.
             folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="fluxgate-metrics-"))
             settings = use_settings(settings, prometheus_multiproc_dir=folder)
         # Before uvicorn starts the app, which makes the metrics.
-        share_metrics_directory(str(settings.prometheus_multiproc_dir))
+        share_with_api_processes(settings)
         if settings.metrics_port is not None:
             _serve_api_metrics(settings)
         _serve_api(args, settings)
@@ -422,6 +426,18 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8000)
     api.add_argument("--workers", type=int, default=1, help="uvicorn processes")
+    api.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve the metrics on this port, and not on the API's (default: "
+        "FLUXGATE_METRICS_PORT, else /metrics on the API's port)",
+    )
+    api.add_argument(
+        "--metrics-host",
+        default=None,
+        help="the address the metrics port listens on (default: FLUXGATE_METRICS_HOST, 127.0.0.1)",
+    )
 
     worker = add("worker", cmd_worker, "Run a worker that forwards jobs to Workers AI")
     worker.add_argument(

@@ -170,7 +170,7 @@ class Settings(BaseSettings):
     metrics_host: str = "127.0.0.1"
 
     # prometheus_client's multiprocess directory: `fluxgate api` makes one for its processes
-    # (share_metrics_directory), so /metrics counts all of them together.
+    # (share_with_api_processes), so /metrics counts all of them together.
     prometheus_multiproc_dir: str | None = Field(
         default=None,
         validation_alias=AliasChoices("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"),
@@ -331,11 +331,15 @@ def load_settings(**given: Any) -> Settings:
         raise ConfigError(_one_line(error)) from None
 
 
-def share_metrics_directory(path: str) -> None:
-    """Make ``path`` prometheus_client's multiprocess directory for this process and those it
-    starts (uvicorn's workers): the library reads it from the environment as metrics are made,
-    so this must happen before anything imports them."""
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+def share_with_api_processes(settings: Settings) -> None:
+    """Give uvicorn's worker processes (which read their settings from the environment) what
+    ``fluxgate api`` chose for its metrics: prometheus_client's multiprocess directory (the
+    library reads it from the environment as metrics are made, so this must happen before
+    anything imports them) and the metrics port, if the command line set one."""
+    if settings.prometheus_multiproc_dir is not None:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = settings.prometheus_multiproc_dir
+    if settings.metrics_port is not None:
+        os.environ["FLUXGATE_METRICS_PORT"] = str(settings.metrics_port)
 
 
 def child_environment(
