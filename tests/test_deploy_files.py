@@ -462,3 +462,16 @@ def test_secrets_are_files_and_no_password_has_a_default() -> None:
         f"{DEFAULT_SECRETS_DIR}/database_password"
     )
     assert postgres["secrets"] == ["database_password"]
+
+
+def test_the_readme_starts_compose_with_an_admin_key_and_documents_scaling() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Run it with docker compose") :]
+    section = section[: section.index("\n## ", 1)]
+    first = next(line for line in section.splitlines() if "keys create" in line)
+    assert first.startswith("docker compose exec api fluxgate keys create")
+    parses_as_fluxgate(shlex.split(first)[5:])
+    assert "--admin" in first
+    assert "--scale worker=" in section
+    for path in (secret["file"].removeprefix("./") for secret in COMPOSE["secrets"].values()):
+        assert f"> {path}" in section, path  # the commands create every secret file
