@@ -1,22 +1,28 @@
-"""There is no Docker engine here, so check what can be checked: every command the compose file
-and the Dockerfile run is a real `fluxgate` command, and names and ports match the settings."""
+"""There is no Docker engine here, so check what can be checked: the compose file is valid by the
+Compose Specification's schema (vendored, tests/schemas/), every command the compose file and the
+Dockerfile run is a real `fluxgate` command, and names, ports, secrets and limits match the
+settings."""
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import re
 import shlex
 import subprocess
-import tomllib
-from importlib.metadata import version
+import sys
+from importlib.metadata import requires, version
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
 
 from app.cli.commands import build_parser
-from app.core.settings import Settings
+from app.core.settings import DEFAULT_SECRETS_DIR, Settings
+from tests.deploy_schemas import SCHEMAS, compose_validator
 from tests.harness.processes import ROOT
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -25,6 +31,20 @@ FLUXGATE_SERVICES = {"migrate", "api", "worker", "webhooks", "beat", "simulator"
 MONITORING_SERVICES = {"prometheus", "grafana"}
 DEPLOY = ROOT / "deploy"
 SETTINGS = {f"FLUXGATE_{name.upper()}" for name in Settings.model_fields}
+HEARTBEAT_ROLES = ("worker", "webhooks", "beat")
+
+
+def seconds(duration: str) -> float:
+    """A compose duration ("150s", "2m30s") in seconds."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", duration)
+    assert "".join(number + unit for number, unit in parts) == duration, duration
+    return sum(float(number) * units[unit] for number, unit in parts)
+
+
+def megabytes(size: str) -> float:
+    number, unit = re.fullmatch(r"(\d+)([kmg])", size.lower()).groups()  # type: ignore[union-attr]
+    return int(number) * {"k": 1 / 1024, "m": 1, "g": 1024}[unit]
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
@@ -76,7 +96,24 @@ def test_environment_names_are_settings() -> None:
     assert names, "the example documents settings"
     # FLUXGATE_PORT is compose's host port for the API, not a gateway setting.
     assert names - {"FLUXGATE_PORT"} <= SETTINGS
-    assert {"FLUXGATE_CF_ACCOUNT_ID", "FLUXGATE_CF_API_TOKEN", "FLUXGATE_CF_BASE_URL"} <= names
+    assert {"FLUXGATE_CF_ACCOUNT_ID", "FLUXGATE_CF_BASE_URL"} <= names
+
+
+def test_the_env_example_marks_what_must_be_filled_and_keeps_secrets_out() -> None:
+    """A line left empty is one the operator must fill (and a required one is marked so); the
+    secrets are files, named as the compose file mounts them."""
+    lines = (ROOT / ".env.example").read_text().splitlines()
+    for number, line in enumerate(lines):
+        if re.fullmatch(r"FLUXGATE_[A-Z_]+=", line):
+            assert lines[number - 1].startswith("# REQUIRED"), line
+    assert "FLUXGATE_CF_ACCOUNT_ID=" in lines
+    assert not any(
+        line.startswith(("FLUXGATE_CF_API_TOKEN", "POSTGRES_PASSWORD")) for line in lines
+    )
+    files = {secret["file"].removeprefix("./") for secret in COMPOSE["secrets"].values()}
+    text = "\n".join(lines)
+    for path in files:
+        assert f"#   {path}" in text, path
 
 
 def test_webhooks_have_workers_of_their_own_and_every_queue_is_consumed() -> None:
@@ -91,8 +128,8 @@ def test_webhooks_have_workers_of_their_own_and_every_queue_is_consumed() -> Non
 
 def test_database_and_broker_point_at_the_services() -> None:
     env = SERVICES["api"]["environment"]
-    assert "@postgres:5432/" in env["FLUXGATE_DATABASE_URL"]
-    assert env["FLUXGATE_DATABASE_URL"].startswith("postgresql://")
+    # A user, no password: the password comes from its secret.
+    assert env["FLUXGATE_DATABASE_URL"] == "postgresql://fluxgate@postgres:5432/fluxgate"
     assert env["FLUXGATE_REDIS_URL"].startswith("redis://redis:6379/")
 
 
@@ -122,7 +159,11 @@ def test_prometheus_scrapes_every_role_where_it_serves_metrics() -> None:
         for sd in job["dns_sd_configs"]
     }
     api = SERVICES["api"]["command"]
-    assert targets["api"] == int(flag(api, "--port"))
+    # /metrics is on the API's own port unless it is given one of its own.
+    api_metrics_port = (
+        flag(api, "--metrics-port") if "--metrics-port" in api else flag(api, "--port")
+    )
+    assert targets["api"] == int(api_metrics_port)
     for role in ("worker", "webhooks"):
         command = SERVICES[role]["command"]
         assert targets[role] == int(flag(command, "--metrics-port"))
@@ -212,7 +253,13 @@ def test_dockerfile_is_multi_stage_slim_non_root_with_a_real_entrypoint() -> Non
     [user] = [rest for keyword, rest in instructions if keyword == "USER"]
     assert user not in ("root", "0")
     [entrypoint] = [exec_form(rest) for keyword, rest in instructions if keyword == "ENTRYPOINT"]
-    assert entrypoint == ["fluxgate"]
+    # tini, Debian's, as PID 1: it passes signals on and reaps orphans.
+    assert entrypoint == ["tini", "--", "fluxgate"]
+    runtime = instructions[[keyword for keyword, _ in instructions].index("FROM", 1) :]
+    assert any(
+        keyword == "RUN" and "apt-get install -y --no-install-recommends tini" in rest
+        for keyword, rest in runtime
+    )
     [cmd] = [exec_form(rest) for keyword, rest in instructions if keyword == "CMD"]
     parses_as_fluxgate(cmd)
     # Every source the image copies exists in the repository.
@@ -227,30 +274,74 @@ def test_dockerfile_is_multi_stage_slim_non_root_with_a_real_entrypoint() -> Non
     compile(command[2], "<healthcheck>", "exec")
 
 
-def test_the_image_installs_the_extras_it_is_built_with() -> None:
-    """``docker build --build-arg EXTRAS=otel``: the install line, run by the image's shell
-    with pip replaced by echo, names the extra; without the argument, none."""
-    [install] = [
+def test_the_base_image_is_pinned_by_version() -> None:
+    stages = [rest.split()[0] for keyword, rest in dockerfile_instructions() if keyword == "FROM"]
+    assert len(set(stages)) == 1, stages
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-[a-z]+(@sha256:[0-9a-f]{64})?", stages[0])
+
+
+def test_dependencies_are_installed_before_the_code_is_copied() -> None:
+    """A change to app/ (or the README) reuses the dependencies' layer: what is copied before
+    it is pyproject.toml, constraints.txt and the script that lists the requirements."""
+    build = dockerfile_instructions()
+    build = build[: [keyword for keyword, _ in build].index("FROM", 1)]
+    [dependencies] = [i for i, (_, rest) in enumerate(build) if "-r requirements.txt" in rest]
+    [package] = [i for i, (_, rest) in enumerate(build) if "--no-deps" in rest]
+    copied_before = {
+        source
+        for keyword, rest in build[:dependencies]
+        if keyword == "COPY"
+        for source in shlex.split(rest)[:-1]
+    }
+    assert copied_before == {"pyproject.toml", "constraints.txt", "scripts/image_requirements.py"}
+    assert "pip install -c constraints.txt -r requirements.txt" in build[dependencies][1]
+    assert ("COPY", "app ./app") in build[dependencies:package]
+    assert "pip check" in build[package][1]
+
+
+@pytest.mark.parametrize("extras", ["", "otel"])
+def test_the_dependency_layer_installs_what_the_package_requires(extras: str) -> None:
+    """The script the image runs (``python image_requirements.py "$EXTRAS"``) lists exactly the
+    requirements of the installed package with those extras."""
+    [run] = [
         rest
         for keyword, rest in dockerfile_instructions()
-        if keyword == "RUN" and "pip install" in rest
+        if keyword == "RUN" and "image_requirements" in rest
     ]
-    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
-        "optional-dependencies"
-    ]
-    assert "otel" in extras
-    echoed = install.replace("/opt/fluxgate/bin/pip install", "echo")
-    for value, target in (("", "."), ("otel", ".[otel]")):
-        done = subprocess.run(
-            ["sh", "-c", echoed], env={"EXTRAS": value}, capture_output=True, text=True, check=True
-        )
-        assert done.stdout.split() == ["-c", "constraints.txt", target]
+    assert run.startswith('python image_requirements.py "$EXTRAS" > requirements.txt')
+    listed = subprocess.run(
+        [sys.executable, "scripts/image_requirements.py", extras],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\n")
+    declared = set()
+    for text in requires("fluxgate") or []:
+        requirement = Requirement(text)
+        extra = re.search(r'extra == "([a-z]+)"', str(requirement.marker or ""))
+        if extra is None or extra.group(1) in extras.split(","):
+            requirement.marker = None
+            declared.add(str(requirement))
+    assert {str(Requirement(line)) for line in listed if line} == declared
+
+
+def test_an_unknown_extra_stops_the_build() -> None:
+    done = subprocess.run(
+        [sys.executable, "scripts/image_requirements.py", "otle"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode != 0
+    assert "no extra 'otle'" in done.stderr
 
 
 def test_docker_ignores_local_state() -> None:
     ignored = (ROOT / ".dockerignore").read_text().split()
-    for entry in (".git", ".venv", ".env", ".fluxgate"):
+    for entry in (".git", ".venv", ".env", ".fluxgate", "secrets"):
         assert entry in ignored
+    assert "secrets/" in (ROOT / ".gitignore").read_text().split()
 
 
 def test_console_script_is_declared() -> None:
@@ -271,3 +362,116 @@ def test_upload_parsers_carry_the_security_fixes(package: str, floor: tuple[int,
     )
     assert pinned is not None
     assert tuple(int(part) for part in pinned.group(1).split(".")[: len(floor)]) >= floor
+
+
+def test_the_compose_file_is_valid_by_the_compose_specification() -> None:
+    validator = compose_validator()
+    assert [error.message for error in validator.iter_errors(COMPOSE)] == []
+    # The schema is strict: a misspelt key is found.
+    broken = copy.deepcopy(COMPOSE)
+    broken["services"]["worker"]["mem_limt"] = "1g"
+    assert not validator.is_valid(broken)
+
+
+def test_the_vendored_schemas_are_the_recorded_files_with_their_licences() -> None:
+    manifest = json.loads((SCHEMAS / "manifest.json").read_text())
+    recorded = set()
+    for package in manifest["packages"]:
+        folder = SCHEMAS / package["folder"]
+        assert re.fullmatch(r"\d+\.\d+\.\d+", package["version"])
+        assert package["wheel"].startswith(
+            package["name"].replace("-", "_") + "-" + package["version"]
+        )
+        assert re.fullmatch(r"[0-9a-f]{64}", package["wheel_sha256"])
+        assert "Apache" in (folder / package["licence_file"]).read_text()
+        for name, meta in package["files"].items():
+            assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == meta["sha256"], name
+            recorded.add(folder / name)
+    on_disk = {path for path in SCHEMAS.rglob("*") if path.is_file()} - {SCHEMAS / "manifest.json"}
+    assert on_disk == recorded
+
+
+def test_no_container_name_and_only_loopback_ports() -> None:
+    """`--scale worker=N` needs no fixed name and no host port; whatever is published listens on
+    this machine only (the README says how to expose the API)."""
+    for name, service in SERVICES.items():
+        assert "container_name" not in service, name
+        for mapping in service.get("ports", []):
+            assert mapping.startswith("127.0.0.1:"), (name, mapping)
+    published = {name for name, service in SERVICES.items() if service.get("ports")}
+    assert published == {"api", "prometheus", "grafana"}
+
+
+@pytest.mark.parametrize("role", HEARTBEAT_ROLES)
+def test_workers_webhooks_and_beat_are_checked_by_their_heartbeat(role: str) -> None:
+    command = SERVICES[role]["command"]
+    parses_as_fluxgate(command)
+    path = flag(command, "--heartbeat-file")
+    health = SERVICES[role]["healthcheck"]
+    assert "disable" not in health
+    kind, python, dash_c, check = health["test"]
+    assert (kind, python, dash_c) == ("CMD", "python", "-c")
+    assert f"os.stat({path!r})" in check
+    compile(check, "<healthcheck>", "exec")
+    # Older than several beats (every 10 s) before it counts as stale.
+    assert int(re.search(r"> (\d+)\)", check).group(1)) >= 30  # type: ignore[union-attr]
+
+
+def test_stop_grace_period_outlasts_an_upstream_call() -> None:
+    defaults = Settings.model_fields
+    call = float(defaults["upstream_connect_timeout_seconds"].default) + float(
+        defaults["upstream_timeout_seconds"].default
+    )
+    for name in FLUXGATE_SERVICES:
+        assert seconds(SERVICES[name]["stop_grace_period"]) > call, name
+
+
+def test_every_service_has_a_memory_limit_and_rotated_logs() -> None:
+    for name, service in SERVICES.items():
+        assert megabytes(service["mem_limit"]) >= 256, name
+        logging = service["logging"]
+        assert logging["driver"] == "json-file", name
+        assert megabytes(logging["options"]["max-size"]) <= 100, name
+        assert int(logging["options"]["max-file"]) >= 2, name
+    decode = int(Settings.model_fields["input_decode_memory_bytes"].default) / 1024 / 1024
+    # The API decodes up to INPUT_DECODE_MEMORY_BYTES of images at once, beside the rest.
+    assert megabytes(SERVICES["api"]["mem_limit"]) >= decode + 512
+
+
+def test_secrets_are_files_and_no_password_has_a_default() -> None:
+    """The database password and the Cloudflare token reach the containers as files in
+    /run/secrets named after their settings; no environment carries them, none defaults."""
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert "PASSWORD:-" not in text.replace("GRAFANA_ADMIN_PASSWORD:-", "")
+    for secret in COMPOSE["secrets"].values():
+        assert secret["file"].startswith("./secrets/")
+    for name in FLUXGATE_SERVICES:
+        service = SERVICES[name]
+        targets = {mount["target"]: mount["source"] for mount in service["secrets"]}
+        assert targets == {
+            "fluxgate_database_password": "database_password",
+            "fluxgate_cf_api_token": "cf_api_token",
+        }
+        for target in targets:
+            assert target.removeprefix("fluxgate_") in Settings.model_fields
+        for key in service["environment"]:
+            assert not re.search("PASSWORD|TOKEN", key), (name, key)
+    postgres = SERVICES["postgres"]
+    assert "POSTGRES_PASSWORD" not in postgres["environment"]
+    assert postgres["environment"]["POSTGRES_PASSWORD_FILE"] == (
+        f"{DEFAULT_SECRETS_DIR}/database_password"
+    )
+    assert postgres["secrets"] == ["database_password"]
+
+
+def test_the_readme_starts_compose_with_an_admin_key_and_documents_scaling() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Run it with docker compose") :]
+    section = section[: section.index("\n## ", 1)]
+    first = next(line for line in section.splitlines() if "keys create" in line)
+    assert first.startswith("docker compose exec api fluxgate keys create")
+    parses_as_fluxgate(shlex.split(first)[5:])
+    assert "--admin" in first
+    assert "--scale worker=" in section
+    for path in (secret["file"].removeprefix("./") for secret in COMPOSE["secrets"].values()):
+        assert f"> {path}" in section, path  # the commands create every secret file

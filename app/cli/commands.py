@@ -162,6 +162,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     port = args.metrics_port if args.metrics_port is not None else settings.metrics_port
     if port is not None:
         serve_metrics(host=args.metrics_host or settings.metrics_host, port=port)
+    if args.heartbeat_file is not None:
+        from app.cli import heartbeat
+
+        heartbeat.add_to_worker(celery_app, Path(args.heartbeat_file))
     celery_app.conf.include = [WORKER_TASKS]
     setup_logging.connect(_logging_is_ours)
     if settings.log_format == "json":
@@ -182,10 +186,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_beat(_: argparse.Namespace) -> int:
+def cmd_beat(args: argparse.Namespace) -> int:
     from celery.signals import setup_logging
 
     from app import backends
+    from app.cli.heartbeat import HeartbeatScheduler
     from app.core import tracing
     from app.core.queue import celery_app
 
@@ -193,12 +198,15 @@ def cmd_beat(_: argparse.Namespace) -> int:
     tracing.setup(settings, role="beat")
     backends.connect(settings)
     setup_logging.connect(_logging_is_ours)
-    # The schedule is one fixed interval: nothing to persist between restarts.
+    if args.heartbeat_file is not None:
+        HeartbeatScheduler.heartbeat_file = Path(args.heartbeat_file)
+    # The schedule is fixed intervals: nothing to persist between restarts (Celery's default
+    # scheduler keeps nothing, and this one only adds the heartbeat).
     celery_app.start(
         [
             *_celery_quiet(settings),
             "beat",
-            "--scheduler=celery.beat:Scheduler",
+            "--scheduler=app.cli.heartbeat:HeartbeatScheduler",
             f"--loglevel={settings.log_level}",
         ]
     )
@@ -394,6 +402,12 @@ def cmd_prices_add(args: argparse.Namespace) -> int:
     return 0
 
 
+HEARTBEAT_HELP = (
+    "touch this file every 10 s while consuming (beat: while scheduling), for a healthcheck "
+    "that checks its age (default: none)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fluxgate",
@@ -462,13 +476,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="the address the metrics port listens on (default: FLUXGATE_METRICS_HOST, "
         "127.0.0.1; 0.0.0.0 inside a container network)",
     )
+    worker.add_argument("--heartbeat-file", default=None, help=HEARTBEAT_HELP)
 
-    add(
+    beat = add(
         "beat",
         cmd_beat,
         "Run the periodic work: the sweeper that re-sends stuck or lost jobs, the usage "
         "rollup, image retention and the purge of what has expired",
     )
+    beat.add_argument("--heartbeat-file", default=None, help=HEARTBEAT_HELP)
 
     from app.simulator.__main__ import add_arguments as add_simulator_arguments
 

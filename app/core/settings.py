@@ -8,14 +8,25 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Any, Literal, Self, TypeAlias
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_CF_BASE_URL = "https://api.cloudflare.com/client/v4"
 # filesystem:///path/to/dir is kombu's filesystem transport: the embedded default's broker.
 BROKER_SCHEMES = ("redis://", "rediss://", "filesystem://")
+# Docker's and Kubernetes' place for secrets: a file named after a setting (lower or upper case,
+# e.g. fluxgate_cf_api_token) gives its value. The environment wins over a file.
+DEFAULT_SECRETS_DIR = "/run/secrets"
 
 
 class ConfigError(Exception):
@@ -28,6 +39,34 @@ def normalize_database_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
     return url
+
+
+def with_password(url: str, password: str) -> str:
+    """``url`` (a user, no password) with ``password`` put in, quoted for a URL."""
+    from sqlalchemy.engine import make_url
+
+    if not url.startswith("postgresql"):
+        raise ValueError("FLUXGATE_DATABASE_PASSWORD is for a postgresql:// DATABASE_URL")
+    parsed = make_url(url)
+    if parsed.password is not None:
+        raise ValueError(
+            "FLUXGATE_DATABASE_URL has a password and FLUXGATE_DATABASE_PASSWORD is set: "
+            "give it in one place"
+        )
+    if not parsed.username:
+        raise ValueError("FLUXGATE_DATABASE_PASSWORD needs a user in FLUXGATE_DATABASE_URL")
+    return parsed.set(password=password).render_as_string(hide_password=False)
+
+
+def secrets_dir() -> str | None:
+    """Where settings are read from files (Docker and Kubernetes secrets):
+    ``FLUXGATE_SECRETS_DIR``, else /run/secrets when it exists, else nowhere."""
+    chosen = os.environ.get("FLUXGATE_SECRETS_DIR", "").strip()
+    if chosen:
+        if not Path(chosen).is_dir():
+            raise ConfigError(f"FLUXGATE_SECRETS_DIR: {chosen} is not a directory")
+        return chosen
+    return DEFAULT_SECRETS_DIR if Path(DEFAULT_SECRETS_DIR).is_dir() else None
 
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
@@ -78,6 +117,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FLUXGATE_", extra="ignore")
 
     database_url: str
+    # Merged into a DATABASE_URL that has a user but no password: the URL can then live in a
+    # config file, the password in a secret (FLUXGATE_DATABASE_PASSWORD, or its file).
+    database_password: SecretStr | None = None
     redis_url: str | None = None
     broker_url: str | None = None
 
@@ -246,6 +288,15 @@ class Settings(BaseSettings):
         return value.strip().lower() if isinstance(value, str) else value
 
     @model_validator(mode="after")
+    def _database_password_in_url(self) -> Self:
+        if self.database_password is not None:
+            self.database_url = with_password(
+                self.database_url, self.database_password.get_secret_value()
+            )
+            self.database_password = None  # in the URL now; not kept twice
+        return self
+
+    @model_validator(mode="after")
     def _consistent(self) -> Self:
         if self.broker_url is None and self.redis_url is None:
             raise ValueError("set FLUXGATE_BROKER_URL or FLUXGATE_REDIS_URL")
@@ -311,6 +362,15 @@ class SimulatorSettings(BaseSettings):
     cf_api_token: str = "simulator-token"  # noqa: S105  # the simulator's, not a secret
 
 
+def simulator_token() -> str:
+    """The token the simulator expects: the gateway's own (its variable or its secret's file)."""
+    try:
+        folder = secrets_dir()
+    except ConfigError:
+        folder = None  # the gateway's processes say what is wrong with it
+    return SimulatorSettings(_secrets_dir=folder).cf_api_token
+
+
 def _one_line(error: ValidationError) -> str:
     parts = []
     for item in error.errors():
@@ -326,7 +386,8 @@ def load_settings(**given: Any) -> Settings:
     """Read and check the settings (``given`` ones over the environment's); raise
     :class:`ConfigError` with one line if they are wrong."""
     try:
-        return Settings(**given)  # the rest from the environment
+        # The rest from the environment, then from the secrets' files.
+        return Settings(**given, _secrets_dir=secrets_dir())
     except ValidationError as error:
         raise ConfigError(_one_line(error)) from None
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from app.core.settings import ConfigError, SimulatorSettings
+from app.core.settings import ConfigError, simulator_token
 from app.simulator import SimulatorConfig, serve
 from app.simulator.faults import parse_rates
 
@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latency-jitter", type=float, default=0.0, help="extra 0..S seconds")
     parser.add_argument(
         "--token",
-        default=SimulatorSettings().cf_api_token,
+        default=simulator_token(),
         help="expected bearer token (default: $FLUXGATE_CF_API_TOKEN or 'simulator-token')",
     )
     parser.add_argument(
