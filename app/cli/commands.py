@@ -137,6 +137,8 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 
 def _serve_api(args: argparse.Namespace, settings: Settings) -> None:
+    import socket
+
     import uvicorn
 
     from app.core import tracing
@@ -157,7 +159,9 @@ def _serve_api(args: argparse.Namespace, settings: Settings) -> None:
             proxy_headers=True,
             timeout_graceful_shutdown=30,
             http=LimitedHttpToolsProtocol,
-        )
+        ),
+        # fluxgate dev binds the port itself and hands the socket over.
+        sock=None if args.fd is None else socket.socket(fileno=args.fd),
     )
 
 
@@ -616,6 +620,8 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8000)
     api.add_argument("--workers", type=int, default=1, help="uvicorn processes")
+    # How `fluxgate dev` hands over the port it bound (and so knows who answers on it).
+    api.add_argument("--fd", type=int, default=None, help=argparse.SUPPRESS)
 
     worker = add("worker", cmd_worker, "Run a worker that forwards jobs to Workers AI")
     worker.add_argument(
