@@ -46,6 +46,14 @@ def public_dns(host: str, port: int) -> list[Address]:
 # --- refused addresses -------------------------------------------------------------------
 
 
+def refusal(address: str) -> str:
+    """The 422's message: the address, and the setting that would let it through."""
+    return (
+        f"webhook_url resolves to {address}, which is not a public address; the gateway's "
+        "operator can allow its network with FLUXGATE_WEBHOOK_ALLOWED_NETWORKS"
+    )
+
+
 @pytest.mark.parametrize(
     ("url", "address"),
     [
@@ -90,7 +98,7 @@ def public_dns(host: str, port: int) -> list[Address]:
 def test_refuses_addresses_that_are_not_public(url: str, address: str) -> None:
     with pytest.raises(UnsafeTarget) as raised:
         check_url(url, allowed=(), resolver=no_dns)
-    assert str(raised.value) == f"webhook_url resolves to {address}, which is not a public address"
+    assert str(raised.value) == refusal(address)
 
 
 @pytest.mark.parametrize(
@@ -285,7 +293,7 @@ def test_refuses_a_hostname_if_any_address_is_not_public(answers: list[str], ref
     resolver = fake_resolver({"hooks.example.com": answers})
     with pytest.raises(UnsafeTarget) as raised:
         check_url("https://hooks.example.com/", allowed=(), resolver=resolver)
-    assert str(raised.value) == f"webhook_url resolves to {refused}, which is not a public address"
+    assert str(raised.value) == refusal(refused)
 
 
 def test_accepts_a_hostname_with_public_addresses_deduplicated_in_order() -> None:

@@ -9,21 +9,29 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from app.cli.datadir import DATABASE_FILE, DEFAULT_DATA_DIR, database_url
 from app.core.settings import (
     ConfigError,
     Settings,
+    database_url_in_environment,
     get_settings,
+    load_database_settings,
     share_with_api_processes,
     use_settings,
 )
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
+
+NO_DATABASE = (
+    "no database: set FLUXGATE_DATABASE_URL or run in the folder of a `fluxgate dev` "
+    "(or pass --data-dir)"
+)
 
 
 def _setup_logging() -> None:
@@ -36,6 +44,61 @@ def _setup_logging() -> None:
         # A command that needs the settings reports what is wrong with them.
         log_format, level = "text", "INFO"
     configure(log_format=log_format, level=level)
+
+
+def _database_settings(data_dir: str | None) -> Settings:
+    """The settings of a command that uses the database alone. Its database: ``--data-dir``'s
+    (a ``fluxgate dev``'s state), else FLUXGATE_DATABASE_URL's, else that of the ``fluxgate
+    dev`` whose state is in ./.fluxgate."""
+    if data_dir is None and not database_url_in_environment():
+        if not Path(DEFAULT_DATA_DIR).is_dir():
+            raise ConfigError(NO_DATABASE)
+        data_dir = DEFAULT_DATA_DIR
+    if data_dir is None:
+        return load_database_settings()
+    folder = Path(data_dir).resolve()
+    # SQLite would make an empty database where there is none: said instead.
+    if not (folder / DATABASE_FILE).is_file():
+        raise ConfigError(
+            f"{folder} holds no {DATABASE_FILE}: it is not the data dir of a "
+            "`fluxgate dev` that has started"
+        )
+    return load_database_settings(database_url=database_url(folder))
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], *, right: int = 0) -> str:
+    """Columns two spaces apart, under a header; the ``right`` columns after the first are
+    numbers (aligned right); the last one is not padded."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    last = len(header) - 1
+
+    def line(row: Sequence[str]) -> str:
+        cells = [
+            cell
+            if i == last
+            else cell.rjust(widths[i])
+            if 1 <= i <= right
+            else cell.ljust(widths[i])
+            for i, cell in enumerate(row)
+        ]
+        return "  ".join(cells).rstrip()
+
+    return "\n".join(line(row) for row in [header, *rows])
+
+
+def _usd(amount: str | None) -> str:
+    return "-" if amount is None else f"${amount}"
+
+
+def _flat(fields: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    """``a.b: value`` lines of a nested object, without the empty ones."""
+    lines: list[tuple[str, str]] = []
+    for name, value in fields.items():
+        if isinstance(value, Mapping):
+            lines.extend(_flat(value, f"{prefix}{name}."))
+        elif value is not None and value != {}:
+            lines.append((f"{prefix}{name}", str(value)))
+    return lines
 
 
 def _logging_is_ours(**_: object) -> None:
@@ -94,6 +157,8 @@ def _serve_api_metrics(settings: Settings) -> None:
 
 
 def _serve_api(args: argparse.Namespace, settings: Settings) -> None:
+    import socket
+
     import uvicorn
 
     from app.core import tracing
@@ -114,7 +179,9 @@ def _serve_api(args: argparse.Namespace, settings: Settings) -> None:
             proxy_headers=True,
             timeout_graceful_shutdown=30,
             http=LimitedHttpToolsProtocol,
-        )
+        ),
+        # fluxgate dev binds the port itself and hands the socket over.
+        sock=None if args.fd is None else socket.socket(fileno=args.fd),
     )
 
 
@@ -273,31 +340,52 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
+    from app.billing import usage
     from app.core.db import session_scope
     from app.core.money import format_usd
-    from app.keys.service import list_keys
+    from app.core.orm import utcnow
+    from app.keys.service import list_keys, to_key_out
 
-    get_settings()
     with session_scope() as session:
-        rows = [
-            {
-                "id": key.id,
-                "name": key.name,
-                "prefix": key.display_prefix,
-                "admin": key.is_admin,
-                "budget_usd": None if key.budget_nanos is None else format_usd(key.budget_nanos),
-                "budget_period": key.budget_period,
-                "revoked": key.revoked_at is not None,
-            }
-            for key in list_keys(session)
-        ]
+        # What each key was charged this calendar month (UTC), as the usage report counts it.
+        start, end = usage.default_window(utcnow())
+        spent = {
+            row.group: row.charged_nanos
+            for row in usage.usage(session, start=start, end=end, group_by="key")
+        }
+        rows = []
+        for key in list_keys(session):
+            shown = to_key_out(session, key)
+            rows.append(
+                {
+                    "id": key.id,
+                    "name": key.name,
+                    "prefix": key.display_prefix,
+                    "admin": key.is_admin,
+                    "budget_usd": shown.budget_usd,
+                    "budget_period": key.budget_period,
+                    "budget_used_usd": shown.budget_used_usd,
+                    "spent_this_month_usd": format_usd(spent.get(key.id, 0)),
+                    "revoked": key.revoked_at is not None,
+                }
+            )
     if args.json:
         print(json.dumps(rows))
-    else:
-        for row in rows:
-            state = "revoked" if row["revoked"] else ("admin" if row["admin"] else "key")
-            budget = f"${row['budget_usd']}/{row['budget_period']}" if row["budget_usd"] else "-"
-            print(f"{row['id']}  {row['prefix']}...  {state:7}  {budget:>16}  {row['name']}")
+        return 0
+    header = ["ID", "PREFIX", "STATE", "SPENT THIS MONTH", "BUDGET", "BUDGET USED", "NAME"]
+    lines = [
+        [
+            str(row["id"]),
+            f"{row['prefix']}...",
+            "revoked" if row["revoked"] else ("admin" if row["admin"] else "key"),
+            _usd(str(row["spent_this_month_usd"])),
+            f"${row['budget_usd']}/{row['budget_period']}" if row["budget_usd"] else "-",
+            _usd(str(row["budget_used_usd"])) if row["budget_usd"] else "-",
+            str(row["name"]),
+        ]
+        for row in rows
+    ]
+    print(_table(header, lines))
     return 0
 
 
@@ -408,17 +496,139 @@ HEARTBEAT_HELP = (
 )
 
 
+def cmd_usage(args: argparse.Namespace) -> int:
+    from app.billing import usage
+    from app.billing.schemas import usage_out
+    from app.core.db import session_scope
+    from app.core.orm import utcnow
+
+    span = usage.window(start=args.start, end=args.to, tz=args.tz, now=utcnow())
+    with session_scope() as session:
+        rows = usage.usage(
+            session,
+            start=span.start,
+            end=span.end,
+            group_by=args.group_by,
+            tz=span.tz,
+            api_key_id=args.key,
+        )
+    # The report /v1/admin/usage answers, made by the same service.
+    report = usage_out(rows, start=span.start, end=span.end, group_by=args.group_by, tz=span.tz.key)
+    if args.json:
+        print(json.dumps(report.model_dump(mode="json")))
+        return 0
+    start, end = (at.astimezone(span.tz).isoformat() for at in (span.start, span.end))
+    who = f"key {args.key}" if args.key else "every key"
+    print(f"Usage of {who} from {start} to {end}, by {args.group_by}")
+    header = [args.group_by.upper(), "JOBS", "OUTPUT TILES", "INPUT TILES", "CHARGED USD"]
+    lines = [
+        [row.group, str(row.jobs), str(row.output_tiles), str(row.input_tiles), row.charged_usd]
+        for row in [*report.data, report.total]
+    ]
+    print(_table(header, lines, right=4))
+    return 0
+
+
+# app/billing/usage.py's GROUP_BYS, without loading the reports for every command's parser.
+USAGE_GROUP_BYS = ("hour", "day", "model", "key")
+
+# The flags of the job filters, by the parameter names their errors carry.
+_JOB_FLAGS = {"q": "--prompt", "from": "--from", "to": "--to", "status": "--status"}
+
+
+def cmd_jobs_list(args: argparse.Namespace) -> int:
+    from app.core.db import session_scope
+    from app.core.errors import InvalidParameter
+    from app.jobs.schemas import AdminJobList
+    from app.jobs.service import JobFilters, list_all_jobs, to_admin_job_out
+
+    try:
+        filters = JobFilters.from_query(
+            key_id=args.key,
+            status=args.status,
+            model=args.model,
+            start=args.start,
+            end=args.to,
+            job_id=None,
+            prompt=args.prompt,
+        )
+        with session_scope() as session:
+            jobs, next_cursor = list_all_jobs(
+                session, filters=filters, limit=args.limit, cursor=args.cursor
+            )
+            page = AdminJobList(data=to_admin_job_out(session, jobs), next_cursor=next_cursor)
+    except InvalidParameter as error:
+        # "q must be 3..200 characters": said of the flag instead.
+        param = error.param or ""
+        flag = _JOB_FLAGS.get(param, f"--{param}")
+        raise ConfigError(f"{flag} {error.message.removeprefix(param + ' ')}") from None
+    if args.json:
+        print(json.dumps(page.model_dump(mode="json")))
+        return 0
+    header = ["ID", "STATUS", "MODEL", "KEY", "CREATED (UTC)", "COST USD", "PROMPT"]
+    lines = [
+        [
+            job.id,
+            job.status,
+            job.model,
+            job.key_id,
+            f"{job.created_at:%Y-%m-%d %H:%M:%S}",
+            job.cost.charged or f"~{job.cost.estimated}",
+            job.params.prompt if len(job.params.prompt) <= 40 else job.params.prompt[:39] + "…",
+        ]
+        for job in page.data
+    ]
+    print(_table(header, lines) if lines else "no jobs")
+    if next_cursor is not None:
+        print(f"more: --cursor {next_cursor}")
+    return 0
+
+
+def cmd_jobs_show(args: argparse.Namespace) -> int:
+    from app.core.db import session_scope
+    from app.jobs.service import find_job, to_admin_job_out
+
+    with session_scope() as session:
+        [job] = to_admin_job_out(session, [find_job(session, job_id=args.id)])
+    shown = job.model_dump(mode="json")
+    if args.json:
+        print(json.dumps(shown))
+        return 0
+    lines = _flat(shown)
+    width = max(len(name) for name, _ in lines) + 1
+    for name, value in lines:
+        print(f"{name + ':':{width}} {value}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fluxgate",
         description="A REST gateway with a job queue in front of FLUX.2 on Workers AI.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # The commands that use the database alone: no broker asked for, and a `fluxgate dev`'s
+    # state found in its folder.
+    database = argparse.ArgumentParser(add_help=False)
+    database.add_argument(
+        "--data-dir",
+        default=None,
+        help="use the database of the `fluxgate dev` whose state is here (default: "
+        f"FLUXGATE_DATABASE_URL, else ./{DEFAULT_DATA_DIR} if it exists)",
+    )
+    database.set_defaults(database_only=True)
 
     def add(
-        name: str, handler: Callable[[argparse.Namespace], int], help_text: str
+        name: str,
+        handler: Callable[[argparse.Namespace], int],
+        help_text: str,
+        *,
+        group: Any = commands,
+        parents: Sequence[argparse.ArgumentParser] = (),
     ) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub: argparse.ArgumentParser = group.add_parser(
+            name, help=help_text, description=help_text, parents=list(parents)
+        )
         sub.set_defaults(handler=handler)
         return sub
 
@@ -429,12 +639,17 @@ def build_parser() -> argparse.ArgumentParser:
         "(SQLite, an embedded broker, the simulator unless Cloudflare credentials are set)",
     )
     dev.add_argument("--port", type=int, default=8000)
-    dev.add_argument("--data-dir", default=".fluxgate", help="where all state lives")
+    dev.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="where all state lives")
     dev.add_argument(
         "--simulator-latency", type=float, default=1.0, help="seconds per simulated image"
     )
 
-    add("migrate", cmd_migrate, "Upgrade the database schema to the latest migration")
+    add(
+        "migrate",
+        cmd_migrate,
+        "Upgrade the database schema to the latest migration",
+        parents=[database],
+    )
 
     api = add("api", cmd_api, "Run the HTTP API")
     api.add_argument("--host", default="127.0.0.1")
@@ -452,6 +667,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="the address the metrics port listens on (default: FLUXGATE_METRICS_HOST, 127.0.0.1)",
     )
+    # How `fluxgate dev` hands over the port it bound (and so knows who answers on it).
+    api.add_argument("--fd", type=int, default=None, help=argparse.SUPPRESS)
 
     worker = add("worker", cmd_worker, "Run a worker that forwards jobs to Workers AI")
     worker.add_argument(
@@ -499,7 +716,10 @@ def build_parser() -> argparse.ArgumentParser:
     keys = commands.add_parser("keys", help="Manage API keys", description="Manage API keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
     create = key_commands.add_parser(
-        "create", help="Create an API key", description="Create an API key; shown once."
+        "create",
+        help="Create an API key",
+        description="Create an API key; shown once.",
+        parents=[database],
     )
     create.set_defaults(handler=cmd_keys_create)
     create.add_argument("--name", required=True)
@@ -518,7 +738,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create.add_argument("--json", action="store_true", help="print one JSON object")
 
-    listing = key_commands.add_parser("list", help="List API keys", description="List API keys")
+    listing = key_commands.add_parser(
+        "list",
+        help="List API keys",
+        description="List API keys",
+        parents=[database],
+    )
     listing.set_defaults(handler=cmd_keys_list)
     listing.add_argument("--json", action="store_true", help="print a JSON list")
 
@@ -526,6 +751,7 @@ def build_parser() -> argparse.ArgumentParser:
         "update",
         help="Change a key's name, budget or limits",
         description="Change a key's name, budget or limits; 'none' removes a budget or limit.",
+        parents=[database],
     )
     update.set_defaults(handler=cmd_keys_update)
     update.add_argument("id")
@@ -536,7 +762,10 @@ def build_parser() -> argparse.ArgumentParser:
     update.add_argument("--max-concurrent", help="jobs queued or running at once, or none")
 
     revoke = key_commands.add_parser(
-        "revoke", help="Revoke an API key", description="Revoke an API key (by id)"
+        "revoke",
+        help="Revoke an API key",
+        description="Revoke an API key (by id)",
+        parents=[database],
     )
     revoke.set_defaults(handler=cmd_keys_revoke)
     revoke.add_argument("id")
@@ -546,6 +775,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Give a key a new webhook secret",
         description="Give a key a new webhook secret (printed once); deliveries are signed "
         "with the old one too during the grace period",
+        parents=[database],
     )
     rotate.set_defaults(handler=cmd_keys_rotate_webhook_secret)
     rotate.add_argument("id")
@@ -556,12 +786,15 @@ def build_parser() -> argparse.ArgumentParser:
         "prices", help="Show or add prices", description="Prices are data with effective dates"
     )
     price_commands = prices.add_subparsers(dest="prices_command", required=True, metavar="COMMAND")
-    price_list = price_commands.add_parser("list", help="Every price, past and future")
+    price_list = price_commands.add_parser(
+        "list", help="Every price, past and future", parents=[database]
+    )
     price_list.set_defaults(handler=cmd_prices_list)
     price_add = price_commands.add_parser(
         "add",
         help="Add a price from a time on",
         description="Jobs submitted before --effective-from keep the price they were given.",
+        parents=[database],
     )
     price_add.set_defaults(handler=cmd_prices_add)
     price_add.add_argument("--model", required=True)
@@ -572,15 +805,70 @@ def build_parser() -> argparse.ArgumentParser:
     price_add.add_argument("--output-unit", choices=["tile", "megapixel"], default="tile")
     price_add.add_argument("--input-unit", choices=["tile", "megapixel"], default="tile")
     price_add.add_argument("--per-step", action="store_true", help="multiply by the steps")
+
+    usage = add(
+        "usage",
+        cmd_usage,
+        "Every key's charged jobs, tiles and USD per day, hour, model or key (what "
+        "/v1/admin/usage reports)",
+        parents=[database],
+    )
+    usage.add_argument(
+        "--from",
+        dest="start",
+        metavar="FROM",
+        help="a date (midnight in --tz) or ISO time; default: this month",
+    )
+    usage.add_argument("--to", help="a date or ISO time, exclusive; default: now")
+    usage.add_argument("--group-by", choices=USAGE_GROUP_BYS, default="day", help="default: day")
+    usage.add_argument("--key", metavar="KEY_ID", help="only this key")
+    usage.add_argument("--tz", help="IANA time zone of days and hours, e.g. Europe/Berlin")
+    usage.add_argument("--json", action="store_true", help="print the report as the API does")
+
+    jobs = commands.add_parser(
+        "jobs", help="Look at every key's jobs", description="Look at every key's jobs"
+    )
+    job_commands = jobs.add_subparsers(dest="jobs_command", required=True, metavar="COMMAND")
+    job_list = add(
+        "list",
+        cmd_jobs_list,
+        "Every key's jobs, newest first, filtered",
+        group=job_commands,
+        parents=[database],
+    )
+    job_list.add_argument("--key", metavar="KEY_ID", help="only this key's jobs")
+    job_list.add_argument(
+        "--status", choices=["queued", "running", "succeeded", "failed", "canceled"]
+    )
+    job_list.add_argument("--model", help="e.g. flux-2-klein-4b")
+    job_list.add_argument(
+        "--from", dest="start", metavar="FROM", help="created at or after: a date (UTC) or ISO time"
+    )
+    job_list.add_argument("--to", help="created before: a date (UTC) or ISO time")
+    job_list.add_argument("--prompt", help="text the prompt contains (any case), 3..200 chars")
+    job_list.add_argument("--limit", type=int, default=20, help="1..100 (default 20)")
+    job_list.add_argument("--cursor", help="the cursor the previous page printed")
+    job_list.add_argument("--json", action="store_true", help="print the page as the API does")
+    job_show = add(
+        "show",
+        cmd_jobs_show,
+        "One job, any key's: everything the API shows of it, and its key",
+        group=job_commands,
+        parents=[database],
+    )
+    job_show.add_argument("id")
+    job_show.add_argument("--json", action="store_true", help="print the job as the API does")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging()
     from app.core.errors import FluxgateError
 
     try:
+        if getattr(args, "database_only", False):
+            use_settings(_database_settings(args.data_dir))
+        _setup_logging()
         return int(args.handler(args))
     except ConfigError as error:
         print(f"fluxgate: {error}", file=sys.stderr)

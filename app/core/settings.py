@@ -9,7 +9,7 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self, TypeAlias
+from typing import Annotated, Any, ClassVar, Literal, Self, TypeAlias
 
 from pydantic import (
     AliasChoices,
@@ -115,6 +115,8 @@ def parse_schedule(value: str) -> tuple[float, ...]:
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FLUXGATE_", extra="ignore")
+    # Every role that sends or takes tasks needs the broker; see DatabaseSettings.
+    broker_required: ClassVar[bool] = True
 
     database_url: str
     # Merged into a DATABASE_URL that has a user but no password: the URL can then live in a
@@ -298,7 +300,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        if self.broker_url is None and self.redis_url is None:
+        if self.broker_required and self.broker_url is None and self.redis_url is None:
             raise ValueError("set FLUXGATE_BROKER_URL or FLUXGATE_REDIS_URL")
         if (self.cf_account_id is None) != (self.cf_api_token is None):
             raise ValueError(
@@ -353,6 +355,13 @@ class Settings(BaseSettings):
         return self.cf_account_id, self.cf_api_token
 
 
+class DatabaseSettings(Settings):
+    """The settings of the commands that use the database alone (keys, prices, usage, jobs,
+    migrate): they send no task, so they ask for no broker."""
+
+    broker_required: ClassVar[bool] = False
+
+
 class SimulatorSettings(BaseSettings):
     """What the upstream simulator takes from the environment: the token a gateway beside it
     sends (docker-compose.yml's simulator shares the gateway's environment file)."""
@@ -390,6 +399,20 @@ def load_settings(**given: Any) -> Settings:
         return Settings(**given, _secrets_dir=secrets_dir())
     except ValidationError as error:
         raise ConfigError(_one_line(error)) from None
+
+
+def load_database_settings(**given: Any) -> Settings:
+    """:func:`load_settings` for the commands that use the database alone: no broker needed."""
+    try:
+        return DatabaseSettings(**given)
+    except ValidationError as error:
+        raise ConfigError(_one_line(error)) from None
+
+
+def database_url_in_environment() -> bool:
+    """Whether the environment names a database: the command line then uses it rather than
+    the data dir of a ``fluxgate dev`` in the current folder."""
+    return bool(os.environ.get("FLUXGATE_DATABASE_URL", "").strip())
 
 
 def share_with_api_processes(settings: Settings) -> None:
@@ -436,7 +459,7 @@ def use_settings(settings: Settings, **changes: Any) -> Settings:
     global _current
     try:
         # By alias: the fields read under their own names (OTEL_...) are given back by them.
-        _current = Settings.model_validate({**settings.model_dump(by_alias=True), **changes})
+        _current = type(settings).model_validate({**settings.model_dump(by_alias=True), **changes})
     except ValidationError as error:
         raise ConfigError(_one_line(error)) from None
     return _current

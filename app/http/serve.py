@@ -32,9 +32,11 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(config: uvicorn.Config) -> None:
-    """Run ``config`` on a socket bound first, in one process or ``config.workers``."""
-    sock = listen(config.host, config.port)
+def serve(config: uvicorn.Config, *, sock: socket.socket | None = None) -> None:
+    """Run ``config`` on a socket bound first (``sock``: one bound by the parent process, as
+    ``fluxgate dev`` hands its API), in one process or ``config.workers``."""
+    if sock is None:
+        sock = listen(config.host, config.port)
     if config.workers > 1:
         Multiprocess(config, sockets=[sock]).run()
     else:

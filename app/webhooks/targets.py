@@ -240,7 +240,10 @@ def resolve(
         raise UnsafeTarget(f"webhook_url host {host} does not resolve")
     for address in addresses:
         if not address_allowed(address, allowed):
-            raise UnsafeTarget(f"webhook_url resolves to {address}, which is not a public address")
+            raise UnsafeTarget(
+                f"webhook_url resolves to {address}, which is not a public address; the "
+                "gateway's operator can allow its network with FLUXGATE_WEBHOOK_ALLOWED_NETWORKS"
+            )
     return addresses
 
 
