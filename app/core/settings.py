@@ -394,17 +394,18 @@ def _one_line(error: ValidationError) -> str:
 def load_settings(**given: Any) -> Settings:
     """Read and check the settings (``given`` ones over the environment's); raise
     :class:`ConfigError` with one line if they are wrong."""
-    try:
-        # The rest from the environment, then from the secrets' files.
-        return Settings(**given, _secrets_dir=secrets_dir())
-    except ValidationError as error:
-        raise ConfigError(_one_line(error)) from None
+    return _load(Settings, given)
 
 
 def load_database_settings(**given: Any) -> Settings:
     """:func:`load_settings` for the commands that use the database alone: no broker needed."""
+    return _load(DatabaseSettings, given)
+
+
+def _load(kind: type[Settings], given: dict[str, Any]) -> Settings:
     try:
-        return DatabaseSettings(**given)
+        # The rest from the environment, then from the secrets' files.
+        return kind(**given, _secrets_dir=secrets_dir())
     except ValidationError as error:
         raise ConfigError(_one_line(error)) from None
 
