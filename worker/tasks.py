@@ -76,7 +76,7 @@ def call_upstream(claim: execution.Claim) -> tuple[GenerationResult, ImageInfo] 
         info = inspect_image(result.image)
     except ImageError as error:
         return UpstreamError.bad_response(
-            f"Workers AI returned {error}", duration_ms=result.duration_ms
+            f"Workers AI returned an image that {error}", duration_ms=result.duration_ms
         )
     asked = (claim.request.width, claim.request.height)
     if (info.width, info.height) != asked:
