@@ -220,7 +220,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.backends = pieces
-    app.state.watch = watching.Watch(hub)
+    app.state.watch = watching.Watch(hub, public_url=settings.public_url)
     app.state.metric_collectors = [BacklogCollector()]
     install_error_handlers(app)
     app.add_middleware(DashboardHeaders)
