@@ -38,6 +38,8 @@ class Claim:
 
 
 CANDIDATES_PER_KEY = 16
+WORKER_LOST = "worker_lost"
+WORKER_LOST_MESSAGE = "the worker running the job's attempt stopped before it ended"
 CLAIM_ROUNDS = 3
 
 
@@ -384,7 +386,7 @@ def _record_lost_attempt(session: Session, *, job_id: str, now: datetime) -> Non
             outcome="lost",
             upstream_ms=None,
             http_status=None,
-            error_code="worker_lost",
+            error_code=WORKER_LOST,
             upstream_code=None,
         )
     )
@@ -451,7 +453,14 @@ def sweep(
             update(Job)
             .where(*lease_expired)
             .values(
-                status=JobStatus.QUEUED, lease_expires_at=None, not_before=None, enqueued_at=now
+                status=JobStatus.QUEUED,
+                lease_expires_at=None,
+                not_before=None,
+                enqueued_at=now,
+                # Why it waits again, for the Job's last_error.
+                error_code=WORKER_LOST,
+                error_message=WORKER_LOST_MESSAGE,
+                error_upstream_code=None,
             )
             .execution_options(synchronize_session=False)
         )

@@ -247,7 +247,16 @@ class JobOut(BaseModel):
     completed_at: datetime | None
     queue_position: int | None
     attempts: int
-    error: JobErrorOut | None
+    error: JobErrorOut | None = Field(description="why the job failed; null unless it did")
+    last_error: JobErrorOut | None = Field(
+        description="why the job's last attempt failed, while the job is queued for (or "
+        "running) another; null once it has ended (then `error` says why it failed) and while "
+        "no attempt has failed"
+    )
+    next_attempt_at: datetime | None = Field(
+        description="when a queued job whose last attempt failed is tried again (it can be "
+        "canceled until then); null otherwise, and when it runs as soon as a worker is free"
+    )
     cost: JobCost
     output: JobOutput | None
     metadata: dict[str, str]
@@ -311,6 +320,9 @@ def job_out(
 ) -> JobOut:
     status = JobStatus(job.status)
     failed = status in (JobStatus.FAILED, JobStatus.CANCELED) and job.error_code is not None
+    # A job still on its way keeps the error of its last failed attempt (execution.py records
+    # it with the retry): the contract's ``error`` stays null until the job has failed.
+    retrying = not status.is_final and job.error_code is not None
     return JobOut(
         id=job.id,
         status=status.value,
@@ -330,6 +342,8 @@ def job_out(
         queue_position=position,
         attempts=job.attempts,
         error=_error_out(job) if failed else None,
+        last_error=_error_out(job) if retrying else None,
+        next_attempt_at=job.not_before if status == JobStatus.QUEUED and retrying else None,
         cost=JobCost(
             estimated=format_usd(job.estimated_nanos),
             charged=None if job.charged_nanos is None else format_usd(job.charged_nanos),
