@@ -30,7 +30,7 @@ from app.dashboard import routes as dashboard_routes
 from app.dashboard.deps import LoginRequired
 from app.dashboard.rendering import STATIC_DIR
 from app.dashboard.security import STATIC_PREFIX, DashboardHeaders
-from app.http import ops
+from app.http import docs, ops
 from app.http.body import check_path_and_query
 from app.http.limits import RequestBodyLimits
 from app.http.metrics import RequestMetrics, api_registry
@@ -210,6 +210,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         lifespan=lifespan,
         dependencies=[Depends(check_path_and_query)],
+        # Served by app/http/docs.py with files from the package: FastAPI's pages use a CDN.
+        docs_url=None,
+        redoc_url=None,
         title="Fluxgate",
         version="0.1.0",
         description=(
@@ -220,7 +223,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.backends = pieces
-    app.state.watch = watching.Watch(hub)
+    app.state.watch = watching.Watch(hub, public_url=settings.public_url)
     # With a metrics port, `fluxgate api` serves them there, and not here.
     app.state.metrics = (
         api_registry(settings, [BacklogCollector()]) if settings.metrics_port is None else None
@@ -246,6 +249,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(webhook_routes.admin_router)
     app.include_router(dashboard_routes.router)
     app.mount(STATIC_PREFIX, StaticFiles(directory=STATIC_DIR), name="dashboard-static")
+    docs.install(app)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

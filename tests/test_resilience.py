@@ -73,6 +73,24 @@ def test_worker_killed_mid_job_still_completes_charged_once(
     first.popen.wait(5)
 
     workers.append(slow_stack.start_worker())
+    # Once the sweep (run by a worker) has seen the lease run out, the job says why it is on
+    # its second attempt, until that attempt ends.
+    seen: dict = {}
+
+    def retried() -> bool:
+        nonlocal seen
+        seen = client.get(f"/v1/jobs/{job['id']}").json()
+        return seen["last_error"] is not None or seen["status"] in FINAL
+
+    wait_until(retried, timeout=30, interval=0.1, what="the sweep to give the job back")
+    assert seen["status"] in ("queued", "running"), seen
+    assert seen["last_error"] == {
+        "code": "worker_lost",
+        "message": "the worker running the job's attempt stopped before it ended",
+        "upstream_code": None,
+    }
+    assert seen["error"] is None
+    assert seen["next_attempt_at"] is None  # due at once: the next free worker takes it
     done = wait_for_job(client, job["id"], statuses=FINAL, timeout=60)
     assert done["status"] == "succeeded", done
     assert done["attempts"] == 2

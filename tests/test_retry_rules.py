@@ -67,6 +67,49 @@ def test_unknown_codes_follow_the_http_status(status: int, retryable: bool) -> N
     assert classify_failure(status, None, retry_after=None, duration_ms=1).retryable is retryable
 
 
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (
+            429,
+            {"errors": [{"code": 3040, "message": "Capacity temporarily exceeded."}]},
+            'Workers AI was out of capacity (error 3040: "Capacity temporarily exceeded.")',
+        ),
+        (
+            400,
+            {
+                "errors": [
+                    {
+                        "code": 5004,
+                        "message": "cannot identify image file <_io.BytesIO object at 0x7f3a9c>\n",
+                    }
+                ]
+            },
+            "Workers AI refused the request as invalid "
+            '(error 5004: "cannot identify image file (an object)")',
+        ),
+        (502, None, "Workers AI failed (HTTP 502)"),
+        (
+            418,
+            {"errors": [{"code": "x", "message": {"nested": 1}}]},
+            "Workers AI refused the request (HTTP 418)",
+        ),
+    ],
+)
+def test_upstream_errors_are_described_in_our_words(
+    status: int, body: object, expected: str
+) -> None:
+    error = classify_failure(status, body, retry_after=None, duration_ms=1)
+    assert error.message == expected
+
+
+def test_their_words_are_kept_short() -> None:
+    body = {"errors": [{"code": 3006, "message": "x" * 5000}]}
+    message = classify_failure(413, body, retry_after=None, duration_ms=1).message
+    assert len(message) < 400
+    assert message.endswith('..."' + ")")
+
+
 def test_retry_after_parsing() -> None:
     assert parse_retry_after("7") == 7.0
     assert parse_retry_after(None) is None

@@ -91,7 +91,8 @@ def test_attempts_are_bounded(stack: Stack, client: httpx.Client) -> None:
     assert job["attempts"] == 4  # FLUXGATE_UPSTREAM_MAX_ATTEMPTS in the test stack
     assert job["error"] == {
         "code": "upstream_capacity",
-        "message": "Capacity temporarily exceeded, please try again.",
+        "message": "Workers AI was out of capacity "
+        '(error 3040: "Capacity temporarily exceeded, please try again.")',
         "upstream_code": 3040,
     }
     assert job["cost"]["charged"] == "0"

@@ -79,3 +79,4 @@ def test_unreachable_upstream_is_retryable() -> None:
         client.generate(request("x"))
     assert caught.value.retryable
     assert caught.value.code == "upstream_unreachable"
+    assert caught.value.message == "could not reach Workers AI (the connection could not be made)"

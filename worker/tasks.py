@@ -76,7 +76,7 @@ def call_upstream(claim: execution.Claim) -> tuple[GenerationResult, ImageInfo] 
         info = inspect_image(result.image)
     except ImageError as error:
         return UpstreamError.bad_response(
-            f"Workers AI returned {error}", duration_ms=result.duration_ms
+            f"Workers AI returned an image that {error}", duration_ms=result.duration_ms
         )
     asked = (claim.request.width, claim.request.height)
     if (info.width, info.height) != asked:
@@ -111,6 +111,7 @@ def record_outcome(
             info=info,
             neurons=result.neurons,
             upstream_ms=result.duration_ms,
+            public_url=settings.public_url,
         )
         return Recorded(done, "succeeded")
     if outcome.retryable and claim.attempt < settings.upstream_max_attempts:
@@ -122,7 +123,9 @@ def record_outcome(
         )
         done = execution.schedule_retry(session, claim=claim, error=outcome, delay_seconds=retry_in)
         return Recorded(done, f"retry in {retry_in:.1f}s after {outcome.code}", retry_in)
-    done = execution.finish_failed(session, claim=claim, error=outcome)
+    done = execution.finish_failed(
+        session, claim=claim, error=outcome, public_url=settings.public_url
+    )
     return Recorded(done, f"failed: {outcome.code}")
 
 
@@ -226,6 +229,7 @@ def sweep() -> None:
             session,
             requeue_after_seconds=settings.requeue_after_seconds,
             max_attempts=settings.upstream_max_attempts,
+            public_url=settings.public_url,
         )
     )
     # The due deliveries' messages go out through the outbox as this commits.

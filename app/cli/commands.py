@@ -556,7 +556,10 @@ def cmd_jobs_list(args: argparse.Namespace) -> int:
             jobs, next_cursor = list_all_jobs(
                 session, filters=filters, limit=args.limit, cursor=args.cursor
             )
-            page = AdminJobList(data=to_admin_job_out(session, jobs), next_cursor=next_cursor)
+            page = AdminJobList(
+                data=to_admin_job_out(session, jobs, public_url=get_settings().public_url),
+                next_cursor=next_cursor,
+            )
     except InvalidParameter as error:
         # "q must be 3..200 characters": said of the flag instead.
         param = error.param or ""
@@ -589,7 +592,9 @@ def cmd_jobs_show(args: argparse.Namespace) -> int:
     from app.jobs.service import find_job, to_admin_job_out
 
     with session_scope() as session:
-        [job] = to_admin_job_out(session, [find_job(session, job_id=args.id)])
+        [job] = to_admin_job_out(
+            session, [find_job(session, job_id=args.id)], public_url=get_settings().public_url
+        )
     shown = job.model_dump(mode="json")
     if args.json:
         print(json.dumps(shown))

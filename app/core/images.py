@@ -20,7 +20,21 @@ CONVERSIONS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 
 
 class ImageError(ValueError):
-    """Bytes that are not a complete PNG, JPEG or WebP image."""
+    """Bytes that are not a complete PNG, JPEG or WebP image; the message says how, as the end
+    of a sentence about the image ("is truncated")."""
+
+
+def unreadable(error: BaseException) -> str:
+    """Why Pillow could not read an image, in our words, as the end of a sentence about it.
+    Pillow's own messages can carry Python reprs ("cannot identify image file <_io.BytesIO
+    object at 0x...>"), which must never reach a job or a client."""
+    if isinstance(error, UnidentifiedImageError):
+        return "is not a PNG, JPEG or WebP image"
+    if isinstance(error, Image.DecompressionBombError):
+        return "has too many pixels"
+    if isinstance(error, EOFError) or "truncated" in str(error):
+        return "is truncated"
+    return "is corrupt"
 
 
 @dataclass(frozen=True)
@@ -40,7 +54,7 @@ def inspect_image(data: bytes) -> ImageInfo:
             width, height = image.size
             image.load()
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as error:
-        raise ImageError(f"not a complete PNG, JPEG or WebP image ({error})") from None
+        raise ImageError(unreadable(error)) from None
     return ImageInfo(
         content_type=FORMATS[image_format],
         width=width,
@@ -71,7 +85,7 @@ def thumbnail(data: bytes, *, side: int) -> bytes:
             image.draft("RGB", (side * 2, side * 2))
             small = _flatten(image) if image.mode not in ("RGB", "L") else image.copy()
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as error:
-        raise ImageError(f"not a complete PNG, JPEG or WebP image ({error})") from None
+        raise ImageError(unreadable(error)) from None
     small.thumbnail((side, side))
     out = io.BytesIO()
     small.save(out, format="WEBP", quality=70)
@@ -237,7 +251,7 @@ def prepare_input_image(data: bytes, *, limits: InputLimits) -> PreparedInput:
     except InputImageError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
-        raise InputImageError("invalid", f"is truncated or corrupt ({error})") from None
+        raise InputImageError("invalid", unreadable(error)) from None
     except Image.DecompressionBombError:
         raise InputImageError("too_large", "has too many pixels") from None
     out = io.BytesIO()

@@ -10,12 +10,14 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Self, TypeAlias
+from urllib.parse import urlsplit
 
 from pydantic import (
     AliasChoices,
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -70,6 +72,13 @@ def secrets_dir() -> str | None:
 
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
+
+# Settings that mean something when set to nothing: no extra webhook networks; OpenTelemetry's
+# own variables, which its SDKs read as unset when empty. Every other empty value is a mistake
+# (an environment file copied before it was filled in) and stops start-up.
+MAY_BE_EMPTY = frozenset(
+    {"webhook_allowed_networks", "otel_exporter_otlp_endpoint", "otel_service_name"}
+)
 
 
 Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -227,6 +236,26 @@ class Settings(BaseSettings):
     )
     otel_service_name: str = Field(default="fluxgate", validation_alias="OTEL_SERVICE_NAME")
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _not_empty(cls, value: object, info: ValidationInfo) -> object:
+        if not isinstance(value, str) or value.strip() or info.field_name in MAY_BE_EMPTY:
+            return value
+        field = cls.model_fields[info.field_name or ""]
+        if field.is_required():
+            raise ValueError("is empty; it must be set")
+        if field.default is None:
+            raise ValueError("is set but empty; fill it in, or remove it to leave it unset")
+        raise ValueError(
+            f"is set but empty; fill it in, or remove it to use the default ({field.default})"
+        )
+
+    @field_validator("cf_account_id", "cf_api_token")
+    @classmethod
+    def _credential(cls, value: str | None) -> str | None:
+        # Pasted with a trailing newline or space, a credential would fail upstream as a 401.
+        return None if value is None else value.strip()
+
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str) -> str:
@@ -238,16 +267,33 @@ class Settings(BaseSettings):
     @field_validator("broker_url", "redis_url")
     @classmethod
     def _broker_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(BROKER_SCHEMES):
+        if value is None:
+            return None
+        value = value.strip()
+        if not value.startswith(BROKER_SCHEMES):
             raise ValueError("must be a redis://, rediss:// or filesystem:/// URL")
         return value
 
     @field_validator("cf_base_url")
     @classmethod
     def _cf_base_url(cls, value: str) -> str:
+        value = value.strip()
         if not value.startswith(("https://", "http://")):
             raise ValueError("must be an http(s) URL")
         return value.rstrip("/")
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("https", "http") or not parts.netloc:
+            raise ValueError("must be the gateway's http(s) URL, e.g. https://fluxgate.example.com")
+        if parts.query or parts.fragment:
+            raise ValueError("must be a plain URL, without ?query or #fragment")
+        # Links are made by appending /v1/...: no trailing slash.
+        return value.strip().rstrip("/")
 
     @field_validator("webhook_allowed_networks")
     @classmethod

@@ -38,6 +38,8 @@ class Claim:
 
 
 CANDIDATES_PER_KEY = 16
+WORKER_LOST = "worker_lost"
+WORKER_LOST_MESSAGE = "the worker running the job's attempt stopped before it ended"
 CLAIM_ROUNDS = 3
 
 
@@ -200,8 +202,10 @@ def finish_succeeded(
     info: ImageInfo,
     neurons: str | None,
     upstream_ms: int,
+    public_url: str | None,
 ) -> bool:
-    """Store the image, the charge and the status together; ``False`` if this attempt lost."""
+    """Store the image, the charge and the status together; ``False`` if this attempt lost.
+    ``public_url``: for the links in the job's webhook event."""
     won = _update_attempt(
         session,
         claim,
@@ -240,7 +244,7 @@ def finish_succeeded(
         price_id=job.price_id,
         amount_nanos=job.estimated_nanos,
     )
-    job_ended(session, job=job)
+    job_ended(session, job=job, public_url=public_url)
     _count_charge(session, job=job)
     return True
 
@@ -328,7 +332,9 @@ def schedule_retry(
     return queued
 
 
-def finish_failed(session: Session, *, claim: Claim, error: UpstreamError) -> bool:
+def finish_failed(
+    session: Session, *, claim: Claim, error: UpstreamError, public_url: str | None
+) -> bool:
     """A final failure costs nothing."""
     failed = _update_attempt(
         session,
@@ -341,12 +347,13 @@ def finish_failed(session: Session, *, claim: Claim, error: UpstreamError) -> bo
     )
     if failed:
         _record_failed_attempt(session, claim, outcome="failed", error=error)
-        _job_failed(session, claim.job_id)
+        _job_failed(session, claim.job_id, public_url=public_url)
     return failed
 
 
-def _job_failed(session: Session, job_id: str) -> None:
-    job_ended(session, job=session.get_one(Job, job_id, populate_existing=True))
+def _job_failed(session: Session, job_id: str, *, public_url: str | None) -> None:
+    job = session.get_one(Job, job_id, populate_existing=True)
+    job_ended(session, job=job, public_url=public_url)
 
 
 def backoff_seconds(
@@ -379,7 +386,7 @@ def _record_lost_attempt(session: Session, *, job_id: str, now: datetime) -> Non
             outcome="lost",
             upstream_ms=None,
             http_status=None,
-            error_code="worker_lost",
+            error_code=WORKER_LOST,
             upstream_code=None,
         )
     )
@@ -397,11 +404,13 @@ def sweep(
     *,
     requeue_after_seconds: float,
     max_attempts: int,
+    public_url: str | None,
     batch: int = 500,
     now: datetime | None = None,
 ) -> SweepResult:
     """Find work nobody is doing: running jobs whose lease ran out (the worker died), and
     queued jobs whose broker message has not been seen for a while (lost or never sent).
+    ``public_url``: for the links in the webhook events of jobs that fail here.
 
     Each job found gets a message through the outbox, sent once the caller commits.
     """
@@ -437,14 +446,21 @@ def sweep(
         )
         if rows_affected(exhausted) == 1:
             _record_lost_attempt(session, job_id=job_id, now=now)
-            _job_failed(session, job_id)
+            _job_failed(session, job_id, public_url=public_url)
             failed.append(job_id)
             continue
         back = session.execute(
             update(Job)
             .where(*lease_expired)
             .values(
-                status=JobStatus.QUEUED, lease_expires_at=None, not_before=None, enqueued_at=now
+                status=JobStatus.QUEUED,
+                lease_expires_at=None,
+                not_before=None,
+                enqueued_at=now,
+                # Why it waits again, for the Job's last_error.
+                error_code=WORKER_LOST,
+                error_message=WORKER_LOST_MESSAGE,
+                error_upstream_code=None,
             )
             .execution_options(synchronize_session=False)
         )

@@ -88,6 +88,7 @@ async def submit_job(
     body: JobBodyDep,
     session: SessionDep,
     watch: WatchDep,
+    settings: SettingsDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -106,7 +107,11 @@ async def submit_job(
     wait_seconds = watching.prefer_wait(prefer)
     accepted = await run_in_threadpool(
         lambda: submission.submit(
-            session, api_key=api_key, submissions=[body], idempotency_key=idempotency_key
+            session,
+            api_key=api_key,
+            submissions=[body],
+            public_url=settings.public_url,
+            idempotency_key=idempotency_key,
         )
     )
     job_id = accepted.jobs[0].id
@@ -136,6 +141,7 @@ async def submit_job(
 def list_jobs(
     session: SessionDep,
     api_key: ApiKeyDep,
+    settings: SettingsDep,
     status: Annotated[
         str | None, Query(description="queued, running, succeeded, failed or canceled")
     ] = None,
@@ -145,7 +151,10 @@ def list_jobs(
     jobs, next_cursor = service.list_jobs(
         session, api_key=api_key, status=status, limit=limit, cursor=cursor
     )
-    return JobList(data=service.to_job_out(session, jobs), next_cursor=next_cursor)
+    return JobList(
+        data=service.to_job_out(session, jobs, public_url=settings.public_url),
+        next_cursor=next_cursor,
+    )
 
 
 @admin_router.get(
@@ -154,6 +163,7 @@ def list_jobs(
 def list_all_jobs(
     session: SessionDep,
     _admin: AdminKeyDep,
+    settings: SettingsDep,
     key_id: Annotated[str | None, Query(description="only this key's jobs")] = None,
     status: Annotated[
         str | None, Query(description="queued, running, succeeded, failed or canceled")
@@ -175,13 +185,16 @@ def list_all_jobs(
         key_id=key_id, status=status, model=model, start=start, end=to, job_id=id, prompt=q
     )
     jobs, next_cursor = service.list_all_jobs(session, filters=filters, limit=limit, cursor=cursor)
-    return AdminJobList(data=service.to_admin_job_out(session, jobs), next_cursor=next_cursor)
+    return AdminJobList(
+        data=service.to_admin_job_out(session, jobs, public_url=settings.public_url),
+        next_cursor=next_cursor,
+    )
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, summary="Get a job")
-def get_job(job_id: str, session: SessionDep, api_key: ApiKeyDep) -> JobOut:
+def get_job(job_id: str, session: SessionDep, api_key: ApiKeyDep, settings: SettingsDep) -> JobOut:
     job = service.get_job(session, api_key=api_key, job_id=job_id)
-    return service.to_job_out(session, [job])[0]
+    return service.to_job_out(session, [job], public_url=settings.public_url)[0]
 
 
 @router.get(
@@ -211,9 +224,13 @@ def job_events(
     summary="Cancel a queued job",
     responses=error_responses(409),
 )
-def cancel_job(job_id: str, session: SessionDep, api_key: ApiKeyDep) -> JobOut:
-    job = service.cancel_job(session, api_key=api_key, job_id=job_id)
-    return service.to_job_out(session, [job])[0]
+def cancel_job(
+    job_id: str, session: SessionDep, api_key: ApiKeyDep, settings: SettingsDep
+) -> JobOut:
+    job = service.cancel_job(
+        session, api_key=api_key, job_id=job_id, public_url=settings.public_url
+    )
+    return service.to_job_out(session, [job], public_url=settings.public_url)[0]
 
 
 @router.get(

@@ -214,7 +214,11 @@ class JobErrorOut(BaseModel):
 
 
 class JobOutput(BaseModel):
-    image_url: str
+    image_url: str = Field(
+        description="the image's URL: absolute under FLUXGATE_PUBLIC_URL when it is set, else "
+        "relative to the gateway",
+        examples=["/v1/jobs/job_01JZ3Q4W8R5T6Y7U8I9O0P1A2S/image"],
+    )
     content_type: str
     width: int
     height: int
@@ -243,7 +247,16 @@ class JobOut(BaseModel):
     completed_at: datetime | None
     queue_position: int | None
     attempts: int
-    error: JobErrorOut | None
+    error: JobErrorOut | None = Field(description="why the job failed; null unless it did")
+    last_error: JobErrorOut | None = Field(
+        description="why the job's last attempt failed, while the job is queued for (or "
+        "running) another; null once it has ended (then `error` says why it failed) and while "
+        "no attempt has failed"
+    )
+    next_attempt_at: datetime | None = Field(
+        description="when a queued job whose last attempt failed is tried again (it can be "
+        "canceled until then); null otherwise, and when it runs as soon as a worker is free"
+    )
     cost: JobCost
     output: JobOutput | None
     metadata: dict[str, str]
@@ -283,11 +296,36 @@ def cost_out(cost: Cost, *, charged_nanos: int | None = None) -> JobCost:
     )
 
 
-def job_out(job: Job, image: JobImage | None, position: int | None, timings: Timings) -> JobOut:
-    failed = job.status in (JobStatus.FAILED, JobStatus.CANCELED) and job.error_code is not None
+def image_url(job_id: str, *, public_url: str | None) -> str:
+    """A job's image link: absolute under ``public_url`` (the operator's FLUXGATE_PUBLIC_URL,
+    for webhook receivers and clients behind other hosts), else relative to the gateway."""
+    return f"{public_url or ''}/v1/jobs/{job_id}/image"
+
+
+def _error_out(job: Job) -> JobErrorOut:
+    return JobErrorOut(
+        code=job.error_code or "",
+        message=job.error_message or "",
+        upstream_code=job.error_upstream_code,
+    )
+
+
+def job_out(
+    job: Job,
+    image: JobImage | None,
+    position: int | None,
+    timings: Timings,
+    *,
+    public_url: str | None,
+) -> JobOut:
+    status = JobStatus(job.status)
+    failed = status in (JobStatus.FAILED, JobStatus.CANCELED) and job.error_code is not None
+    # A job still on its way keeps the error of its last failed attempt (execution.py records
+    # it with the retry): the contract's ``error`` stays null until the job has failed.
+    retrying = not status.is_final and job.error_code is not None
     return JobOut(
         id=job.id,
-        status=JobStatus(job.status).value,
+        status=status.value,
         model=job.model,
         params=JobParams(
             prompt=job.prompt,
@@ -303,13 +341,9 @@ def job_out(job: Job, image: JobImage | None, position: int | None, timings: Tim
         completed_at=job.completed_at,
         queue_position=position,
         attempts=job.attempts,
-        error=JobErrorOut(
-            code=job.error_code or "",
-            message=job.error_message or "",
-            upstream_code=job.error_upstream_code,
-        )
-        if failed
-        else None,
+        error=_error_out(job) if failed else None,
+        last_error=_error_out(job) if retrying else None,
+        next_attempt_at=job.not_before if status == JobStatus.QUEUED and retrying else None,
         cost=JobCost(
             estimated=format_usd(job.estimated_nanos),
             charged=None if job.charged_nanos is None else format_usd(job.charged_nanos),
@@ -318,7 +352,7 @@ def job_out(job: Job, image: JobImage | None, position: int | None, timings: Tim
             upstream_neurons=job.upstream_neurons,
         ),
         output=JobOutput(
-            image_url=f"/v1/jobs/{job.id}/image",
+            image_url=image_url(job.id, public_url=public_url),
             content_type=image.content_type,
             width=image.width,
             height=image.height,

@@ -294,9 +294,10 @@ def job_changed(session: Session, *, job_id: str, status: str) -> None:
     outbox.add(session, outbox.JobChanged(job_id, status))
 
 
-def job_ended(session: Session, *, job: Job) -> None:
+def job_ended(session: Session, *, job: Job, public_url: str | None) -> None:
     """Everything that follows a job's final status, in the same transaction: its budget hold
-    and concurrency slot, its webhook, and the notification."""
+    and concurrency slot, its webhook (the Job with its links under ``public_url``), and the
+    notification."""
     accounting.job_ended(session, job=job, succeeded=job.status == JobStatus.SUCCEEDED)
     if job.webhook_url is not None:
         webhooks.record_event(
@@ -305,7 +306,7 @@ def job_ended(session: Session, *, job: Job) -> None:
             api_key_id=job.api_key_id,
             url=job.webhook_url,
             event_type=WEBHOOK_EVENTS[JobStatus(job.status)],
-            data=to_job_out(session, [job])[0].model_dump(mode="json"),
+            data=to_job_out(session, [job], public_url=public_url)[0].model_dump(mode="json"),
             at=job.completed_at or utcnow(),
         )
     job_changed(session, job_id=job.id, status=job.status)
@@ -320,7 +321,7 @@ def job_statuses(session: Session, *, job_ids: Sequence[str]) -> dict[str, str]:
     return dict(rows.tuples().all())
 
 
-def cancel_job(session: Session, *, api_key: ApiKey, job_id: str) -> Job:
+def cancel_job(session: Session, *, api_key: ApiKey, job_id: str, public_url: str | None) -> Job:
     """Only a queued job can be canceled: once running, the upstream call cannot be taken back."""
     now = utcnow()
     result = session.execute(
@@ -341,7 +342,7 @@ def cancel_job(session: Session, *, api_key: ApiKey, job_id: str) -> Job:
             f"job {job_id} is {job.status}; only queued jobs can be canceled",
             code="job_not_cancelable",
         )
-    job_ended(session, job=job)
+    job_ended(session, job=job, public_url=public_url)
     return job
 
 
@@ -378,8 +379,9 @@ def queue_positions(session: Session, *, jobs: Sequence[Job]) -> dict[str, int]:
     return {job_id: int(position) for job_id, position in rows}
 
 
-def to_job_out(session: Session, jobs: Sequence[Job]) -> list[JobOut]:
-    """The contract's Job for each row; output metadata fetched in one query, without bytes."""
+def to_job_out(session: Session, jobs: Sequence[Job], *, public_url: str | None) -> list[JobOut]:
+    """The contract's Job for each row, its links under ``public_url`` (relative without one);
+    output metadata fetched in one query, without bytes."""
     succeeded = [job.id for job in jobs if job.status == JobStatus.SUCCEEDED]
     outputs: dict[str, JobImage] = {}
     if succeeded:
@@ -400,7 +402,12 @@ def to_job_out(session: Session, jobs: Sequence[Job]) -> list[JobOut]:
         outputs = {row.job_id: row for row in rows}
     positions = queue_positions(session, jobs=jobs)
     spent = job_timings(session, jobs=jobs)
-    return [job_out(job, outputs.get(job.id), positions.get(job.id), spent[job.id]) for job in jobs]
+    return [
+        job_out(
+            job, outputs.get(job.id), positions.get(job.id), spent[job.id], public_url=public_url
+        )
+        for job in jobs
+    ]
 
 
 def server_timing_of(session: Session, *, jobs: Sequence[Job]) -> str:
@@ -423,9 +430,11 @@ def job_timings(session: Session, jobs: Sequence[Job]) -> dict[str, timings.Timi
     return {job.id: timings.job_timings(job, attempts.get(job.id, ())) for job in jobs}
 
 
-def to_admin_job_out(session: Session, jobs: Sequence[Job]) -> list[AdminJobOut]:
+def to_admin_job_out(
+    session: Session, jobs: Sequence[Job], *, public_url: str | None
+) -> list[AdminJobOut]:
     """The Job of each row, with its key's id."""
     return [
         AdminJobOut(**out.model_dump(), key_id=job.api_key_id)
-        for job, out in zip(jobs, to_job_out(session, jobs), strict=True)
+        for job, out in zip(jobs, to_job_out(session, jobs, public_url=public_url), strict=True)
     ]

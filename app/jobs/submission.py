@@ -29,8 +29,8 @@ class Accepted:
     replayed: bool = False
 
 
-def _answer(session: Session, jobs: Sequence[Job]) -> Accepted:
-    out = service.to_job_out(session, jobs)
+def _answer(session: Session, jobs: Sequence[Job], public_url: str | None) -> Accepted:
+    out = service.to_job_out(session, jobs, public_url=public_url)
     return Accepted(jobs=out, rendered=[job.model_dump_json().encode() for job in out])
 
 
@@ -39,18 +39,19 @@ def submit(
     *,
     api_key: ApiKey,
     submissions: Sequence[JobSubmission],
+    public_url: str | None,
     idempotency_key: str | None = None,
 ) -> Accepted:
     """Create one job per submission, render the answer, commit (the outbox then sends the
     jobs to the broker; nothing after the commit may fail the request: the jobs are accepted).
     With an ``idempotency_key`` (one submission only), a repeat returns the first request's
-    job."""
+    job. ``public_url``: for the links in the answer."""
     if idempotency_key is None:
         jobs = [
             service.create_job(session, api_key=api_key, submission=submission)
             for submission in submissions
         ]
-        accepted = _answer(session, jobs)
+        accepted = _answer(session, jobs, public_url)
         session.commit()
         return accepted
     (submission,) = submissions
@@ -61,13 +62,14 @@ def submit(
     session.commit()  # the reservation is visible to concurrent duplicates from here on
     if earlier is not None:
         metrics.IDEMPOTENT_REPLAYS.inc()
-        replay = _answer(session, [service.get_job(session, api_key=api_key, job_id=earlier)])
+        earlier_job = service.get_job(session, api_key=api_key, job_id=earlier)
+        replay = _answer(session, [earlier_job], public_url)
         end_read(session)
         return replace(replay, replayed=True)
     try:
         job = service.create_job(session, api_key=api_key, submission=submission)
         idempotency.complete(session, api_key_id=api_key.id, key=key, job_id=job.id)
-        accepted = _answer(session, [job])
+        accepted = _answer(session, [job], public_url)
         session.commit()
     except BaseException:
         session.rollback()

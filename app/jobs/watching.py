@@ -109,25 +109,26 @@ def _read_statuses(job_ids: list[str]) -> dict[str, str]:
         return service.job_statuses(session, job_ids=job_ids)
 
 
-def _read_job(job_id: str) -> JobOut:
+def _read_job(job_id: str, public_url: str | None) -> JobOut:
     with session_scope() as session:
-        return service.to_job_out(session, [session.get_one(Job, job_id)])[0]
+        job = session.get_one(Job, job_id)
+        return service.to_job_out(session, [job], public_url=public_url)[0]
 
 
 async def read_statuses(job_ids: list[str]) -> dict[str, str]:
     return await anyio.to_thread.run_sync(_read_statuses, job_ids)
 
 
-async def read_job(job_id: str) -> JobOut:
-    return await anyio.to_thread.run_sync(_read_job, job_id)
-
-
 @dataclass(frozen=True)
 class Watch:
-    """What a route needs to wait on jobs: the hub, and the read of a job that changed."""
+    """What a route needs to wait on jobs: the hub, and the read of a job that changed (with
+    its links under ``public_url``)."""
 
     hub: JobWatchHub
-    read_job: JobReader = read_job
+    public_url: str | None = None
+
+    async def read_job(self, job_id: str) -> JobOut:
+        return await anyio.to_thread.run_sync(_read_job, job_id, self.public_url)
 
 
 def get_watch(request: Request) -> Watch:

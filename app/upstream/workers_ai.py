@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,33 @@ _ERROR_NAMES = {
     5007: "upstream_invalid_request",
     3042: "upstream_invalid_request",
 }
+# What each failure means, in our words: a job's error message is always a sentence of ours,
+# with Workers AI's own words after it, quoted and cleaned (see _their_words).
+_ERROR_SENTENCES = {
+    "upstream_timeout": "Workers AI timed out",
+    "upstream_rate_limited": "Workers AI refused the call: the account's rate limit was reached",
+    "upstream_capacity": "Workers AI was out of capacity",
+    "upstream_quota_exhausted": "the Cloudflare account has used up its Workers AI allowance",
+    "upstream_forbidden": "Workers AI refused the account's token or access",
+    "upstream_invalid_request": "Workers AI refused the request as invalid",
+    "upstream_unavailable": "Workers AI failed",
+    "upstream_error": "Workers AI refused the request",
+}
+THEIR_WORDS_MAX_CHARS = 300
+# A Python repr such as <_io.BytesIO object at 0x7f...>: never part of a message we keep.
+_REPR = re.compile(r"<[^<>]*\bat 0x[0-9a-fA-F]+>")
+# What went wrong on the way, by httpx's exception (the first that matches), in our words.
+_TRANSPORT_FAILURES: tuple[tuple[type[httpx.HTTPError], str], ...] = (
+    (httpx.ConnectTimeout, "connecting took longer than FLUXGATE_UPSTREAM_CONNECT_TIMEOUT_SECONDS"),
+    (httpx.ReadTimeout, "no answer within FLUXGATE_UPSTREAM_TIMEOUT_SECONDS"),
+    (httpx.WriteTimeout, "sending the request took too long"),
+    (httpx.PoolTimeout, "no connection was free in time"),
+    (httpx.ConnectError, "the connection could not be made"),
+    (httpx.RemoteProtocolError, "the connection broke off mid-answer"),
+    (httpx.NetworkError, "the connection broke"),
+    (httpx.ProxyError, "the proxy refused the connection"),
+    (httpx.DecodingError, "the answer could not be decoded"),
+)
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024  # a 1920x1920 PNG in base64 is far below this
 
 
@@ -143,13 +171,13 @@ def classify_failure(
 ) -> UpstreamError:
     """Turn a non-success answer into an error with its retry decision."""
     upstream_code: int | None = None
-    message = f"Workers AI answered HTTP {http_status}"
+    their_message: object = None
     if isinstance(body, dict):
         errors = body.get("errors") or []
         if errors and isinstance(errors[0], dict):
             raw_code = errors[0].get("code")
             upstream_code = raw_code if isinstance(raw_code, int) else None
-            message = str(errors[0].get("message") or message)
+            their_message = errors[0].get("message")
     if upstream_code in RETRYABLE_CODES:
         retryable = True
     elif upstream_code in FINAL_CODES:
@@ -167,6 +195,9 @@ def classify_failure(
         code = "upstream_rate_limited"
     else:
         code = "upstream_error"
+    where = f"error {upstream_code}" if upstream_code is not None else f"HTTP {http_status}"
+    said = _their_words(their_message)
+    message = f"{_ERROR_SENTENCES[code]} ({where}{f': {said}' if said else ''})"
     return UpstreamError(
         code,
         message,
@@ -176,6 +207,24 @@ def classify_failure(
         retry_after=retry_after,
         duration_ms=duration_ms,
     )
+
+
+def _their_words(message: object) -> str:
+    """Workers AI's own message, fit to quote in ours: text only, on one line, without Python
+    reprs, at most THEIR_WORDS_MAX_CHARS characters; "" if it sent none."""
+    if not isinstance(message, str):
+        return ""
+    text = " ".join(_REPR.sub("(an object)", message).split())
+    if len(text) > THEIR_WORDS_MAX_CHARS:
+        text = text[: THEIR_WORDS_MAX_CHARS - 3] + "..."
+    return f'"{text}"' if text else ""
+
+
+def _transport_failure(error: httpx.HTTPError) -> str:
+    for kind, words in _TRANSPORT_FAILURES:
+        if isinstance(error, kind):
+            return words
+    return "a network error"
 
 
 class WorkersAIClient:
@@ -238,14 +287,14 @@ class WorkersAIClient:
         except httpx.TimeoutException as error:
             raise UpstreamError(
                 "upstream_timeout",
-                f"Workers AI did not answer in time ({type(error).__name__})",
+                f"Workers AI did not answer in time ({_transport_failure(error)})",
                 retryable=True,
                 duration_ms=elapsed_ms(),
             ) from None
         except httpx.HTTPError as error:
             raise UpstreamError(
                 "upstream_unreachable",
-                f"could not reach Workers AI ({type(error).__name__})",
+                f"could not reach Workers AI ({_transport_failure(error)})",
                 retryable=True,
                 duration_ms=elapsed_ms(),
             ) from None
