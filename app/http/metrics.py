@@ -78,12 +78,23 @@ def forget_dead_processes(directory: str) -> None:
         if (match := re.fullmatch(r"gauge_live\w+_(\d+)\.db", path.name))
     }
     for pid in pids:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not _alive(pid):
             multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
-        except PermissionError:
-            pass  # alive, another user's
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    # A process that died but that uvicorn has not reaped yet is a zombie: dead all the same.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc here: the signal's answer stands
+    return state not in ("Z", "X")
 
 
 class ApiMetrics(Collector):
