@@ -277,7 +277,7 @@ class Stack:
         attached to the queues (Redis broker only)."""
         if self.redis is None:
             raise ValueError("control pings need the Redis broker")
-        # The worker names itself fluxgate-<pid>@<host> (app/cli/commands.py).
+        # The worker names itself fluxgate-<pid>@<host> (app/cli/roles.py).
         expected = {f"fluxgate-{worker.pid}@" for worker in workers}
         control = Celery("fluxgate-harness", broker=self.redis.url)
 
