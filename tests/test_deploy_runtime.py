@@ -72,6 +72,29 @@ def test_a_worker_takes_its_token_and_database_password_from_secret_files(
     assert "secrets" in listed.stdout
 
 
+def test_admin_commands_find_a_database_url_kept_as_a_secret_file(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """No FLUXGATE_DATABASE_URL, but its file in the secrets folder (a Kubernetes Secret):
+    `keys list` uses it, even run in a folder that holds a `fluxgate dev`'s state."""
+    folder = secrets_folder(tmp_path / "secrets", fluxgate_database_url=stack.database_url)
+    beside_dev = tmp_path / "beside"
+    (beside_dev / ".fluxgate").mkdir(parents=True)
+    env = {k: v for k, v in stack.env.items() if not k.startswith("FLUXGATE_")}
+    env["FLUXGATE_SECRETS_DIR"] = str(folder)
+    stack.create_key("kept as a file")
+    listed = subprocess.run(
+        [*FLUXGATE, "keys", "list", "--json"],
+        env=env,
+        cwd=beside_dev,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert "kept as a file" in listed.stdout
+
+
 def test_a_password_in_both_places_or_a_missing_folder_stops_start_up_with_one_line(
     stack: Stack, tmp_path: Path
 ) -> None:

@@ -135,14 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-port",
         type=int,
         default=None,
-        help="serve this worker's Prometheus metrics on this port (default: FLUXGATE_METRICS_PORT, "
-        "else off)",
+        help="serve this worker's Prometheus metrics on this port (default: off)",
     )
     worker.add_argument(
         "--metrics-host",
-        default=None,
-        help="the address the metrics port listens on (default: FLUXGATE_METRICS_HOST, "
-        "127.0.0.1; 0.0.0.0 inside a container network)",
+        default="127.0.0.1",
+        help="the address the metrics port listens on (0.0.0.0 inside a container network)",
     )
     worker.add_argument("--heartbeat-file", default=None, help=HEARTBEAT_HELP)
 

@@ -29,6 +29,9 @@ def add_to_worker(app: Celery, path: Path, *, every: float = HEARTBEAT_SECONDS) 
     the process is gone."""
 
     class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is untyped
+        # Started once the consumer is connected and consuming, not before.
+        requires = ("celery.worker.consumer.tasks:Tasks",)
+
         def __init__(self, parent: Any, **kwargs: Any) -> None:
             super().__init__(parent, **kwargs)
             self.timer_entry: Any = None

@@ -145,9 +145,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     # The pool is threads: this process runs every task, so it is set up once, here.
     tracing.setup(settings, role="worker")
     backends.connect(settings)
-    port = args.metrics_port if args.metrics_port is not None else settings.metrics_port
-    if port is not None:
-        serve_metrics(host=args.metrics_host or settings.metrics_host, port=port)
+    if args.metrics_port is not None:
+        serve_metrics(host=args.metrics_host, port=args.metrics_port)
     if args.heartbeat_file is not None:
         from app.cli import heartbeat
 

@@ -217,8 +217,8 @@ class Settings(BaseSettings):
     # "json": one JSON object a line (the Docker image's default); "text" for people.
     log_format: Literal["text", "json"] = "text"
 
-    # Metrics on a port of their own (the API's /metrics then moves there; a worker's default
-    # --metrics-port), so they can stay on the internal network while the API is published.
+    # The API's metrics on a port of their own (its /metrics then moves there), so they can
+    # stay on the internal network while the API is published.
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     metrics_host: str = "127.0.0.1"
 
@@ -457,9 +457,15 @@ def _load(kind: type[Settings], given: dict[str, Any]) -> Settings:
 
 
 def database_url_in_environment() -> bool:
-    """Whether the environment names a database: the command line then uses it rather than
-    the data dir of a ``fluxgate dev`` in the current folder."""
-    return bool(os.environ.get("FLUXGATE_DATABASE_URL", "").strip())
+    """Whether the environment, or a secret's file, names a database: the command line then
+    uses it rather than the data dir of a ``fluxgate dev`` in the current folder."""
+    if os.environ.get("FLUXGATE_DATABASE_URL", "").strip():
+        return True
+    folder = secrets_dir()
+    # Secrets' files are matched by name in any case, as pydantic-settings reads them.
+    return folder is not None and any(
+        path.name.lower() == "fluxgate_database_url" for path in Path(folder).iterdir()
+    )
 
 
 def share_with_api_processes(settings: Settings) -> None:

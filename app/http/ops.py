@@ -78,7 +78,9 @@ def _schema_behind(revision: str | None, schema: Schema) -> DependencyUnavailabl
 
 @router.get(
     "/metrics",
-    summary="Prometheus metrics of this API (all its processes) and the backlog",
+    summary="Prometheus metrics of this API (all its processes) and the backlog, unless they "
+    "are served on a metrics port of their own (then 404)",
+    responses=error_responses(404),
     response_class=PlainTextResponse,
 )
 def metrics(request: Request) -> Response:

@@ -319,7 +319,9 @@ def job_out(
     public_url: str | None,
 ) -> JobOut:
     status = JobStatus(job.status)
-    failed = status in (JobStatus.FAILED, JobStatus.CANCELED) and job.error_code is not None
+    # A job canceled between attempts keeps its last attempt's error for operators (the
+    # dashboard), but did not fail: its ``error`` is null.
+    failed = status == JobStatus.FAILED and job.error_code is not None
     # A job still on its way keeps the error of its last failed attempt (execution.py records
     # it with the retry): the contract's ``error`` stays null until the job has failed.
     retrying = not status.is_final and job.error_code is not None

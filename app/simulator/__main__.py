@@ -17,8 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latency-jitter", type=float, default=0.0, help="extra 0..S seconds")
     parser.add_argument(
         "--token",
-        default=simulator_token(),
-        help="expected bearer token (default: $FLUXGATE_CF_API_TOKEN or 'simulator-token')",
+        default=None,
+        help="expected bearer token (default: FLUXGATE_CF_API_TOKEN, or its file in the secrets "
+        "folder, else 'simulator-token')",
     )
     parser.add_argument(
         "--faults", default="", help="fault rates, e.g. 3040=0.1,500=0.05,hang=0.01,3021@2=0.1"
@@ -36,7 +37,8 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     except ValueError as exc:
         parser.error(f"--faults: {exc}")
     config = SimulatorConfig(
-        token=args.token,
+        # Read here, not when the parser is built: every other command would read it too.
+        token=args.token if args.token is not None else simulator_token(),
         latency_seconds=args.latency,
         latency_jitter_seconds=args.latency_jitter,
         faults=faults,
