@@ -209,6 +209,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         lifespan=lifespan,
+        # A path with a trailing slash (or an encoded one: /v1/jobs/%2F) is not another
+        # spelling of a route: a 404 in the envelope, not a redirect with an empty body.
+        redirect_slashes=False,
         dependencies=[Depends(check_path_and_query)],
         # Served by app/http/docs.py with files from the package: FastAPI's pages use a CDN.
         docs_url=None,

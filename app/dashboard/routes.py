@@ -125,6 +125,12 @@ def log_out(
 # ---- overview ----------------------------------------------------------------------------
 
 
+@router.get("/")
+def dashboard_slash() -> RedirectResponse:
+    """``/admin/``, as people type it: the overview."""
+    return RedirectResponse(security.DASHBOARD_PREFIX, status_code=308)
+
+
 @router.get("", response_class=HTMLResponse)
 def overview(
     request: Request,

@@ -154,6 +154,19 @@ def test_a_path_id_that_cannot_exist_is_a_404(client: httpx.Client, path: str) -
     assert "error" in response.json()
 
 
+@pytest.mark.parametrize("path", ["/v1/jobs/", "/v1/jobs/%2F", "/v1/models/", "/v1/usage/%2F"])
+def test_a_trailing_or_encoded_slash_is_a_404_not_a_redirect(
+    client: httpx.Client, path: str
+) -> None:
+    assert_error(client.get(path), 404, "not_found", None)
+
+
+def test_the_dashboard_with_a_trailing_slash_leads_to_it(client: httpx.Client) -> None:
+    answer = client.get("/admin/")
+    assert answer.status_code == 308
+    assert answer.headers["location"] == "/admin"
+
+
 def test_nul_in_a_path_or_query_is_never_a_500(
     stack: Stack, client: httpx.Client, admin: httpx.Client
 ) -> None:
