@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.settings import Settings
+from app.http.page_headers import BROWSER_PAGE_HEADERS
 
 DASHBOARD_PREFIX = "/admin"
 STATIC_PREFIX = f"{DASHBOARD_PREFIX}/static"
@@ -18,13 +19,7 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
-PAGE_HEADERS = {
-    "content-security-policy": CONTENT_SECURITY_POLICY,
-    "x-frame-options": "DENY",
-    "x-content-type-options": "nosniff",
-    "referrer-policy": "same-origin",
-    "cross-origin-opener-policy": "same-origin",
-}
+PAGE_HEADERS = {"content-security-policy": CONTENT_SECURITY_POLICY, **BROWSER_PAGE_HEADERS}
 _PAGE_HEADERS = tuple((name.encode(), value.encode()) for name, value in PAGE_HEADERS.items())
 
 CSRF_FIELD = "csrf_token"

@@ -19,6 +19,8 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.responses import Response
 
+from app.http.page_headers import BROWSER_PAGE_HEADERS
+
 DOCS_STATIC_PREFIX = "/docs/static"
 STATIC_DIR = Path(__file__).parent / "docs_static"
 # The vendored files, by the names the pages use (versions in them: a new release is a new URL).
@@ -29,13 +31,7 @@ REDOC_JS = "redoc-2.5.4.standalone.js"
 
 # What every page of ours may do, whichever page it is.
 _COMMON = "frame-ancestors 'none'; base-uri 'none'"
-PAGE_HEADERS = {
-    "x-content-type-options": "nosniff",
-    "x-frame-options": "DENY",
-    "referrer-policy": "same-origin",
-    "cross-origin-opener-policy": "same-origin",
-    "cache-control": "no-cache",
-}
+PAGE_HEADERS = {**BROWSER_PAGE_HEADERS, "cache-control": "no-cache"}
 
 
 def _static(name: str) -> str:
