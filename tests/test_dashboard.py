@@ -565,8 +565,12 @@ def test_a_failing_delivery_is_redelivered_from_the_page(signed_in: Session, boa
     page = signed_in.go("/admin/webhooks?status=failing")
     row = page.locator(f"tbody:has(a[href='/admin/jobs/{job['id']}'])")
     assert row.locator("[data-delivery-status]").inner_text() == "pending"
-    row.locator("button", has_text="Redeliver").click()  # htmx: the row is swapped in place
-    [first, second] = board.receiver.wait_for(path, count=2)
+    with page.expect_response(lambda answer: answer.url.endswith("/redeliver")) as answer:
+        row.locator("button", has_text="Redeliver").click()  # htmx: the row is swapped in place
+    assert answer.value.status == 200, answer.value.text()
+    # The swapped row is the redelivery's: due now, its message on the way.
+    assert row.locator("[data-delivery-status]").inner_text() == "pending"
+    [first, second] = board.receiver.wait_for(path, count=2, timeout=60)
     assert first.headers["webhook-id"] == second.headers["webhook-id"]
     wait_until(
         lambda: (
