@@ -19,7 +19,7 @@ from app.billing.rules import Breakdown, breakdown
 from app.core.errors import NotFound
 from app.core.ids import id_floor
 from app.jobs import retention
-from app.jobs.models import Job, JobAttempt, JobImage, JobStatus
+from app.jobs.models import ACTIVE_STATUSES, Job, JobAttempt, JobImage, JobStatus
 from app.jobs.timings import Timings, attempt_timings, job_timings
 from app.keys.models import ApiKey
 from app.webhooks import service as webhooks
@@ -123,7 +123,7 @@ def health(session: Session, *, now: datetime) -> Health:
     backlog = dict(
         session.execute(
             select(Job.status, func.count())
-            .where(Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
+            .where(Job.status.in_(ACTIVE_STATUSES))
             .group_by(Job.status)
         ).all()
     )

@@ -1,8 +1,7 @@
-"""Per-key limits: job submissions per minute, and jobs queued or running at once.
+"""Per-key limits on submissions: how many a minute, and the refusal both limits give.
 
 Submissions per minute count in Redis or in the database (app/backends.py picks the counter).
-The concurrency slot is a counter on the key's row, taken and given back by conditional
-updates, so concurrent submissions never exceed it.
+Jobs queued or running at once are counted where jobs are admitted (app/jobs/accounting.py).
 """
 
 from __future__ import annotations
@@ -87,32 +86,3 @@ def check_submission_rate(counter: RateCounter, *, api_key: ApiKey, now: datetim
             f"this key may submit {limit} jobs per minute; try again in {wait}s",
             headers={"Retry-After": str(wait)},
         )
-
-
-def take_slot(session: Session, *, api_key: ApiKey) -> None:
-    """One more job queued or running for the key; 429 when its limit is reached."""
-    conditions = [ApiKey.id == api_key.id]
-    if api_key.max_concurrent_jobs is not None:
-        conditions.append(ApiKey.active_jobs < api_key.max_concurrent_jobs)
-    taken = session.execute(
-        update(ApiKey)
-        .where(*conditions)
-        .values(active_jobs=ApiKey.active_jobs + 1)
-        .execution_options(synchronize_session=False)
-    )
-    if rows_affected(taken) != 1:
-        metrics.SUBMISSIONS_REFUSED.labels("max_concurrent_jobs").inc()
-        raise RateLimited(
-            f"this key may have {api_key.max_concurrent_jobs} jobs queued or running at once; "
-            "try again when one has finished",
-            headers={"Retry-After": "1"},
-        )
-
-
-def free_slot(session: Session, *, api_key_id: str) -> None:
-    session.execute(
-        update(ApiKey)
-        .where(ApiKey.id == api_key_id, ApiKey.active_jobs > 0)
-        .values(active_jobs=ApiKey.active_jobs - 1)
-        .execution_options(synchronize_session=False)
-    )

@@ -32,8 +32,10 @@ class ApiKey(Base):
     # Job submissions per minute, and jobs queued or running at once; none when null.
     rate_limit_per_minute: Mapped[int | None] = mapped_column(Integer, default=None)
     max_concurrent_jobs: Mapped[int | None] = mapped_column(Integer, default=None)
-    # Jobs of this key now queued or running, kept exact by conditional updates.
-    active_jobs: Mapped[int] = mapped_column(Integer, default=0)
+    # Retired: jobs queued or running are counted from `jobs` now (app/jobs/accounting.py).
+    # The column stays one release, so processes of the previous version that still update
+    # it keep working during a rolling upgrade; nothing reads it.
+    retired_active_jobs: Mapped[int] = mapped_column("active_jobs", Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 

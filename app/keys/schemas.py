@@ -130,7 +130,7 @@ class WebhookSecretRotated(BaseModel):
     )
 
 
-def key_out(api_key: ApiKey, *, budget_used_nanos: int) -> KeyOut:
+def key_out(api_key: ApiKey, *, budget_used_nanos: int, active_jobs: int) -> KeyOut:
     return KeyOut(
         id=api_key.id,
         name=api_key.name,
@@ -141,7 +141,7 @@ def key_out(api_key: ApiKey, *, budget_used_nanos: int) -> KeyOut:
         budget_used_usd=format_usd(budget_used_nanos),
         rate_limit_per_minute=api_key.rate_limit_per_minute,
         max_concurrent_jobs=api_key.max_concurrent_jobs,
-        active_jobs=api_key.active_jobs,
+        active_jobs=active_jobs,
         created_at=api_key.created_at,
         revoked_at=api_key.revoked_at,
     )

@@ -17,6 +17,7 @@ from app.core.db import rows_affected
 from app.core.errors import Conflict, NotFound
 from app.core.ids import new_id
 from app.core.orm import utcnow
+from app.jobs import accounting
 from app.keys.models import ApiKey
 from app.keys.schemas import KeyCreate, KeyOut, key_out
 
@@ -61,7 +62,6 @@ def create_key(
         budget_period=budget_period,
         rate_limit_per_minute=rate_limit_per_minute,
         max_concurrent_jobs=max_concurrent_jobs,
-        active_jobs=0,
     )
     session.add(api_key)
     session.flush()
@@ -159,6 +159,8 @@ def revoke_key(session: Session, *, key_id: str) -> ApiKey:
 
 
 def to_key_out(session: Session, api_key: ApiKey) -> KeyOut:
-    """The key as the API shows it, with what it has used of its budget this period."""
+    """The key as the API shows it, with what it has used of its budget this period and its
+    jobs queued or running."""
     used = budgets.used_nanos(session, api_key=api_key, at=utcnow())
-    return key_out(api_key, budget_used_nanos=used)
+    active = accounting.active_jobs(session, api_key_ids=[api_key.id])[api_key.id]
+    return key_out(api_key, budget_used_nanos=used, active_jobs=active)
