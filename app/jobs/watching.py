@@ -131,7 +131,7 @@ class Watch:
         return await anyio.to_thread.run_sync(_read_job, job_id, self.public_url)
 
 
-def get_watch(request: Request) -> Watch:
+async def get_watch(request: Request) -> Watch:
     watch: Watch = request.app.state.watch
     return watch
 
