@@ -5,6 +5,8 @@ Both backends; image jobs run only while a test starts a worker."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +20,7 @@ from standardwebhooks import Webhook
 
 from app.core.errors import InvalidParameter
 from app.jobs.watching import prefer_wait
-from tests.harness.processes import Process, wait_until
+from tests.harness.processes import FLUXGATE, Process, answers, free_port, wait_until
 from tests.harness.stack import Stack, running_gateway
 from tests.helpers import unique
 from tests.receiver import Receiver
@@ -238,3 +240,47 @@ def test_a_canceled_job_is_delivered_as_job_canceled(quiet: Stack) -> None:
         assert event["data"]["cost"]["charged"] == "0"
     finally:
         receiver.close()
+
+
+def test_the_api_runs_a_process_per_core_and_each_one_is_woken(
+    quiet: Stack, key: str, jobs_worker: Process
+) -> None:
+    """Without --workers (nor FLUXGATE_API_WORKERS) `fluxgate api` starts one uvicorn process
+    per core; waiting requests on every one of them are answered when their jobs end, since
+    each process listens for the notifications."""
+    cores = len(os.sched_getaffinity(0))
+    env = {name: value for name, value in quiet.env.items() if name != "FLUXGATE_API_WORKERS"}
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    api = quiet.start("api", [*FLUXGATE, "api", "--port", str(port)], env)
+    try:
+        wait_until(lambda: answers(f"{url}/healthz"), timeout=60, what="the API", watch=[api])
+        children = subprocess.run(
+            ["pgrep", "-P", str(api.popen.pid)], capture_output=True, text=True, check=False
+        ).stdout.split()
+        # uvicorn's supervisor, its processes, and (with a fork-server start method) a helper.
+        serving = [pid for pid in children if "spawn_main" in _command_line(pid)]
+        assert len(serving) == cores, children
+
+        def wait_for_one(number: int) -> httpx.Response:
+            with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}) as http:
+                return http.post(
+                    "/v1/jobs",
+                    json={"prompt": unique(f"per core {number}")},
+                    headers={"Prefer": "wait=30"},
+                    timeout=40,
+                )
+
+        with ThreadPoolExecutor(4 * cores) as pool:
+            answered = list(pool.map(wait_for_one, range(4 * cores)))
+        assert [answer.status_code for answer in answered] == [200] * (4 * cores)
+        assert {answer.json()["status"] for answer in answered} == {"succeeded"}
+    finally:
+        api.stop()
+
+
+def _command_line(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except FileNotFoundError:
+        return ""

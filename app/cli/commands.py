@@ -105,7 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     api = add("api", cmd_api, "Run the HTTP API")
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8000)
-    api.add_argument("--workers", type=int, default=1, help="uvicorn processes")
+    api.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="uvicorn processes (default: FLUXGATE_API_WORKERS, else one per core)",
+    )
     api.add_argument(
         "--metrics-port",
         type=int,

@@ -242,7 +242,8 @@ def _run(api_socket: socket.socket, *, port: int, data_dir: Path, host: str, lat
         start("webhooks", _fluxgate("worker", "--queues", "webhooks", "--concurrency", "8"))
         start("beat", _fluxgate("beat"))
         fd = api_socket.fileno()
-        start("api", _fluxgate("api", "--fd", str(fd)), socket_fd=fd)
+        # One API process: plenty on a laptop, and the quickest to start.
+        start("api", _fluxgate("api", "--fd", str(fd), "--workers", "1"), socket_fd=fd)
         url = f"http://{host}:{port}"
         _wait_for(f"{url}/readyz", children, timeout=60, log_dir=data_dir / "logs")
         upstream = "Cloudflare Workers AI" if use_cloudflare else "the local upstream simulator"

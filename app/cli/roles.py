@@ -44,6 +44,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 def cmd_api(args: argparse.Namespace) -> int:
     settings = get_settings()
+    if args.workers is not None:
+        settings = use_settings(settings, api_workers=args.workers)
     if args.metrics_port is not None:
         settings = use_settings(settings, metrics_port=args.metrics_port)
     if args.metrics_host is not None:
@@ -92,7 +94,7 @@ def _serve_api(args: argparse.Namespace, settings: Settings) -> None:
             factory=True,
             host=args.host,
             port=args.port,
-            workers=args.workers,
+            workers=settings.api_workers,
             log_level=settings.log_level.lower(),
             log_config=log_config(log_format=settings.log_format, level=settings.log_level),
             proxy_headers=True,

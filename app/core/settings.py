@@ -217,6 +217,10 @@ class Settings(BaseSettings):
     # "json": one JSON object a line (the Docker image's default); "text" for people.
     log_format: Literal["text", "json"] = "text"
 
+    # uvicorn processes of `fluxgate api` (--workers): one per core this process may run on,
+    # since one process is bound by one core (the GIL) long before PostgreSQL is.
+    api_workers: int = Field(default_factory=lambda: len(os.sched_getaffinity(0)), ge=1, le=256)
+
     # The API's metrics on a port of their own (its /metrics then moves there), so they can
     # stay on the internal network while the API is published.
     metrics_port: int | None = Field(default=None, ge=1, le=65535)

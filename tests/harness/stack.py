@@ -46,6 +46,9 @@ TEST_SETTINGS: Mapping[str, str] = {
     "sweep_interval_seconds": "1",
     "requeue_after_seconds": "3",
     "worker_concurrency": "16",
+    # One API process per stack keeps the many stacks of a test run light; the default (one
+    # per core) and several processes have tests of their own.
+    "api_workers": "1",
     # The simulator has no account limit; the limiter's own tests set a low one.
     "upstream_rpm": "1000000",
     # Small upload limits keep the hostile-upload tests cheap.
