@@ -434,8 +434,11 @@ def test_every_service_has_a_memory_limit_and_rotated_logs() -> None:
         assert megabytes(logging["options"]["max-size"]) <= 100, name
         assert int(logging["options"]["max-file"]) >= 2, name
     decode = int(Settings.model_fields["input_decode_memory_bytes"].default) / 1024 / 1024
-    # The API decodes up to INPUT_DECODE_MEMORY_BYTES of images at once, beside the rest.
-    assert megabytes(SERVICES["api"]["mem_limit"]) >= decode + 512
+    # Each API process decodes up to INPUT_DECODE_MEMORY_BYTES of images at once, beside the
+    # rest; the processes are pinned (the default, one per core, is the host's count).
+    command = SERVICES["api"]["command"]
+    processes = int(command[command.index("--workers") + 1])
+    assert megabytes(SERVICES["api"]["mem_limit"]) >= processes * decode + 512
 
 
 def test_secrets_are_files_and_no_password_has_a_default() -> None:

@@ -245,3 +245,14 @@ def test_the_config_and_the_secret_hold_real_settings_and_no_secret_in_the_confi
     for key in secret["stringData"]:
         assert key.upper() in SETTINGS
         assert secret["stringData"][key] == "change-me"  # an example, never a real value
+
+
+def test_an_api_pod_runs_one_process_within_its_memory_limit() -> None:
+    """The default (one process per core) counts the node's cores, which the pod's limit does
+    not: the pod pins one process, and its limit holds that process's image decoding."""
+    spec = container(WORKLOADS["fluxgate-api"])
+    assert flag(spec["args"], "--workers") == "1"
+    limit = spec["resources"]["limits"]["memory"]
+    assert limit.endswith("Mi"), limit
+    decode = int(Settings.model_fields["input_decode_memory_bytes"].default) // 2**20
+    assert int(limit.removesuffix("Mi")) >= decode + 512
