@@ -3,6 +3,7 @@ together after a 429) and fair share across keys, with real worker processes."""
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -12,7 +13,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
+from app.upstream.gate import Gate, RedisGate, wait_for_turn
+from tests.harness.claims import redis_db
 from tests.harness.processes import wait_until
 from tests.harness.stack import Stack
 from tests.helpers import FINAL, wait_for_job
@@ -90,6 +94,37 @@ def test_a_429_holds_every_worker_back(limited: Stack) -> None:
     # Nobody called the upstream while it had asked for 3 s of quiet.
     assert min(arrivals(limited, others)) >= refused_at + 3.0 - 0.1
     assert limited.simulator.requests_for(overloaded)[1]["received_at"] >= refused_at + 3.0 - 0.1
+
+
+class CountingGate:
+    """A gate that counts how often it is asked for a turn."""
+
+    def __init__(self, gate: Gate) -> None:
+        self._gate = gate
+        self._lock = threading.Lock()
+        self.asks = 0
+
+    def acquire(self) -> float:
+        with self._lock:
+            self.asks += 1
+        return self._gate.acquire()
+
+    def pause(self, seconds: float) -> None:
+        self._gate.pause(seconds)
+
+
+def test_threads_waiting_for_the_limiter_ask_it_one_at_a_time() -> None:
+    """Twelve threads of a worker want a turn at 4 calls a second (bursts of 4): four go at
+    once, and each of the other eight is asked about twice, once to learn its wait and once to
+    take its turn. Were all eight to sleep the same wait and ask again together, every turn
+    would cost an ask from each thread still waiting (12 + 8 + 7 + ... + 1 = 48 asks)."""
+    with redis_db(owner="test") as db, redis.Redis.from_url(db.url) as client:
+        gate = CountingGate(RedisGate(client, rpm=240))
+        with ThreadPoolExecutor(12) as pool:
+            waited = sorted(pool.map(lambda _: wait_for_turn(gate), range(12)))
+    assert gate.asks <= 4 + 2 * 8 + 2, gate.asks
+    # The limit holds: the last of the eight had its turn two seconds of turns later.
+    assert waited[-1] >= 8 * 0.25 - 0.1, waited
 
 
 @pytest.fixture(scope="module", params=["postgres", "embedded"])

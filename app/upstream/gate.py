@@ -86,9 +86,6 @@ class DatabaseGate:
     def __init__(self, sessions: sessionmaker[Session], *, rpm: int) -> None:
         self._sessions = sessions
         self._interval, self._burst = _pacing(rpm)
-        # One thread of this process at a time at the row: the others would only lose the
-        # compare-and-set and retry, as writers SQLite serialises anyway.
-        self._lock = threading.Lock()
 
     def _try_acquire(self, session: Session) -> float | None:
         row = session.get_one(UpstreamGate, 1, populate_existing=True)
@@ -106,11 +103,12 @@ class DatabaseGate:
         return 0.0 if rows_affected(moved) == 1 else None  # None: another worker moved it
 
     def acquire(self) -> float:
-        with self._lock:
-            while True:
-                wait = with_transaction(self._try_acquire, sessions=self._sessions)
-                if wait is not None:
-                    return wait
+        # Only another process can win the compare-and-set in between (this process's threads
+        # ask one at a time: wait_for_turn).
+        while True:
+            wait = with_transaction(self._try_acquire, sessions=self._sessions)
+            if wait is not None:
+                return wait
 
     def pause(self, seconds: float) -> None:
         until = int((time.time() + seconds) * MICROS)
@@ -125,11 +123,19 @@ class DatabaseGate:
         with_transaction(extend, sessions=self._sessions)
 
 
+# The threads of a process that want a turn queue on this lock, and only the one holding it
+# asks the shared state and sleeps until its turn: the others sleep on the lock, and each is
+# woken alone, once the one ahead has had its turn. (Each asking for itself, all of them slept
+# the same wait and then asked again together, to be told to wait again but one.)
+_ASKING = threading.Lock()
+
+
 def wait_for_turn(gate: Gate, *, max_sleep: float = 1.0) -> float:
     """Block until the gate lets one call through; the seconds waited."""
     started = time.monotonic()
-    while (wait := gate.acquire()) > 0:
-        time.sleep(min(wait, max_sleep))
+    with _ASKING:
+        while (wait := gate.acquire()) > 0:
+            time.sleep(min(wait, max_sleep))
     waited = time.monotonic() - started
     metrics.UPSTREAM_LIMITER_WAIT.observe(waited)
     return waited
