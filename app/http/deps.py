@@ -2,22 +2,39 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
-from app.core.db import session_scope
+from app.core.db import get_sessionmaker
 from app.core.settings import Settings
 
 
-def get_session() -> Iterator[Session]:
+async def get_session() -> AsyncIterator[Session]:
     """The request's unit of work. It commits once the route has returned and its answer has
     been rendered, and rolls back if anything failed before: a request never writes without
-    answering with a success, and a route cannot forget to commit."""
-    with session_scope() as session:
+    answering with a success, and a route cannot forget to commit.
+
+    Making a session and closing one that holds no connection is no I/O: only a transaction
+    still open at the end (a route that wrote and left the commit to us) costs a thread-pool
+    hop, where a ``def`` dependency took one to start and one to end every request."""
+    session = get_sessionmaker()()
+    try:
         yield session
+        if session.in_transaction():
+            await run_in_threadpool(session.commit)
+    except BaseException:
+        if session.in_transaction():
+            await run_in_threadpool(session.rollback)
+        raise
+    finally:
+        if session.in_transaction():  # only if the commit or rollback above failed
+            await run_in_threadpool(session.close)
+        else:
+            session.close()
 
 
 # "function": the commit runs as soon as the answer is rendered, before it is sent.
