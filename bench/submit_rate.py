@@ -456,6 +456,7 @@ def measure(run: Run, side: Side, opts: Options, run_id: str) -> dict[str, Any]:
             for name, seconds in cpu.spent.items()
         },
         "machine_busy_pct": cpu.machine_busy_pct,
+        "other_processes_cpu_s": dict(cpu.others),
         "queued_after": queued,
         "queued_expected": expected,
         "broker_messages": messages,
@@ -531,6 +532,7 @@ def print_table(results: dict[str, Any]) -> None:
         ("api", "API CPU ms per submit (process tree)"),
         ("postgres", "PostgreSQL backends CPU ms per submit"),
         ("client", "bench client CPU ms per submit"),
+        ("rest", "rest of the machine CPU ms per submit"),
     ):
         row(label, gw["cpu_ms_per_submit"][name], base["cpu_ms_per_submit"][name], 2)
     row("machine CPU busy % (both cores)", gw["machine_busy_pct"], base["machine_busy_pct"])
@@ -553,6 +555,10 @@ def print_table(results: dict[str, Any]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for label, a, b, ratio in rows:
         print(f"  {label:<{widths[0]}}  {a:>{widths[1]}}  {b:>{widths[2]}}  {ratio:>{widths[3]}}")
+    for name, side in results["sides"].items():
+        print(f"  {name} run, the rest's biggest spenders still running at its end (CPU s):")
+        for process, seconds in side["other_processes_cpu_s"].items():
+            print(f"    {seconds:6.2f}  {process}")
     for name, side in results["sides"].items():
         for error in side["first_errors"]:
             print(f"  {name} error: {error}")

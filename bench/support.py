@@ -89,6 +89,34 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def all_processes() -> dict[int, tuple[str, int, float]]:
+    """Every live process: pid -> (command name, process group, CPU seconds so far)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        cpu = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        found[int(entry.name)] = (name, int(fields[2]), cpu)
+    return found
+
+
+def _command_line(pid: int, limit: int = 70) -> str:
+    """The process's command line, its program by file name only, at most ``limit`` chars."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return ""
+    words = [Path(argv[0]).name, *argv[1:]] if argv and argv[0] else []
+    line = " ".join(word for word in words if word)
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 def group_cpu_seconds(pgid: int) -> float:
     """User + system CPU of every live process of a process group: the harness starts each
     role as the leader of a group of its own, so this is the process and all its children
@@ -125,19 +153,24 @@ def backends_cpu_delta(before: Mapping[int, float], after: Mapping[int, float]) 
 @dataclass
 class CpuWindow:
     """CPU spent between start() and stop(): by process groups (name -> pgid), by the
-    PostgreSQL backends of a database, by this process (the bench client) and the machine."""
+    PostgreSQL backends of a database, by this process (the bench client), by the whole
+    machine (``rest``: what none of those spent; ``others``: the processes that spent most of
+    it, e.g. Redis, PostgreSQL's own processes, other tenants), all in seconds."""
 
     groups: dict[str, int]
     pg_admin_url: str
     database: str
     spent: dict[str, float] = field(default_factory=dict)
     machine_busy_pct: float = float("nan")
+    others: list[tuple[str, float]] = field(default_factory=list)
     _before: dict[str, float] = field(default_factory=dict)
     _backends: dict[int, float] = field(default_factory=dict)
     _machine: tuple[int, int] = (0, 0)
+    _all: dict[int, tuple[str, int, float]] = field(default_factory=dict)
 
     def start(self) -> None:
         self._backends = postgres_backends(self.pg_admin_url, self.database)
+        self._all = all_processes()
         self._machine = machine_cpu()
         self._before = {name: group_cpu_seconds(pgid) for name, pgid in self.groups.items()}
         self._before["client"] = own_cpu_seconds()
@@ -151,9 +184,21 @@ class CpuWindow:
         busy, total = machine_cpu()
         elapsed = total - self._machine[1]
         self.machine_busy_pct = 100 * (busy - self._machine[0]) / elapsed if elapsed else 0.0
-        self.spent["postgres"] = backends_cpu_delta(
-            self._backends, postgres_backends(self.pg_admin_url, self.database)
-        )
+        backends = postgres_backends(self.pg_admin_url, self.database)
+        self.spent["postgres"] = backends_cpu_delta(self._backends, backends)
+        machine = (busy - self._machine[0]) / CLOCK_TICKS
+        self.spent["rest"] = max(0.0, machine - sum(self.spent.values()))
+        counted = set(self.groups.values())
+        others: dict[str, float] = {}
+        for pid, (name, group, cpu) in all_processes().items():
+            if group in counted or pid in backends or pid == os.getpid():
+                continue
+            before = self._all.get(pid)
+            spent = cpu - (before[2] if before else 0.0)
+            if spent > 0:
+                label = _command_line(pid) or name
+                others[label] = others.get(label, 0.0) + spent
+        self.others = sorted(others.items(), key=lambda item: -item[1])[:6]
 
 
 # ---------------------------------------------------------------------------------------------
