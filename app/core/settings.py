@@ -431,6 +431,7 @@ def simulator_settings() -> SimulatorSettings:
     except ValidationError as error:
         raise ConfigError(_one_line(error)) from None
 
+
 def _one_line(error: ValidationError) -> str:
     parts = []
     for item in error.errors():
