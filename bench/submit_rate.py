@@ -299,7 +299,9 @@ def start_fluxgate(run: Run, opts: Options) -> tuple[Side, Stack]:
     if opts.backlog:
         _, backlog_key_id, _ = stack.create_key_with_secret("bench-backlog")
         run.log(f"seeding {opts.backlog:,} queued jobs ...")
+        began = time.monotonic()
         seed_fluxgate_backlog(stack.database_url, backlog_key_id, opts)
+        run.log(f"seeded in {time.monotonic() - began:.1f} s")
     assert stack.redis is not None
     side = Side(
         name="Fluxgate",
@@ -554,7 +556,8 @@ def print_table(results: dict[str, Any]) -> None:
     )
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for label, a, b, ratio in rows:
-        print(f"  {label:<{widths[0]}}  {a:>{widths[1]}}  {b:>{widths[2]}}  {ratio:>{widths[3]}}")
+        line = f"  {label:<{widths[0]}}  {a:>{widths[1]}}  {b:>{widths[2]}}  {ratio:>{widths[3]}}"
+        print(line.rstrip())
     for name, side in results["sides"].items():
         print(f"  {name} run, the rest's biggest spenders still running at its end (CPU s):")
         for process, seconds in side["other_processes_cpu_s"].items():
