@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import io
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -18,6 +20,8 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image
+
+from app.simulator.server import CACHE_VARIANTS
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "t0k"
@@ -32,12 +36,16 @@ def _free_port() -> int:
         return port
 
 
-def _start(log: Path, *extra: str) -> Iterator[str]:
-    """Run a simulator subprocess until the caller is done; yield its base URL."""
+def _start(log: Path, *extra: str, env: Mapping[str, str] | None = None) -> Iterator[str]:
+    """Run a simulator subprocess until the caller is done (``env``: more environment
+    variables for it); yield its base URL."""
     port = _free_port()
     command = [sys.executable, "-m", "app.simulator", "--port", str(port), "--token", TOKEN]
+    environment = {**os.environ, **(env or {})}
     with log.open("wb") as out:
-        proc = subprocess.Popen([*command, *extra], cwd=ROOT, stdout=out, stderr=out)
+        proc = subprocess.Popen(
+            [*command, *extra], cwd=ROOT, stdout=out, stderr=out, env=environment
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 20
@@ -66,6 +74,12 @@ def _start(log: Path, *extra: str) -> Iterator[str]:
 def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A fast simulator with default limits."""
     yield from _start(tmp_path_factory.mktemp("sim") / "log")
+
+
+@pytest.fixture(scope="module")
+def cached_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Pictures drawn once and answered again from the cache."""
+    yield from _start(tmp_path_factory.mktemp("cached") / "log", "--cache")
 
 
 @pytest.fixture(scope="module")
@@ -510,3 +524,87 @@ def test_requests_are_recorded_with_field_names(sim: str) -> None:
     ]
     nobody = httpx.get(f"{sim}/__sim/requests", params={"prompt": "never sent"})
     assert nobody.json() == []
+
+
+def _stats(base: str) -> dict[str, Any]:
+    stats: dict[str, Any] = httpx.get(f"{base}/__sim/stats").json()
+    return stats
+
+
+def test_without_the_cache_every_new_picture_is_drawn(sim: str) -> None:
+    fields = {"prompt": "drawn each time", "seed": 0, "width": 256, "height": 320}
+    before = _stats(sim)
+    first, _ = _image(_run(sim, fields))
+    other_seed, _ = _image(_run(sim, {**fields, "seed": CACHE_VARIANTS}))
+    # The very same request again is answered from the renderer's small memo.
+    again, _ = _image(_run(sim, fields))
+    after = _stats(sim)
+    assert first != other_seed
+    assert again == first
+    assert after["renders"] - before["renders"] == 2
+    assert after["cache_hits"] is None
+
+
+def test_the_cache_draws_each_picture_once(cached_sim: str) -> None:
+    fields = {"prompt": "cached", "seed": 0, "width": 256, "height": 320}
+    before = _stats(cached_sim)
+    first = _run(cached_sim, fields)
+    data, picture = _image(first)
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    assert (picture.format, picture.size) == ("PNG", (256, 320))
+    assert len(picture.convert("RGB").getcolors(maxcolors=1 << 20) or []) > 100
+    # Another prompt, model and a seed of the same variant: the same body, base64 and all.
+    same_variant = {**fields, "prompt": "another prompt", "seed": 3 * CACHE_VARIANTS}
+    again = _run(cached_sim, same_variant, model="flux-2-klein-9b")
+    assert again.content == first.content
+    assert again.headers["content-type"] == first.headers["content-type"] == "application/json"
+    # The neurons are still those of each request (1 tile of klein-4b; klein-9b's first MP).
+    assert (first.headers["cf-ai-neurons"], again.headers["cf-ai-neurons"]) == (
+        "26.09",
+        "1363.64",
+    )
+    other_variant, _ = _image(_run(cached_sim, {**fields, "seed": 1}))
+    other_size, resized = _image(_run(cached_sim, {**fields, "width": 512}))
+    assert len({data, other_variant, other_size}) == 3
+    assert resized.size == (512, 320)
+    after = _stats(cached_sim)
+    assert after["renders"] - before["renders"] == 3
+    assert after["cache_hits"] - before["cache_hits"] == 1
+
+
+def test_the_cache_draws_once_for_concurrent_requests(cached_sim: str) -> None:
+    url = _url(cached_sim)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            calls = [
+                client.post(
+                    url,
+                    headers=headers,
+                    files={
+                        "prompt": (None, f"burst {n}"),
+                        "width": (None, "304"),
+                        "height": (None, "272"),
+                        "seed": (None, str(n * CACHE_VARIANTS)),
+                    },
+                )
+                for n in range(8)
+            ]
+            return list(await asyncio.gather(*calls))
+
+    before = _stats(cached_sim)
+    responses = asyncio.run(burst())
+    after = _stats(cached_sim)
+    assert len({_image(response)[0] for response in responses}) == 1
+    assert after["renders"] - before["renders"] == 1
+    assert after["cache_hits"] - before["cache_hits"] == 7
+
+
+def test_the_cache_is_a_setting_too(tmp_path: Path) -> None:
+    on = {"FLUXGATE_SIMULATOR_CACHE": "true"}
+    with contextlib.contextmanager(_start)(tmp_path / "on.log", env=on) as base:
+        assert _stats(base)["cache_hits"] == 0
+    # The command line wins over the setting.
+    with contextlib.contextmanager(_start)(tmp_path / "off.log", "--no-cache", env=on) as base:
+        assert _stats(base)["cache_hits"] is None

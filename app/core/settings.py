@@ -414,20 +414,26 @@ class DatabaseSettings(Settings):
 
 class SimulatorSettings(BaseSettings):
     """What the upstream simulator takes from the environment: the token a gateway beside it
-    sends (docker-compose.yml's simulator shares the gateway's environment file)."""
+    sends (docker-compose.yml's simulator shares the gateway's environment file), and whether
+    it draws each picture once (``simulate-upstream --cache``; off by default)."""
 
     model_config = SettingsConfigDict(env_prefix="FLUXGATE_", extra="ignore")
 
     cf_api_token: str = "simulator-token"  # noqa: S105  # the simulator's, not a secret
+    simulator_cache: bool = False
 
 
-def simulator_token() -> str:
-    """The token the simulator expects: the gateway's own (its variable or its secret's file)."""
+def simulator_settings() -> SimulatorSettings:
+    """The simulator's settings; the token is the gateway's own (its variable or its secret's
+    file). Raise :class:`ConfigError` with one line if one is wrong."""
     try:
         folder = secrets_dir()
     except ConfigError:
         folder = None  # the gateway's processes say what is wrong with it
-    return SimulatorSettings(_secrets_dir=folder).cf_api_token
+    try:
+        return SimulatorSettings(_secrets_dir=folder)
+    except ValidationError as error:
+        raise ConfigError(_one_line(error)) from None
 
 
 def _one_line(error: ValidationError) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from app.core.settings import ConfigError, simulator_token
+from app.core.settings import ConfigError, simulator_settings
 from app.simulator import SimulatorConfig, serve
 from app.simulator.faults import parse_rates
 
@@ -28,6 +28,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-body-bytes", type=int, default=10 * 1024 * 1024)
     parser.add_argument("--input-max-side", type=int, default=512)
     parser.add_argument("--seed", type=int, default=None, help="seed for the fault-rate RNG")
+    parser.add_argument(
+        "--cache",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="draw each picture once (4 per size, chosen by the seed) and answer repeats with "
+        "the same bytes, so that benchmarks measure the gateway rather than the drawing "
+        "(default: FLUXGATE_SIMULATOR_CACHE, else off)",
+    )
 
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -36,9 +44,10 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         faults = parse_rates(args.faults)
     except ValueError as exc:
         parser.error(f"--faults: {exc}")
+    # Read here, not when the parser is built: every other command would read them too.
+    settings = simulator_settings()
     config = SimulatorConfig(
-        # Read here, not when the parser is built: every other command would read it too.
-        token=args.token if args.token is not None else simulator_token(),
+        token=args.token if args.token is not None else settings.cf_api_token,
         latency_seconds=args.latency,
         latency_jitter_seconds=args.latency_jitter,
         faults=faults,
@@ -46,6 +55,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         max_body_bytes=args.max_body_bytes,
         input_max_side=args.input_max_side,
         seed=args.seed,
+        cache=args.cache if args.cache is not None else settings.simulator_cache,
     )
     serve(config, args.host, args.port)
 

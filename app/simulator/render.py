@@ -6,6 +6,7 @@ import functools
 import hashlib
 import io
 import random
+import threading
 from collections.abc import Sequence
 
 from PIL import Image, ImageDraw
@@ -22,6 +23,16 @@ _ORIENTATIONS = (
 )
 
 Colour = tuple[int, int, int]
+
+# Pictures drawn and encoded in this process: the work a cache saves, counted for /__sim/stats.
+_renders = 0
+_renders_lock = threading.Lock()
+
+
+def renders() -> int:
+    """How many pictures this process has drawn and encoded so far (a repeat that
+    :func:`render_png` answers from its memo is not one)."""
+    return _renders
 
 
 def render_png(
@@ -45,6 +56,9 @@ def render_png(
 
 @functools.lru_cache(maxsize=32)
 def _render(digest: bytes, width: int, height: int) -> bytes:
+    global _renders
+    with _renders_lock:
+        _renders += 1
     rng = random.Random(digest)
 
     def colour() -> Colour:

@@ -9,7 +9,7 @@ import random
 import re
 import secrets
 import time
-from collections import Counter, defaultdict, deque
+from collections import Counter, OrderedDict, defaultdict, deque
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +23,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from app.simulator.faults import ERROR_FAULTS, FaultPlan
-from app.simulator.render import probe_image, render_png
+from app.simulator.render import probe_image, render_png, renders
 
 RUN_PATH = "/client/v4/accounts/{account_id}/ai/run/@cf/black-forest-labs/{model}"
 MODELS = frozenset({"flux-2-klein-4b", "flux-2-klein-9b", "flux-2-dev"})
@@ -39,6 +39,10 @@ INPUT_IMAGE_FIELDS = tuple(f"input_image_{i}" for i in range(4))
 SIDE_MIN, SIDE_MAX = 256, 1920
 STEPS_MIN, STEPS_MAX, STEPS_DEFAULT = 1, 50, 25
 RECORDS_PER_PROMPT = 100
+# With the cache on: the distinct pictures of one size (chosen by the seed), and how many
+# answers are kept at most (least recently used out first).
+CACHE_VARIANTS = 4
+CACHE_ENTRIES = 64
 
 # Prices in USD from workers-ai.md; neurons = USD / USD_PER_NEURON.
 USD_PER_NEURON = 0.011 / 1000
@@ -53,7 +57,11 @@ _INTEGER = re.compile(r"-?[0-9]+")
 
 @dataclass(frozen=True)
 class SimulatorConfig:
-    """How the simulator behaves; `seed` seeds the fault-rate RNG (None: unpredictable)."""
+    """How the simulator behaves; `seed` seeds the fault-rate RNG (None: unpredictable).
+
+    `cache`: draw each distinct picture once and answer repeats with the same encoded body,
+    for benchmarks that should measure the gateway rather than the drawing (see ImageCache).
+    """
 
     token: str
     latency_seconds: float = 0.0
@@ -63,6 +71,7 @@ class SimulatorConfig:
     max_body_bytes: int = 10 * 1024 * 1024
     input_max_side: int = 512
     seed: int | None = None
+    cache: bool = False
 
 
 @dataclass
@@ -130,7 +139,46 @@ def _envelope_error(
 
 def _envelope_image(image_b64: str, cost: float) -> Response:
     body = {"result": {"image": image_b64}, "success": True, "errors": [], "messages": []}
-    return JSONResponse(body, headers={"cf-ai-neurons": f"{cost:.2f}"})
+    return JSONResponse(body, headers=_neurons(cost))
+
+
+def _neurons(cost: float) -> dict[str, str]:
+    return {"cf-ai-neurons": f"{cost:.2f}"}
+
+
+class ImageCache:
+    """Success bodies (the envelope with the base64 PNG in it), each drawn once.
+
+    A picture is chosen by its size and the seed modulo CACHE_VARIANTS, so the answers stay
+    real PNGs of the asked size, deterministic in the seed, and a few differ per size; the
+    prompt, the model and input images no longer change them. Concurrent requests for a
+    picture not drawn yet wait for the one drawing; the LRU keeps at most CACHE_ENTRIES.
+    """
+
+    def __init__(self) -> None:
+        self._bodies: OrderedDict[tuple[int, int, int], asyncio.Task[bytes]] = OrderedDict()
+        self.hits = 0
+
+    async def body(self, width: int, height: int, seed: int) -> bytes:
+        key = (width, height, seed % CACHE_VARIANTS)
+        task = self._bodies.get(key)
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            # A task of its own: a requester that goes away does not cancel the drawing others
+            # wait for.
+            task = asyncio.ensure_future(run_in_threadpool(_draw_body, *key))
+            self._bodies[key] = task
+            while len(self._bodies) > CACHE_ENTRIES:
+                self._bodies.popitem(last=False)
+        else:
+            self.hits += 1
+            self._bodies.move_to_end(key)
+        return await asyncio.shield(task)
+
+
+def _draw_body(width: int, height: int, variant: int) -> bytes:
+    """The success body of the cache's picture ``variant`` at width x height."""
+    png = render_png("cached", f"picture {variant}", variant, width, height)
+    return bytes(_envelope_image(base64.b64encode(png).decode(), 0.0).body)
 
 
 def _int_field(
@@ -223,6 +271,7 @@ class Simulator:
     def __init__(self, config: SimulatorConfig) -> None:
         self.config = config
         self.plan = FaultPlan(config.faults, config.seed)
+        self.cache = ImageCache() if config.cache else None
         self.in_flight = 0
         self.reset()
 
@@ -230,6 +279,9 @@ class Simulator:
         """Zero the counters and forget recorded requests (scripts are kept)."""
         self.requests = 0
         self.max_in_flight = self.in_flight
+        self.renders_before = renders()
+        if self.cache is not None:
+            self.cache.hits = 0
         self.by_prompt: Counter[str] = Counter()
         self.by_status: Counter[str] = Counter()
         self.records: defaultdict[str, deque[dict[str, Any]]] = defaultdict(
@@ -346,6 +398,9 @@ class Simulator:
         if fault.name == "wrongsize":
             width, height = width // 2, height // 2
         seed = job.seed if job.seed is not None else random.randrange(2**32)
+        if self.cache is not None:
+            body = await self.cache.body(width, height, seed)
+            return Response(body, media_type="application/json", headers=_neurons(cost))
         png = await run_in_threadpool(
             render_png, job.model, job.prompt, seed, width, height, job.inputs
         )
@@ -379,6 +434,9 @@ class Simulator:
                 "max_in_flight": self.max_in_flight,
                 "by_prompt": dict(self.by_prompt),
                 "by_status": dict(self.by_status),
+                # Pictures drawn and encoded; with the cache on, answers served without drawing.
+                "renders": renders() - self.renders_before,
+                "cache_hits": None if self.cache is None else self.cache.hits,
             }
         )
 
