@@ -14,3 +14,9 @@ def test_ids_sort_by_creation() -> None:
     first = new_id("job")
     time.sleep(0.002)
     assert new_id("job") > first
+
+
+def test_ids_made_in_one_millisecond_keep_their_order() -> None:
+    ids = [new_id("job") for _ in range(2000)]  # many share a millisecond
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)

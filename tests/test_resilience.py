@@ -4,6 +4,7 @@ workers here never disturbs the other tests."""
 
 from __future__ import annotations
 
+import itertools
 import signal
 import time
 import uuid
@@ -262,6 +263,31 @@ def test_queue_positions_count_every_keys_jobs(slow_stack: Stack, client: httpx.
         assert client.get(f"/v1/jobs/{second['id']}").json()["queue_position"] == base + 1
         for job, owner in ((theirs, other), (second, client)):
             assert owner.post(f"/v1/jobs/{job['id']}/cancel").status_code == 200
+
+
+def test_queue_positions_shown_together_are_distinct_and_ordered(
+    slow_stack: Stack, client: httpx.Client
+) -> None:
+    # No worker runs here, so everything submitted stays queued.
+    jobs = [submit(client, f"in turn {n}") for n in range(5)]
+    assert client.post(f"/v1/jobs/{jobs[1]['id']}/cancel").status_code == 200
+    listed = client.get("/v1/jobs", params={"status": "queued", "limit": 100}).json()["data"]
+    positions = [job["queue_position"] for job in listed]
+    # Newest first: each position below the one listed before it.
+    assert all(a > b for a, b in itertools.pairwise(positions)), positions
+    mine = {job["id"]: job["queue_position"] for job in listed}
+    # Canceling the second moved the ones behind it up by one.
+    assert [mine[job["id"]] for job in jobs if job is not jobs[1]] == [
+        jobs[0]["queue_position"] + n for n in range(4)
+    ]
+    # Submits in flight at once: each counts the others' jobs that are ahead of its own.
+    with ThreadPoolExecutor(6) as pool:
+        together = list(pool.map(lambda n: submit(client, f"together {n}"), range(6)))
+    told = [job["queue_position"] for job in together]
+    assert len(set(told)) == len(told), told
+    assert min(told) > max(positions)
+    for job in [jobs[0], *jobs[2:], *together]:
+        assert client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 200
 
 
 def test_canceled_job_gives_its_hold_back(slow_stack: Stack) -> None:

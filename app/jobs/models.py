@@ -18,7 +18,10 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
+from sqlalchemy.engine import Compiled
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.sql.functions import FunctionElement
 
 from app.core.orm import Base, UTCDateTime, utcnow
 
@@ -40,14 +43,48 @@ FINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CAN
 ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
+class NextQueueTicket(FunctionElement[int]):
+    """The next job's queue ticket (``jobs.seq``), computed by the INSERT itself.
+
+    PostgreSQL: the sequence ``jobs_seq_seq`` (also the column's server default, for rows not
+    written by the ORM). SQLite: one more than the highest ticket, read by the INSERT inside
+    SQLite's single write lock, so two submits can never take the same one (the unique
+    ``ix_jobs_seq`` would refuse it anyway). One row per INSERT: see ``batch`` on :class:`Job`.
+    """
+
+    type = BigInteger()
+    inherit_cache = True
+    name = "next_queue_ticket"
+
+
+@compiles(NextQueueTicket, "postgresql")
+def _ticket_postgresql(_element: NextQueueTicket, _compiler: Compiled, **_kw: object) -> str:
+    return "nextval('jobs_seq_seq')"
+
+
+@compiles(NextQueueTicket, "sqlite")
+def _ticket_sqlite(_element: NextQueueTicket, _compiler: Compiled, **_kw: object) -> str:
+    return "(SELECT coalesce(max(seq), 0) + 1 FROM jobs)"
+
+
 class Job(Base):
     __tablename__ = "jobs"
+    # One INSERT per job: SQLite's ticket is read from the table, and a multi-row INSERT would
+    # give every row the same one.
+    __mapper_args__ = {"batch": False}
     __table_args__ = (
         CheckConstraint(
             "status IN ('queued', 'running', 'succeeded', 'failed', 'canceled')", name="status"
         ),
-        # Queue position and the sweeper scan queued jobs in id (= creation) order.
+        # The sweeper and the backlog metrics scan queued jobs in id (= creation) order.
         Index("ix_jobs_status_id", "status", "id"),
+        # Queue positions: the oldest queued ticket, and the tickets that left the queue near
+        # it, are each one range of this index (app/jobs/service.py, queue_positions).
+        Index("ix_jobs_status_seq", "status", "seq"),
+        # SQLite's next ticket is the highest one plus one (PostgreSQL has a sequence). Not on
+        # PostgreSQL: there its planner could walk it for the oldest queued ticket, through
+        # every finished job before it, when the statistics make queued jobs look common.
+        Index("ix_jobs_seq", "seq", unique=True).ddl_if(dialect="sqlite"),
         Index("ix_jobs_api_key_id_id", "api_key_id", "id"),
         Index("ix_jobs_api_key_id_status_id", "api_key_id", "status", "id"),
         # The admin listing's model filter (key and status have theirs above; a time range is
@@ -71,6 +108,9 @@ class Job(Base):
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    # The job's queue ticket: taken at submit, in the order jobs are stored, never changed (a
+    # retried job keeps its place). Its queue position counts from it.
+    seq: Mapped[int] = mapped_column(BigInteger, default=NextQueueTicket())
     api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"))
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
 

@@ -236,6 +236,11 @@ class JobTimings(BaseModel):
     overhead_ms: int | None
 
 
+# Within this many places of the front of the queue, positions are exact (see
+# ``JobOut.queue_position`` and app/jobs/service.py, ``queue_positions``).
+EXACT_POSITIONS = 1000
+
+
 class JobOut(BaseModel):
     id: str
     object: Literal["job"] = "job"
@@ -245,7 +250,18 @@ class JobOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     completed_at: datetime | None
-    queue_position: int | None
+    queue_position: int | None = Field(
+        description="while the job is queued: its place among every key's queued jobs in the "
+        "order they were submitted (1: the oldest still waiting; a retried job keeps its "
+        "place), counting the jobs ahead that are still waiting or being submitted. A job "
+        "ahead that left the queue out of turn (canceled, or started early) stops counting "
+        f"at once within {EXACT_POSITIONS} places of the front, further back once the front "
+        "has passed it, so there the position can exceed the jobs ahead. Positions shown at "
+        "one moment are distinct. It is not the order jobs start in: each free slot starts a "
+        "job of the key with the fewest jobs running, then waiting (fair share). Null unless "
+        "queued",
+        examples=[3],
+    )
     attempts: int
     error: JobErrorOut | None = Field(description="why the job failed; null unless it did")
     last_error: JobErrorOut | None = Field(

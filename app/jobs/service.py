@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, load_only
 
 from app.billing.rules import Cost
@@ -25,6 +26,7 @@ from app.jobs import accounting, retention, timings
 from app.jobs.inputs import collect_input_images, input_limits
 from app.jobs.models import Job, JobAttempt, JobImage, JobStatus
 from app.jobs.schemas import (
+    EXACT_POSITIONS,
     AdminJobOut,
     JobCreate,
     JobOut,
@@ -364,19 +366,42 @@ def output_image(session: Session, *, job: Job) -> JobImage:
     return image
 
 
+_LEFT_THE_QUEUE = tuple(status for status in JobStatus if status != JobStatus.QUEUED)
+
+
 def queue_positions(session: Session, *, jobs: Sequence[Job]) -> dict[str, int]:
-    """1 for the next job to run: each queued job's rank among all queued jobs (every key),
-    in one pass over the queue however many jobs are asked about."""
-    queued = [job.id for job in jobs if job.status == JobStatus.QUEUED]
-    if not queued:
+    """The queue position of each queued job of ``jobs`` (see ``JobOut.queue_position``).
+
+    Two index range reads, however many jobs are asked about and however long the queue: the
+    oldest queued ticket, and the tickets of the jobs that left the queue within
+    EXACT_POSITIONS of it (so at most that many rows). Position = 1 + the tickets from the
+    oldest queued one up to the job's, less those known to have left. Tickets of jobs still
+    being submitted (other transactions) count as ahead: positions computed against the same
+    front, in one answer or in several, are distinct and ordered as the tickets are.
+    """
+    tickets = {job.id: job.seq for job in jobs if job.status == JobStatus.QUEUED}
+    if not tickets:
         return {}
-    ranked = (
-        select(Job.id, func.row_number().over(order_by=Job.id).label("position"))
-        .where(Job.status == JobStatus.QUEUED, Job.id <= max(queued))
-        .subquery()
+    shown = set(tickets.values())
+    oldest = session.scalar(
+        select(Job.seq).where(Job.status == JobStatus.QUEUED).order_by(Job.seq).limit(1)
     )
-    rows = session.execute(select(ranked.c.id, ranked.c.position).where(ranked.c.id.in_(queued)))
-    return {job_id: int(position) for job_id, position in rows}
+    # A job read as queued may have left the queue since: as shown, it still counts.
+    head = min(shown) if oldest is None else min(oldest, min(shown))
+    end = min(max(shown), head + EXACT_POSITIONS)
+    left: list[int] = []
+    if end > head:
+        left = sorted(
+            set(
+                session.scalars(
+                    select(Job.seq).where(
+                        Job.status.in_(_LEFT_THE_QUEUE), Job.seq >= head, Job.seq < end
+                    )
+                )
+            )
+            - shown
+        )
+    return {job_id: seq - head + 1 - bisect_left(left, seq) for job_id, seq in tickets.items()}
 
 
 def to_job_out(session: Session, jobs: Sequence[Job], *, public_url: str | None) -> list[JobOut]:

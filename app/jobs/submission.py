@@ -1,8 +1,9 @@
 """Accepting jobs, for every route that submits (``POST /v1/jobs``, the OpenAI endpoints).
 
-The jobs are stored and their answer rendered in one transaction; only a rendered answer is
-committed, and the jobs' broker messages leave through the outbox once it is. A repeated
-``Idempotency-Key`` finds the job the first request made instead.
+For ``POST /v1/jobs`` the jobs are stored and their answer rendered in one transaction; only a
+rendered answer is committed, and the jobs' broker messages leave through the outbox once it
+is. A repeated ``Idempotency-Key`` finds the job the first request made instead. The OpenAI
+endpoints answer with images, not Jobs: they only create the jobs.
 """
 
 from __future__ import annotations
@@ -32,6 +33,20 @@ class Accepted:
 def _answer(session: Session, jobs: Sequence[Job], public_url: str | None) -> Accepted:
     out = service.to_job_out(session, jobs, public_url=public_url)
     return Accepted(jobs=out, rendered=[job.model_dump_json().encode() for job in out])
+
+
+def create_jobs(
+    session: Session, *, api_key: ApiKey, submissions: Sequence[JobSubmission]
+) -> list[str]:
+    """Create one job per submission and commit, for routes whose answer is not the Job (the
+    OpenAI endpoints wait for the images): nothing is rendered, so no queue position is
+    computed. The ids of the jobs, in order."""
+    jobs = [
+        service.create_job(session, api_key=api_key, submission=submission)
+        for submission in submissions
+    ]
+    session.commit()
+    return [job.id for job in jobs]
 
 
 def submit(

@@ -66,13 +66,8 @@ async def images_call(
 ImagesCallDep = Annotated[ImagesCall, Depends(images_call)]
 
 
-def _create_jobs(
-    session: Session, api_key: ApiKey, parsed: service.ImagesRequest, public_url: str | None
-) -> list[str]:
-    accepted = submission.submit(
-        session, api_key=api_key, submissions=parsed.submissions, public_url=public_url
-    )
-    return [job.id for job in accepted.jobs]
+def _create_jobs(session: Session, api_key: ApiKey, parsed: service.ImagesRequest) -> list[str]:
+    return submission.create_jobs(session, api_key=api_key, submissions=parsed.submissions)
 
 
 def _states(session: Session, job_ids: Sequence[str]) -> tuple[dict[str, Job], str]:
@@ -103,9 +98,7 @@ async def _wait(call: ImagesCall, job_ids: Sequence[str], timeout: float) -> lis
 
 async def _run(call: ImagesCall, parsed: service.ImagesRequest) -> dict[str, Any]:
     request, session, settings = call.request, call.session, call.settings
-    job_ids = await run_in_threadpool(
-        _create_jobs, session, call.api_key, parsed, settings.public_url
-    )
+    job_ids = await run_in_threadpool(_create_jobs, session, call.api_key, parsed)
     jobs = await _wait(call, job_ids, settings.openai_wait_seconds)
     if not any(job.status == JobStatus.SUCCEEDED for job in jobs):
         failed = jobs[0]
