@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import redis
@@ -117,14 +117,17 @@ def connect(settings: Settings) -> Backends:
             carrier = backends.notifications
             outbox.connect(
                 outbox.Connections(
-                    publish_change=lambda job_id, status: (
-                        None if carrier is None else carrier.publish(encode_change(job_id, status))
-                    ),
+                    publish_change=partial(_publish_change, carrier),
                     job_unsent=_leave_for_the_sweeper,
                 )
             )
             _current = backends
         return _current
+
+
+def _publish_change(carrier: Carrier | None, change: outbox.JobChanged) -> None:
+    if carrier is not None:
+        carrier.publish(encode_change(change.job_id, change.status, change.job))
 
 
 def _leave_for_the_sweeper(job_id: str) -> None:

@@ -45,6 +45,8 @@ class DeliverWebhook:
 class JobChanged:
     job_id: str
     status: str
+    # An ended job's answer (its JSON), for the requests waiting for it.
+    job: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ class Connections:
     (app/backends.py builds it)."""
 
     # Tell other processes a job changed (a hint for waiting clients).
-    publish_change: Callable[[str, str], None]
+    publish_change: Callable[[JobChanged], None]
     # A job's message could not be published: leave the job for the sweeper's next pass.
     job_unsent: Callable[[str], None]
 
@@ -107,7 +109,7 @@ def _send(message: Message) -> None:
     elif isinstance(message, Counted):
         message.count()
     elif _connections is not None:
-        _connections.publish_change(message.job_id, message.status)
+        _connections.publish_change(message)
 
 
 def _unsent(message: Message) -> None:

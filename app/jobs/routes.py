@@ -122,19 +122,26 @@ async def submit_job(
         return _json(accepted.rendered[0], 202, headers)
     headers["Preference-Applied"] = f"wait={wait_seconds}"
     try:
-        finished = await watching.wait_until_final(
-            watch.hub, [job_id], timeout=wait_seconds, disconnected=request.is_disconnected
+        waited = await watching.wait_until_final(
+            watch.hub,
+            [job_id],
+            timeout=wait_seconds,
+            disconnected=request.is_disconnected,
+            submitted=not accepted.replayed,
         )
-        latest = await watch.read_job(job_id)
+        # The ended job as its notification brought it, else as it is now.
+        ended = waited.answers.get(job_id)
+        latest = JobOut.model_validate_json(ended) if ended else await watch.read_job(job_id)
     except Exception:
         # The job is accepted and committed: the answer must say so, or a client that retries
         # after an error would pay twice.
         logger.warning("job %s: could not wait for it; answering as accepted", job_id)
         return _json(accepted.rendered[0], 202, headers)
-    timing = server_timing(**latest.timings.model_dump()) if finished else ""
+    timing = server_timing(**latest.timings.model_dump()) if waited.finished else ""
     if timing:  # a job canceled before it started spent no time anywhere
         headers["Server-Timing"] = timing
-    return _json(latest.model_dump_json().encode(), 200 if finished else 202, headers)
+    answer = ended or latest.model_dump_json().encode()
+    return _json(answer, 200 if waited.finished else 202, headers)
 
 
 @router.get("/jobs", response_model=JobList, summary="List your jobs, newest first")

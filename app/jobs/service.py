@@ -291,16 +291,18 @@ WEBHOOK_EVENTS = {
 }
 
 
-def job_changed(session: Session, *, job_id: str, status: str) -> None:
-    """Tell waiting requests and event streams, once the change is committed."""
-    outbox.add(session, outbox.JobChanged(job_id, status))
+def job_changed(session: Session, *, job_id: str, status: str, job: bytes | None = None) -> None:
+    """Tell waiting requests and event streams, once the change is committed (with ``job``,
+    the ended job's answer, which they can then send without reading it)."""
+    outbox.add(session, outbox.JobChanged(job_id, status, job))
 
 
 def job_ended(session: Session, *, job: Job, public_url: str | None) -> None:
     """Everything that follows a job's final status, in the same transaction: its budget hold
-    and concurrency slot, its webhook (the Job with its links under ``public_url``), and the
-    notification."""
+    and concurrency slot, its webhook and the notification, both with the Job as its answers
+    show it (links under ``public_url``)."""
     accounting.job_ended(session, job=job, succeeded=job.status == JobStatus.SUCCEEDED)
+    ended = to_job_out(session, [job], public_url=public_url)[0]
     if job.webhook_url is not None:
         webhooks.record_event(
             session,
@@ -308,10 +310,10 @@ def job_ended(session: Session, *, job: Job, public_url: str | None) -> None:
             api_key_id=job.api_key_id,
             url=job.webhook_url,
             event_type=WEBHOOK_EVENTS[JobStatus(job.status)],
-            data=to_job_out(session, [job], public_url=public_url)[0].model_dump(mode="json"),
+            data=ended.model_dump(mode="json"),
             at=job.completed_at or utcnow(),
         )
-    job_changed(session, job_id=job.id, status=job.status)
+    job_changed(session, job_id=job.id, status=job.status, job=ended.model_dump_json().encode())
     outbox.add(session, outbox.Counted(metrics.JOBS_FINISHED, (job.model, job.status)))
 
 

@@ -18,7 +18,7 @@ from app.core.db import session_scope
 from app.core.errors import InvalidParameter
 from app.core.notifications import JobWatchHub
 from app.jobs import service
-from app.jobs.models import FINAL_STATUSES, Job
+from app.jobs.models import FINAL_STATUSES, Job, JobStatus
 from app.jobs.schemas import JobOut
 
 JobReader = Callable[[str], Awaitable[JobOut]]
@@ -28,32 +28,51 @@ DisconnectCheck = Callable[[], Awaitable[bool]]
 DISCONNECT_CHECK_SECONDS = 1.0
 
 
+@dataclass(frozen=True)
+class Waited:
+    finished: bool  # every job reached a final status in time
+    # The ended jobs' answers that came with their notifications (a re-check brings none).
+    answers: dict[str, bytes]
+
+
 async def wait_until_final(
     hub: JobWatchHub,
     job_ids: Sequence[str],
     *,
     timeout: float,
     disconnected: DisconnectCheck,
-) -> bool:
-    """Whether every job reached a final status within ``timeout`` seconds. One status read
-    when the wait starts; after that, only notifications (and the hub's shared re-checks).
-    Gives up early, ``False``, when the client goes away."""
+    submitted: bool = False,
+) -> Waited:
+    """Wait until every job reached a final status, for at most ``timeout`` seconds. One
+    status read when the wait starts (none for jobs the caller has just ``submitted``: they
+    were queued when it committed, and what happened since was notified, either before the
+    watch began, which the hub keeps, or after); after that, only notifications (and the
+    hub's shared re-checks). Gives up early, unfinished, when the client goes away."""
     deadline = time.monotonic() + timeout
+    answers: dict[str, bytes] = {}
     async with hub.watch(job_ids) as watcher:
-        watcher.seen.update(await hub.read_statuses(list(job_ids)))
+        if submitted:
+            for job_id in job_ids:
+                earlier = hub.recent_change(job_id)
+                watcher.seen[job_id] = JobStatus.QUEUED if earlier is None else earlier.status
+                if earlier is not None and earlier.job is not None:
+                    answers[job_id] = earlier.job
+        else:
+            watcher.seen.update(await hub.read_statuses(list(job_ids)))
         pending = {job_id for job_id in job_ids if watcher.seen.get(job_id) not in FINAL_STATUSES}
         while pending:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or await disconnected():
-                return False
+                return Waited(False, answers)
             change = await watcher.next_change(min(remaining, DISCONNECT_CHECK_SECONDS))
             if change is None:
                 continue
-            job_id, status = change
-            watcher.seen[job_id] = status
-            if status in FINAL_STATUSES:
-                pending.discard(job_id)
-    return True
+            watcher.seen[change.job_id] = change.status
+            if change.status in FINAL_STATUSES:
+                pending.discard(change.job_id)
+                if change.job is not None:
+                    answers[change.job_id] = change.job
+    return Waited(True, answers)
 
 
 def sse_event(job: JobOut, *, sequence: int) -> str:

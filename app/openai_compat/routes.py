@@ -79,13 +79,14 @@ def _states(session: Session, job_ids: Sequence[str]) -> tuple[dict[str, Job], s
 
 async def _wait(call: ImagesCall, job_ids: Sequence[str], timeout: float) -> list[Job]:
     request, session, watch = call.request, call.session, call.watch
-    finished = await watching.wait_until_final(
+    waited = await watching.wait_until_final(
         watch.hub,
         job_ids,
         timeout=timeout,
         disconnected=request.is_disconnected,
+        submitted=True,
     )
-    if not finished:
+    if not waited.finished:
         raise WaitTimeout(
             f"the images are not ready after {timeout:.0f}s; they are still being made as "
             f"jobs {', '.join(job_ids)} (GET /v1/jobs/{{id}})"

@@ -9,6 +9,14 @@ re-checks watched jobs now and then), never a result.
 """
 
 from app.core.notifications.carriers import Carrier, RedisCarrier, SocketCarrier
-from app.core.notifications.hub import JobWatchHub, Watcher, encode_change
+from app.core.notifications.hub import Change, JobWatchHub, Watcher, encode_change
 
-__all__ = ["Carrier", "JobWatchHub", "RedisCarrier", "SocketCarrier", "Watcher", "encode_change"]
+__all__ = [
+    "Carrier",
+    "Change",
+    "JobWatchHub",
+    "RedisCarrier",
+    "SocketCarrier",
+    "Watcher",
+    "encode_change",
+]

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -16,14 +17,37 @@ from app.core.notifications.carriers import Carrier
 logger = logging.getLogger("fluxgate.notifications")
 
 
-def encode_change(job_id: str, status: str) -> bytes:
-    return json.dumps({"job_id": job_id, "status": status}).encode()
+# Changes kept for watchers that start late (a few seconds' worth at thousands of jobs a second).
+RECENT_CHANGES = 10_000
+
+# A notification stays one datagram (the embedded carrier's); an answer larger than this is
+# left out, and read by whoever waits for it.
+MAX_CARRIED_ANSWER_BYTES = 32 * 1024
 
 
-def _decode(data: bytes | str) -> tuple[str, str] | None:
+def encode_change(job_id: str, status: str, job: bytes | None = None) -> bytes:
+    """A notification: a JSON line naming the job and its status, then (for an ended job) the
+    Job as its owner's answers show it, so a request waiting for it need not read it."""
+    head = json.dumps({"job_id": job_id, "status": status}).encode()
+    if job is None or len(job) > MAX_CARRIED_ANSWER_BYTES:
+        return head
+    return head + b"\n" + job
+
+
+@dataclass(frozen=True)
+class Change:
+    job_id: str
+    status: str
+    # The ended job's answer, rendered when it ended; None from a re-check or a bare notice.
+    job: bytes | None = None
+
+
+def _decode(data: bytes | str) -> Change | None:
+    raw = data.encode() if isinstance(data, str) else data
+    head, _, job = raw.partition(b"\n")
     try:
-        message = json.loads(data)
-        return str(message["job_id"]), str(message["status"])
+        message = json.loads(head)
+        return Change(str(message["job_id"]), str(message["status"]), job or None)
     except (ValueError, KeyError, TypeError):
         return None
 
@@ -33,12 +57,12 @@ class Watcher:
     """One waiting request or event stream: the changes of the jobs it watches, in order."""
 
     job_ids: frozenset[str]
-    changes: asyncio.Queue[tuple[str, str]] = field(default_factory=asyncio.Queue)
+    changes: asyncio.Queue[Change] = field(default_factory=asyncio.Queue)
     # The status each job had when the watcher last looked; reconcile compares with it.
     seen: dict[str, str] = field(default_factory=dict)
 
-    async def next_change(self, timeout: float) -> tuple[str, str] | None:
-        """The next (job_id, status), or ``None`` after ``timeout`` seconds of quiet."""
+    async def next_change(self, timeout: float) -> Change | None:
+        """The next change, or ``None`` after ``timeout`` seconds of quiet."""
         try:
             return await asyncio.wait_for(self.changes.get(), timeout)
         except TimeoutError:
@@ -70,6 +94,10 @@ class JobWatchHub:
         self.read_statuses = read_statuses
         self._reconcile_seconds = reconcile_seconds
         self._watchers: dict[str, set[Watcher]] = {}
+        # The last change of the jobs notified most recently: a request that starts watching
+        # a job it has just submitted finds here what happened before it watched, instead of
+        # reading the job's status.
+        self._recent: OrderedDict[str, Change] = OrderedDict()
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -109,14 +137,21 @@ class JobWatchHub:
                     if not group:
                         del self._watchers[job_id]
 
+    def recent_change(self, job_id: str) -> Change | None:
+        """The job's last change notified to this process, if it was among the latest."""
+        return self._recent.get(job_id)
+
     def _received(self, data: bytes) -> None:
-        decoded = _decode(data)
-        if decoded is None:
+        change = _decode(data)
+        if change is None:
             return
         metrics.JOB_NOTIFICATIONS.inc()
-        job_id, status = decoded
-        for watcher in self._watchers.get(job_id, ()):
-            watcher.changes.put_nowait((job_id, status))
+        self._recent[change.job_id] = change
+        self._recent.move_to_end(change.job_id)
+        if len(self._recent) > RECENT_CHANGES:
+            self._recent.popitem(last=False)
+        for watcher in self._watchers.get(change.job_id, ()):
+            watcher.changes.put_nowait(change)
 
     async def reconcile(self) -> None:
         """One query for every watched job; tell watchers about changes they missed."""
@@ -126,7 +161,7 @@ class JobWatchHub:
         for job_id, status in statuses.items():
             for watcher in list(self._watchers.get(job_id, ())):
                 if watcher.seen.get(job_id) != status:
-                    watcher.changes.put_nowait((job_id, status))
+                    watcher.changes.put_nowait(Change(job_id, status))
 
     async def _reconcile_forever(self) -> None:
         while True:
