@@ -179,6 +179,20 @@ def test_new_prices_apply_from_their_date_and_old_jobs_keep_theirs(price_stack: 
     assert_error(bad, 422, "invalid_parameter", "model")
 
 
+def test_prices_are_read_at_most_once_a_second_per_process(price_stack: Stack) -> None:
+    """A quote reads its key (one statement) and, without the schedule kept in memory, the
+    price in force (another): 20 quotes within a second or two read the prices once or twice."""
+    with price_stack.client(price_stack.create_key("quoter")) as client:
+        body = {"prompt": "how much", "width": 512, "height": 512}
+        assert client.post("/v1/quote", json=body).status_code == 200
+        before = price_stack.metrics()["fluxgate_db_statements_total"]
+        for _ in range(20):
+            assert client.post("/v1/quote", json=body).status_code == 200
+        read = price_stack.metrics()["fluxgate_db_statements_total"] - before
+    # 20 key reads, a schedule read per second, the backlog's query behind the scrape.
+    assert read <= 20 + 4, read
+
+
 def test_cli_adds_and_lists_prices(price_stack: Stack) -> None:
     later = (datetime.now(UTC) + timedelta(days=400)).replace(microsecond=0).isoformat()
     added = price_stack.cli(

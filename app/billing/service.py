@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select
@@ -25,21 +28,48 @@ class NoPriceError(FluxgateError):
     code = "price_unavailable"
 
 
+# Each model's prices, read at most once this long per process (and database): a submission
+# finds its price in memory. Prices are only ever added, and a price added ahead of its start,
+# as prices are, is read before it applies; one whose start has already passed applies within
+# this long of being added.
+PRICE_SCHEDULE_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    read_at: float
+    prices: tuple[Price, ...]  # by effective_from; unattached rows, safe to share
+
+
+_schedules: dict[tuple[str, str], _Schedule] = {}
+_schedules_lock = threading.Lock()
+
+
+def _price_schedule(session: Session, *, model: str) -> tuple[Price, ...]:
+    key = (str(session.get_bind().engine.url), model)
+    schedule = _schedules.get(key)
+    if schedule is None or time.monotonic() - schedule.read_at >= PRICE_SCHEDULE_SECONDS:
+        with _schedules_lock:  # one reader per process when a schedule runs out
+            schedule = _schedules.get(key)
+            if schedule is None or time.monotonic() - schedule.read_at >= PRICE_SCHEDULE_SECONDS:
+                rows = session.execute(
+                    select(Price.__table__)
+                    .where(Price.model == model)
+                    .order_by(Price.effective_from)
+                ).mappings()
+                schedule = _Schedule(time.monotonic(), tuple(Price(**row) for row in rows))
+                _schedules[key] = schedule
+    return schedule.prices
+
+
 def price_in_force(session: Session, *, model: str, at: datetime | None = None) -> Price:
     """The newest price row for ``model`` that took effect at or before ``at``."""
     at = at or utcnow()
-    price = session.scalar(
-        select(Price)
-        .where(Price.model == model, Price.effective_from <= at)
-        .order_by(Price.effective_from.desc())
-        .limit(1)
-    )
-    if price is None:
-        logger.error(
-            "no price in force for %s: add a price row (fluxgate migrate seeds them)", model
-        )
-        raise NoPriceError(f"no price in force for {model}")
-    return price
+    for price in reversed(_price_schedule(session, model=model)):
+        if price.effective_from <= at:
+            return price
+    logger.error("no price in force for %s: add a price row (fluxgate migrate seeds them)", model)
+    raise NoPriceError(f"no price in force for {model}")
 
 
 def prices_in_force(session: Session, *, models: Sequence[str]) -> dict[str, Price]:
