@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 from alembic import command
@@ -123,3 +124,17 @@ def test_migrations_match_the_models_and_round_trip(empty_database: str) -> None
     assert _tables(url) == {"alembic_version"}
     command.upgrade(config, "head")
     assert _tables(url) == TABLES
+
+
+def test_images_are_stored_without_a_second_compression() -> None:
+    """PNG, JPEG and WebP are compressed already: PostgreSQL stores their bytes as they are
+    (EXTERNAL) instead of trying to compress each one again (its default, EXTENDED)."""
+    with postgres_database() as url:
+        command.upgrade(_config(url), "head")
+        with psycopg.connect(url) as connection:
+            storage = connection.execute(
+                "SELECT attrelid::regclass::text, attstorage FROM pg_attribute"
+                " WHERE attname = 'data' AND attrelid IN"
+                " ('job_images'::regclass, 'job_thumbnails'::regclass)"
+            ).fetchall()
+    assert sorted(storage) == [("job_images", "e"), ("job_thumbnails", "e")]
