@@ -61,6 +61,9 @@ BENCH_SETTINGS = {
     # The simulator has no account limit: measure the gateway, not Workers AI's 720/min
     # (override with --set UPSTREAM_RPM=720 to see the limiter at work).
     "upstream_rpm": "1000000",
+    # One API process, whose RSS and CPU the report reads (the default is one per core; its
+    # processes would be children this report does not add up).
+    "api_workers": "1",
 }
 
 
