@@ -67,14 +67,16 @@ def fairest_candidates(session: Session, *, now: datetime) -> list[str]:
         .group_by(Job.api_key_id)
         .subquery()
     )
-    fairest_key = session.scalar(
+    fairest_key = (
         select(heads.c.api_key_id)
         .outerjoin(running, running.c.api_key_id == heads.c.api_key_id)
         .order_by(func.coalesce(running.c.running, 0), heads.c.waiting, heads.c.head)
         .limit(1)
+        .scalar_subquery()
     )
-    if fairest_key is None:
-        return []
+    # One statement, so the key and its jobs are read at one moment: read apart, another
+    # worker could claim the key's last due job in between, and this message would find none
+    # and give up with other keys' jobs still waiting (nothing due, it would conclude).
     return list(
         session.scalars(
             select(Job.id)
