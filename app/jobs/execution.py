@@ -8,6 +8,7 @@ unique ``charges.job_id`` makes a second charge impossible as well.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -105,10 +106,10 @@ def claim_next(session: Session, *, lease_seconds: float, slot_of: str) -> Claim
         # Threads picking at once would all race for the head: start at a random one.
         offset = random.randrange(len(candidates))
         for job_id in candidates[offset:] + candidates[:offset]:
-            claimed = claim(session, job_id=job_id, lease_seconds=lease_seconds)
-            if claimed is None:
+            won = claim(session, job_id=job_id, lease_seconds=lease_seconds)
+            if won is None:
                 continue
-            had_message = session.get_one(Job, job_id).enqueued_at is not None  # loaded by claim
+            claimed, had_message = won
             if job_id != slot_of and not had_message:
                 _mark_sent(session, job_id=slot_of)
                 outbox.add(session, outbox.ForwardJob(slot_of))
@@ -126,10 +127,13 @@ def _mark_sent(session: Session, *, job_id: str) -> None:
     )
 
 
-def claim(session: Session, *, job_id: str, lease_seconds: float) -> Claim | None:
-    """Move a queued, due job to running under a lease; ``None`` if someone else has it."""
+def claim(session: Session, *, job_id: str, lease_seconds: float) -> tuple[Claim, bool] | None:
+    """Move a queued, due job to running under a lease; ``None`` if someone else has it. With
+    the claim, whether the job had a message of its own sent (``enqueued_at``). The update
+    returns what the attempt needs, so the job's row is not read again, nor its inputs when it
+    has none."""
     now = utcnow()
-    claimed = session.execute(
+    row = session.execute(
         update(Job)
         .where(Job.id == job_id, *_due(now))
         .values(
@@ -139,39 +143,55 @@ def claim(session: Session, *, job_id: str, lease_seconds: float) -> Claim | Non
             started_at=func.coalesce(Job.started_at, now),
             not_before=None,
         )
-        .returning(Job.attempts)
+        .returning(
+            Job.attempts,
+            Job.api_key_id,
+            Job.model,
+            Job.prompt,
+            Job.width,
+            Job.height,
+            Job.seed,
+            Job.guidance,
+            Job.steps,
+            Job.input_image_count,
+            Job.request_id,
+            Job.traceparent,
+            Job.enqueued_at,
+        )
         .execution_options(synchronize_session=False)
-    ).scalar_one_or_none()
-    if claimed is None:
+    ).one_or_none()
+    if row is None:
         return None
     job_changed(session, job_id=job_id, status=JobStatus.RUNNING)
-    job = session.get_one(Job, job_id)
-    spec = catalog.MODELS[job.model]
-    inputs = session.scalars(
-        select(JobImage)
-        .where(JobImage.job_id == job_id, JobImage.role == "input")
-        .order_by(JobImage.position)
-    )
-    return Claim(
-        job_id=job.id,
-        attempt=claimed,
+    spec = catalog.MODELS[row.model]
+    inputs: Sequence[JobImage] = ()
+    if row.input_image_count:
+        inputs = session.scalars(
+            select(JobImage)
+            .where(JobImage.job_id == job_id, JobImage.role == "input")
+            .order_by(JobImage.position)
+        ).all()
+    claimed = Claim(
+        job_id=job_id,
+        attempt=row.attempts,
         started_at=now,
-        key_id=job.api_key_id,
-        request_id=job.request_id,
-        traceparent=job.traceparent,
+        key_id=row.api_key_id,
+        request_id=row.request_id,
+        traceparent=row.traceparent,
         request=GenerationRequest(
             upstream_model=spec.upstream_id,
-            prompt=job.prompt,
-            width=job.width,
-            height=job.height,
-            seed=job.seed,
-            guidance=job.guidance,
-            steps=job.steps if spec.steps_configurable else None,
+            prompt=row.prompt,
+            width=row.width,
+            height=row.height,
+            seed=row.seed,
+            guidance=row.guidance,
+            steps=row.steps if spec.steps_configurable else None,
             input_images=tuple(
                 InputImage(data=_stored(image), content_type=image.content_type) for image in inputs
             ),
         ),
     )
+    return claimed, row.enqueued_at is not None
 
 
 def _stored(image: JobImage) -> bytes:
