@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import Counter
 from sqlalchemy import event
@@ -45,8 +45,9 @@ class DeliverWebhook:
 class JobChanged:
     job_id: str
     status: str
-    # An ended job's answer (its JSON), for the requests waiting for it.
-    job: bytes | None = None
+    # An ended job's answer (its JSON), for the requests waiting for it. Never in a repr: a
+    # message that cannot be sent is logged, and the answer holds the prompt and metadata.
+    job: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

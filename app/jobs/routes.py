@@ -15,6 +15,7 @@ from app.http.body import StrictJSONRoute, read_body
 from app.http.deps import SessionDep, SettingsDep
 from app.http.sse import EventStreamResponse
 from app.jobs import service, submission, watching
+from app.jobs.models import FINAL_STATUSES
 from app.jobs.schemas import AdminJobList, JobCost, JobList, JobOut, cost_out
 from app.jobs.service import JobFilters, JobSubmission, parse_submission
 from app.jobs.timings import server_timing
@@ -137,11 +138,13 @@ async def submit_job(
         # after an error would pay twice.
         logger.warning("job %s: could not wait for it; answering as accepted", job_id)
         return _json(accepted.rendered[0], 202, headers)
-    timing = server_timing(**latest.timings.model_dump()) if waited.finished else ""
+    # Ended though no notification said so in time (one was lost): it is still the answer.
+    finished = waited.finished or latest.status in FINAL_STATUSES
+    timing = server_timing(**latest.timings.model_dump()) if finished else ""
     if timing:  # a job canceled before it started spent no time anywhere
         headers["Server-Timing"] = timing
     answer = ended or latest.model_dump_json().encode()
-    return _json(answer, 200 if waited.finished else 202, headers)
+    return _json(answer, 200 if finished else 202, headers)
 
 
 @router.get("/jobs", response_model=JobList, summary="List your jobs, newest first")

@@ -55,8 +55,6 @@ async def wait_until_final(
             for job_id in job_ids:
                 earlier = hub.recent_change(job_id)
                 watcher.seen[job_id] = JobStatus.QUEUED if earlier is None else earlier.status
-                if earlier is not None and earlier.job is not None:
-                    answers[job_id] = earlier.job
         else:
             watcher.seen.update(await hub.read_statuses(list(job_ids)))
         pending = {job_id for job_id in job_ids if watcher.seen.get(job_id) not in FINAL_STATUSES}

@@ -26,12 +26,14 @@ MAX_CARRIED_ANSWER_BYTES = 32 * 1024
 
 
 def encode_change(job_id: str, status: str, job: bytes | None = None) -> bytes:
-    """A notification: a JSON line naming the job and its status, then (for an ended job) the
-    Job as its owner's answers show it, so a request waiting for it need not read it."""
-    head = json.dumps({"job_id": job_id, "status": status}).encode()
+    """A notification: a JSON object naming the job and its status and, for an ended job, the
+    Job as its owner's answers show it (``job``), so a request waiting for it need not read
+    it. A reader that knows only the first two keys (an API process of the previous version,
+    during an upgrade) still reads them."""
+    head = json.dumps({"job_id": job_id, "status": status})
     if job is None or len(job) > MAX_CARRIED_ANSWER_BYTES:
-        return head
-    return head + b"\n" + job
+        return head.encode()
+    return head[:-1].encode() + b', "job": ' + job + b"}"
 
 
 @dataclass(frozen=True)
@@ -43,12 +45,17 @@ class Change:
 
 
 def _decode(data: bytes | str) -> Change | None:
-    raw = data.encode() if isinstance(data, str) else data
-    head, _, job = raw.partition(b"\n")
     try:
-        message = json.loads(head)
-        return Change(str(message["job_id"]), str(message["status"]), job or None)
-    except (ValueError, KeyError, TypeError):
+        message = json.loads(data)
+        job = message.get("job")
+        return Change(
+            str(message["job_id"]),
+            str(message["status"]),
+            json.dumps(job, separators=(",", ":"), ensure_ascii=False).encode()
+            if isinstance(job, dict)
+            else None,
+        )
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
@@ -146,7 +153,9 @@ class JobWatchHub:
         if change is None:
             return
         metrics.JOB_NOTIFICATIONS.inc()
-        self._recent[change.job_id] = change
+        # The status only: an answer is kept for the watchers waiting now, not for jobs nobody
+        # may ask about (10,000 answers of up to 32 KiB would be 320 MiB a process).
+        self._recent[change.job_id] = Change(change.job_id, change.status)
         self._recent.move_to_end(change.job_id)
         if len(self._recent) > RECENT_CHANGES:
             self._recent.popitem(last=False)
