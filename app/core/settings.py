@@ -122,6 +122,13 @@ def parse_schedule(value: str) -> tuple[float, ...]:
     return delays
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (the machine's where that cannot be asked)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FLUXGATE_", extra="ignore")
     # Every role that sends or takes tasks needs the broker; see DatabaseSettings.
@@ -218,8 +225,9 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
 
     # uvicorn processes of `fluxgate api` (--workers): one per core this process may run on,
-    # since one process is bound by one core (the GIL) long before PostgreSQL is.
-    api_workers: int = Field(default_factory=lambda: len(os.sched_getaffinity(0)), ge=1, le=256)
+    # since one process is bound by one core (the GIL) long before PostgreSQL is; at most 8
+    # unless set, as each keeps a pool of database connections of its own.
+    api_workers: int = Field(default_factory=lambda: min(usable_cores(), 8), ge=1, le=256)
 
     # The API's metrics on a port of their own (its /metrics then moves there), so they can
     # stay on the internal network while the API is published.

@@ -256,7 +256,8 @@ class JobOut(BaseModel):
         "place), counting the jobs ahead that are still waiting or being submitted. A job "
         "ahead that left the queue out of turn (canceled, or started early) stops counting "
         f"at once within {EXACT_POSITIONS} places of the front, further back once the front "
-        "has passed it, so there the position can exceed the jobs ahead. Positions shown at "
+        "has passed it, so there the position can exceed the jobs ahead (as it can by a "
+        "submission that was refused after it took its place). Positions shown at "
         "one moment are distinct. It is not the order jobs start in: each free slot starts a "
         "job of the key with the fewest jobs running, then waiting (fair share). Null unless "
         "queued",
