@@ -42,4 +42,6 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status != 200)"]
 ENTRYPOINT ["tini", "--", "fluxgate"]
-CMD ["api", "--host", "0.0.0.0", "--port", "8000"]
+# Two API processes: a container cannot see its CPU quota, so the per-core default would count
+# the host's cores (and open a database pool for each).
+CMD ["api", "--host", "0.0.0.0", "--port", "8000", "--workers", "2"]

@@ -262,6 +262,8 @@ def test_dockerfile_is_multi_stage_slim_non_root_with_a_real_entrypoint() -> Non
     )
     [cmd] = [exec_form(rest) for keyword, rest in instructions if keyword == "CMD"]
     parses_as_fluxgate(cmd)
+    # The per-core default would count the host's cores, which a container's quota is not.
+    assert cmd[cmd.index("--workers") + 1] == "2"
     # Every source the image copies exists in the repository.
     for keyword, rest in instructions:
         if keyword == "COPY" and not rest.startswith("--from"):
