@@ -109,8 +109,9 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     # The job's queue ticket: taken at submit, in the order jobs are stored, never changed (a
-    # retried job keeps its place). Its queue position counts from it.
-    seq: Mapped[int] = mapped_column(BigInteger, default=NextQueueTicket())
+    # retried job keeps its place). Its queue position counts from it. Null only for jobs
+    # that had ended before tickets existed (migration 0015 numbered the live ones).
+    seq: Mapped[int | None] = mapped_column(BigInteger, default=NextQueueTicket())
     api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"))
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
 

@@ -381,7 +381,9 @@ def queue_positions(session: Session, *, jobs: Sequence[Job]) -> dict[str, int]:
     being submitted (other transactions) count as ahead: positions computed against the same
     front, in one answer or in several, are distinct and ordered as the tickets are.
     """
-    tickets = {job.id: job.seq for job in jobs if job.status == JobStatus.QUEUED}
+    tickets = {
+        job.id: job.seq for job in jobs if job.status == JobStatus.QUEUED and job.seq is not None
+    }
     if not tickets:
         return {}
     shown = set(tickets.values())
@@ -393,16 +395,10 @@ def queue_positions(session: Session, *, jobs: Sequence[Job]) -> dict[str, int]:
     end = min(max(shown), head + EXACT_POSITIONS)
     left: list[int] = []
     if end > head:
-        left = sorted(
-            set(
-                session.scalars(
-                    select(Job.seq).where(
-                        Job.status.in_(_LEFT_THE_QUEUE), Job.seq >= head, Job.seq < end
-                    )
-                )
-            )
-            - shown
+        left_seqs = session.scalars(
+            select(Job.seq).where(Job.status.in_(_LEFT_THE_QUEUE), Job.seq >= head, Job.seq < end)
         )
+        left = sorted({seq for seq in left_seqs if seq is not None} - shown)
     return {job_id: seq - head + 1 - bisect_left(left, seq) for job_id, seq in tickets.items()}
 
 
