@@ -58,6 +58,7 @@ from bench.support import (
     main_wrapper,
     start_gateway,
 )
+from bench.throughput import image_size, positive_int
 from tests.harness.stack import SIM_TOKEN, Stack
 
 MODEL = "flux-2-klein-4b"
@@ -88,26 +89,11 @@ class Options:
     redis_url: str
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
     return value
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WxH, e.g. 512x512, got {text!r}") from None
-    return width, height
 
 
 def parse_options(argv: Sequence[str] | None = None) -> Options:
@@ -123,7 +109,7 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     )
     parser.add_argument(
         "--sequential",
-        type=_positive_int,
+        type=positive_int,
         default=30,
         help="pairs in the sequential mode (default 30)",
     )
@@ -142,7 +128,7 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         default=1.0,
         help="simulator seconds per upstream call (default 1.0)",
     )
-    parser.add_argument("--size", type=_size, default=(512, 512), help="WxH (default 512x512)")
+    parser.add_argument("--size", type=image_size, default=(512, 512), help="WxH (default 512x512)")
     parser.add_argument(
         "--warmup",
         type=int,

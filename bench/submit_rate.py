@@ -59,6 +59,7 @@ from bench.support import (
     percentile,
     start_gateway,
 )
+from bench.throughput import image_size, positive_int
 from tests.harness.claims import postgres_database
 from tests.harness.processes import answers, free_port, wait_until
 from tests.harness.stack import Stack
@@ -90,26 +91,11 @@ class Options:
     redis_url: str
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def _count(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WxH, e.g. 512x512, got {text!r}") from None
-    return width, height
 
 
 def parse_options(argv: Sequence[str] | None = None) -> Options:
@@ -118,11 +104,11 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         description="POST /v1/jobs accepted per second (no worker), beside a naive endpoint.",
     )
     parser.add_argument(
-        "--submits", type=_positive_int, default=2000, help="measured POSTs (default 2000)"
+        "--submits", type=positive_int, default=2000, help="measured POSTs (default 2000)"
     )
     parser.add_argument(
         "--connections",
-        type=_positive_int,
+        type=positive_int,
         default=16,
         help="client keep-alive connections, one thread each (default 16)",
     )
@@ -134,13 +120,13 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     )
     parser.add_argument(
         "--api-workers",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         help="fluxgate api --workers N (default 1; the baseline stays one process)",
     )
     parser.add_argument(
         "--keys",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         help="Fluxgate keys the connections submit with, round robin (default 1)",
     )
@@ -150,7 +136,7 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         default=100,
         help="POSTs sent to each side before measuring, not counted (default 100)",
     )
-    parser.add_argument("--size", type=_size, default=(512, 512), help="WxH (default 512x512)")
+    parser.add_argument("--size", type=image_size, default=(512, 512), help="WxH (default 512x512)")
     parser.add_argument(
         "--no-sim-cache",
         dest="simulator_cache",

@@ -106,7 +106,7 @@ class Options:
         return math.ceil(self.jobs / self.slots) * self.latency
 
 
-def _size(text: str) -> tuple[int, int]:
+def image_size(text: str) -> tuple[int, int]:
     try:
         width, height = (int(part) for part in text.lower().split("x"))
     except ValueError:
@@ -122,7 +122,7 @@ def _setting(text: str) -> tuple[str, str]:
     return f"FLUXGATE_{name}", value
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
@@ -135,7 +135,7 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         description="Drive N jobs through the real Fluxgate stack against the simulator.",
     )
     parser.add_argument(
-        "--jobs", type=_positive_int, default=500, help="jobs to submit (default 500)"
+        "--jobs", type=positive_int, default=500, help="jobs to submit (default 500)"
     )
     parser.add_argument(
         "--latency",
@@ -145,20 +145,20 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     )
     parser.add_argument(
         "--concurrency",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="worker --concurrency (default: not passed, the worker runs its default of 64)",
     )
     parser.add_argument(
-        "--workers", type=_positive_int, default=1, help="worker processes (default 1)"
+        "--workers", type=positive_int, default=1, help="worker processes (default 1)"
     )
     parser.add_argument(
         "--submitters",
-        type=_positive_int,
+        type=positive_int,
         default=16,
         help="client threads submitting (default 16)",
     )
-    parser.add_argument("--size", type=_size, default=(512, 512), help="WxH (default 512x512)")
+    parser.add_argument("--size", type=image_size, default=(512, 512), help="WxH (default 512x512)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
         "--warmup",
