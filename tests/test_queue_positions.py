@@ -71,10 +71,9 @@ def key_id(sessions: sessionmaker[Session]) -> str:
     return key.id
 
 
-def job(session: Session, key_id: str, **values: Any) -> Job:
-    """A queued job as the ORM stores it (its ticket taken by the INSERT), not yet flushed."""
-    price_id = session.scalars(select(Price.id).where(Price.model == "flux-2-klein-4b")).first()
-    fields: dict[str, Any] = {
+def job_fields(key_id: str, price_id: int, **values: Any) -> dict[str, Any]:
+    """A queued 256x256 klein job's columns, ``values`` over them."""
+    return {
         "id": new_id("job"),
         "api_key_id": key_id,
         "status": QUEUED,
@@ -89,7 +88,15 @@ def job(session: Session, key_id: str, **values: Any) -> Job:
         "output_tiles": 1,
         **values,
     }
-    return Job(**fields)
+
+
+def klein_price_id(session: Session) -> int:
+    return session.scalars(select(Price.id).where(Price.model == "flux-2-klein-4b")).one()
+
+
+def job(session: Session, key_id: str, **values: Any) -> Job:
+    """A queued job as the ORM stores it (its ticket taken by the INSERT), not yet flushed."""
+    return Job(**job_fields(key_id, klein_price_id(session), **values))
 
 
 def seed(engine: Engine, key_id: str, statuses: Sequence[str]) -> None:
@@ -97,25 +104,18 @@ def seed(engine: Engine, key_id: str, statuses: Sequence[str]) -> None:
     apart), in one statement; then the planner's statistics."""
     start = int(datetime(2026, 1, 1, tzinfo=UTC).timestamp() * 1000)
     with Session(engine) as session:
-        price_id = session.scalars(select(Price.id).where(Price.model == "flux-2-klein-4b")).one()
+        price_id = klein_price_id(session)
         session.execute(
             insert(Job),
             [
-                {
-                    "id": id_floor("job", start + n),
-                    "seq": n + 1,
-                    "api_key_id": key_id,
-                    "status": status,
-                    "model": "flux-2-klein-4b",
-                    "prompt": "seeded",
-                    "width": 256,
-                    "height": 256,
-                    "steps": 4,
-                    "price_id": price_id,
-                    "estimated_nanos": 1,
-                    "input_tiles": 0,
-                    "output_tiles": 1,
-                }
+                job_fields(
+                    key_id,
+                    price_id,
+                    id=id_floor("job", start + n),
+                    seq=n + 1,
+                    status=status,
+                    prompt="seeded",
+                )
                 for n, status in enumerate(statuses)
             ],
         )
