@@ -5,7 +5,6 @@ backlog (the statements' plans, not their timings)."""
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -17,38 +16,29 @@ import pytest
 from sqlalchemy import Engine, event, insert, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.billing.models import Price
-from app.core.db import make_engine
 from app.core.ids import id_floor, new_id
-from app.core.migrate import upgrade_to_head
-from app.core.settings import normalize_database_url
 from app.jobs import service
-from app.jobs.models import Job, JobStatus
+from app.jobs.models import Job
 from app.jobs.schemas import EXACT_POSITIONS
 from app.jobs.service import JobFilters
 from app.keys.models import ApiKey
-from tests.harness.claims import postgres_database
+from tests.harness.schema import (
+    QUEUED,
+    job_fields,
+    klein_price_id,
+    migrated_engine,
+    plan_postgresql,
+    plan_sqlite,
+    statements,
+)
 
-QUEUED = JobStatus.QUEUED.value
 COVERING = "SEARCH jobs USING COVERING INDEX ix_jobs_status_seq "
 
 
 @pytest.fixture(params=["postgres", "sqlite"])
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    """An engine on a new database built by the migrations."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'positions.db'}"
-        upgrade_to_head(url)
-        built = make_engine(url)
+    with migrated_engine(request.param, tmp_path) as built:
         yield built
-        built.dispose()
-        return
-    with postgres_database() as plain:
-        url = normalize_database_url(plain)
-        upgrade_to_head(url)
-        built = make_engine(url)
-        yield built
-        built.dispose()
 
 
 @pytest.fixture
@@ -69,29 +59,6 @@ def key_id(sessions: sessionmaker[Session]) -> str:
         )
         session.add(key)
     return key.id
-
-
-def job_fields(key_id: str, price_id: int, **values: Any) -> dict[str, Any]:
-    """A queued 256x256 klein job's columns, ``values`` over them."""
-    return {
-        "id": new_id("job"),
-        "api_key_id": key_id,
-        "status": QUEUED,
-        "model": "flux-2-klein-4b",
-        "prompt": "waiting",
-        "width": 256,
-        "height": 256,
-        "steps": 4,
-        "price_id": price_id,
-        "estimated_nanos": 1,
-        "input_tiles": 0,
-        "output_tiles": 1,
-        **values,
-    }
-
-
-def klein_price_id(session: Session) -> int:
-    return session.scalars(select(Price.id).where(Price.model == "flux-2-klein-4b")).one()
 
 
 def job(session: Session, key_id: str, **values: Any) -> Job:
@@ -238,38 +205,6 @@ def test_jobs_being_submitted_at_once_are_told_distinct_positions(
         first.rollback()
         second.rollback()
     assert told == (2, 3)
-
-
-def statements(engine: Engine) -> tuple[list[tuple[str, Any]], Any]:
-    """The statements the engine runs while recording, and the listener to remove."""
-    seen: list[tuple[str, Any]] = []
-
-    def record(
-        _conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool
-    ) -> None:
-        seen.append((statement, parameters))
-
-    event.listen(engine, "before_cursor_execute", record)
-    return seen, record
-
-
-def plan_postgresql(engine: Engine, statement: str, parameters: Any) -> list[dict[str, Any]]:
-    """Every node of the statement's plan."""
-    with engine.connect() as connection:
-        raw = connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {statement}", parameters).scalar()
-    root = raw if isinstance(raw, list) else json.loads(raw)
-    nodes, todo = [], [root[0]["Plan"]]
-    while todo:
-        node = todo.pop()
-        nodes.append(node)
-        todo += node.get("Plans", [])
-    return nodes
-
-
-def plan_sqlite(engine: Engine, statement: str, parameters: Any) -> list[str]:
-    with engine.connect() as connection:
-        rows = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
-        return [row[-1] for row in rows]
 
 
 def test_a_position_is_two_index_range_reads_whatever_the_backlog(
