@@ -22,6 +22,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 if not __package__:
     # Run as ``python bench/queue_position.py``: ``bench`` and ``tests`` are in the root.
@@ -38,6 +39,7 @@ from app.jobs.models import Job, JobStatus
 from app.jobs.service import queue_positions
 from tests.harness.claims import postgres_database
 
+Answer = TypeVar("Answer")
 OUT_OF_TURN = 2_000  # the first queued jobs, among which one in ten left the queue
 
 SEED = """
@@ -95,20 +97,20 @@ def seed(engine: Engine, *, queued: int, finished: int) -> None:
 
 
 def timed(
-    engine: Engine, way: Callable[..., dict[str, int]], jobs: Sequence[Job], runs: int
-) -> tuple[float, dict[str, int]]:
+    engine: Engine, way: Callable[..., Answer], jobs: Sequence[Job], runs: int
+) -> tuple[float, Answer]:
     """The median milliseconds of ``way`` over ``runs`` (after one warm-up), and its answer."""
     samples = []
-    answer: dict[str, int] = {}
     # One connection throughout: no pool check-out (nor its ping) in the figures.
     with engine.connect() as connection, Session(bind=connection) as session:
-        for run in range(runs + 1):
+        answer = way(session, jobs=jobs)  # the warm-up
+        session.rollback()
+        for _ in range(runs):
             started = time.perf_counter()
             answer = way(session, jobs=jobs)
             spent = time.perf_counter() - started
             session.rollback()
-            if run:
-                samples.append(spent * 1000)
+            samples.append(spent * 1000)
     return statistics.median(samples), answer
 
 

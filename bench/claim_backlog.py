@@ -1,0 +1,110 @@
+"""Claim benchmark: what choosing the fairest due jobs costs a worker's claim with a large
+backlog, the grouping of every due job (before 0017) against the skip scan of the queued jobs
+by key (``app.jobs.execution.fairest_candidates``).
+
+A database built by the migrations (a new PostgreSQL database through the test harness, and/or
+a SQLite file) is seeded as ``bench/queue_position.py`` seeds it: F finished jobs, then Q
+queued, one key. Then, in this process, each way is timed (median of R runs, after one
+warm-up) and their answers compared.
+
+    .venv/bin/python bench/claim_backlog.py [--queued 100000] [--finished 100000] [--runs 20]
+        [--backend both|postgres|sqlite]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime
+from pathlib import Path
+
+if not __package__:
+    # Run as ``python bench/claim_backlog.py``: ``bench`` and ``tests`` are in the root.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
+
+from app.core.db import make_engine
+from app.core.migrate import upgrade_to_head
+from app.core.orm import utcnow
+from app.jobs.execution import CANDIDATES_PER_KEY, fairest_candidates
+from app.jobs.models import Job, JobStatus
+from bench.queue_position import database, log, seed, timed
+
+
+def grouped_candidates(session: Session, *, now: datetime) -> list[str]:
+    """Before 0017: every due job grouped by key, on each claim."""
+    due = (Job.status == JobStatus.QUEUED, or_(Job.not_before.is_(None), Job.not_before <= now))
+    running = (
+        select(Job.api_key_id, func.count().label("running"))
+        .where(Job.status == JobStatus.RUNNING)
+        .group_by(Job.api_key_id)
+        .subquery()
+    )
+    heads = (
+        select(Job.api_key_id, func.min(Job.id).label("head"), func.count().label("waiting"))
+        .where(*due)
+        .group_by(Job.api_key_id)
+        .subquery()
+    )
+    fairest_key = (
+        select(heads.c.api_key_id)
+        .outerjoin(running, running.c.api_key_id == heads.c.api_key_id)
+        .order_by(func.coalesce(running.c.running, 0), heads.c.waiting, heads.c.head)
+        .limit(1)
+        .scalar_subquery()
+    )
+    return list(
+        session.scalars(
+            select(Job.id)
+            .where(Job.api_key_id == fairest_key, *due)
+            .order_by(Job.id)
+            .limit(CANDIDATES_PER_KEY)
+        )
+    )
+
+
+def measure(url: str, *, queued: int, finished: int, runs: int) -> str:
+    upgrade_to_head(url)
+    engine = make_engine(url)
+    try:
+        seed(engine, queued=queued, finished=finished)
+        now = utcnow()
+
+        def old(session: Session, **_: object) -> list[str]:
+            return grouped_candidates(session, now=now)
+
+        def new(session: Session, **_: object) -> list[str]:
+            return fairest_candidates(session, now=now)
+
+        old_ms, old_answer = timed(engine, old, (), runs)
+        new_ms, new_answer = timed(engine, new, (), runs)
+        same = "yes" if old_answer == new_answer else "NO"
+        return f"| {engine.dialect.name} | {old_ms:.2f} ms | {new_ms:.2f} ms | {same} |"
+    finally:
+        engine.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--queued", type=int, default=100_000)
+    parser.add_argument("--finished", type=int, default=100_000)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--backend", choices=["both", "postgres", "sqlite"], default="both")
+    args = parser.parse_args()
+    backends = ["postgres", "sqlite"] if args.backend == "both" else [args.backend]
+    rows = []
+    for backend in backends:
+        log(f"{backend}:")
+        with database(backend) as url:
+            rows.append(measure(url, queued=args.queued, finished=args.finished, runs=args.runs))
+    print(f"{args.queued} queued behind {args.finished} finished, median of {args.runs} runs")
+    print()
+    print("| backend | grouping every due job (old) | skip scan by key (new) | same jobs |")
+    print("|---|---|---|---|")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
