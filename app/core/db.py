@@ -65,6 +65,7 @@ def _watch_pool(engine: Engine) -> None:
     overflow = getattr(pool, "overflow", None)
 
     def checked_out(*_args: Any) -> None:
+        metrics.DB_CHECKOUTS.inc()
         metrics.DB_POOL_IN_USE.inc()
         if overflow is not None:
             metrics.DB_POOL_OVERFLOW.set(max(0, overflow()))

@@ -120,6 +120,10 @@ RETENTION_DELETED_BYTES = Counter(
 
 # --- The database ---
 DB_STATEMENTS = Counter("fluxgate_db_statements", "SQL statements this process has sent.")
+DB_CHECKOUTS = Counter(
+    "fluxgate_db_checkouts",
+    "Connections this process has taken from its pool, one per unit of work.",
+)
 DB_POOL_IN_USE = Gauge(
     "fluxgate_db_pool_connections_in_use",
     "Pooled database connections checked out now.",
