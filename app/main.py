@@ -39,6 +39,7 @@ from app.jobs import routes as job_routes
 from app.jobs import watching
 from app.jobs.backlog import BacklogCollector
 from app.keys import routes as key_routes
+from app.keys.known import KnownKeys
 from app.openai_compat import routes as openai_routes
 from app.openai_compat.schemas import OPENAI_PREFIX
 from app.openai_compat.service import OPENAI_PARAMS
@@ -227,6 +228,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.backends = pieces
     app.state.watch = watching.Watch(hub, public_url=settings.public_url)
+    app.state.known_keys = KnownKeys()
     # With a metrics port, `fluxgate api` serves them there, and not here.
     app.state.metrics = (
         api_registry(settings, [BacklogCollector()]) if settings.metrics_port is None else None

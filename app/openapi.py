@@ -38,7 +38,7 @@ def inferred_statuses(route: RouteContext) -> set[int]:
     # The protocol's bounds on the request head, and the text rule on any query string.
     statuses = {408, 422, 431}
     calls = set(_calls(route.dependant))
-    if get_api_key in calls:
+    if get_api_key in calls or get_submitter in calls:
         statuses.add(401)
     if require_admin in calls:
         statuses.add(403)

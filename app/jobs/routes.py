@@ -21,6 +21,7 @@ from app.jobs.service import JobFilters, JobSubmission, parse_submission
 from app.jobs.timings import server_timing
 from app.jobs.watching import WatchDep
 from app.keys.deps import AdminKeyDep, ApiKeyDep, SubmitterDep
+from app.keys.service import live_key
 
 logger = logging.getLogger("fluxgate.api")
 
@@ -85,7 +86,7 @@ def _json(body: bytes, status: int, headers: dict[str, str]) -> Response:
 )
 async def submit_job(
     request: Request,
-    api_key: SubmitterDep,
+    submitter: SubmitterDep,
     body: JobBodyDep,
     session: SessionDep,
     watch: WatchDep,
@@ -109,7 +110,7 @@ async def submit_job(
     accepted = await run_in_threadpool(
         lambda: submission.submit(
             session,
-            api_key=api_key,
+            submitter=submitter,
             submissions=[body],
             public_url=settings.public_url,
             idempotency_key=idempotency_key,
@@ -284,8 +285,10 @@ def get_image(
     summary="Price a job without running it (counts against the key's submissions a minute)",
     tags=["billing"],
 )
-def quote(_submitter: SubmitterDep, body: JobBodyDep, session: SessionDep) -> JobCost:
+def quote(submitter: SubmitterDep, body: JobBodyDep, session: SessionDep) -> JobCost:
     # Rate-limited like a submission, and checked before the body is read: a quote decodes
-    # its input images just as a submission does.
+    # its input images just as a submission does. Refused once the key is revoked, as a
+    # submission is.
+    live_key(session, key_id=submitter.id)
     priced = service.quote(session, submission=body)
     return cost_out(priced.cost)

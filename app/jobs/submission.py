@@ -19,7 +19,8 @@ from app.jobs import idempotency, service
 from app.jobs.models import Job
 from app.jobs.schemas import JobOut
 from app.jobs.service import JobSubmission
-from app.keys.models import ApiKey
+from app.keys.known import Submitter
+from app.keys.service import live_key
 
 
 @dataclass(frozen=True)
@@ -36,11 +37,12 @@ def _answer(session: Session, jobs: Sequence[Job], public_url: str | None) -> Ac
 
 
 def create_jobs(
-    session: Session, *, api_key: ApiKey, submissions: Sequence[JobSubmission]
+    session: Session, *, submitter: Submitter, submissions: Sequence[JobSubmission]
 ) -> list[str]:
     """Create one job per submission and commit, for routes whose answer is not the Job (the
     OpenAI endpoints wait for the images): nothing is rendered, so no queue position is
     computed. The ids of the jobs, in order."""
+    api_key = live_key(session, key_id=submitter.id)
     jobs = [
         service.create_job(session, api_key=api_key, submission=submission)
         for submission in submissions
@@ -52,7 +54,7 @@ def create_jobs(
 def submit(
     session: Session,
     *,
-    api_key: ApiKey,
+    submitter: Submitter,
     submissions: Sequence[JobSubmission],
     public_url: str | None,
     idempotency_key: str | None = None,
@@ -60,7 +62,9 @@ def submit(
     """Create one job per submission, render the answer, commit (the outbox then sends the
     jobs to the broker; nothing after the commit may fail the request: the jobs are accepted).
     With an ``idempotency_key`` (one submission only), a repeat returns the first request's
-    job. ``public_url``: for the links in the answer."""
+    job. ``public_url``: for the links in the answer. The key is read again first: one revoked
+    since it was authenticated is refused (401)."""
+    api_key = live_key(session, key_id=submitter.id)
     if idempotency_key is None:
         jobs = [
             service.create_job(session, api_key=api_key, submission=submission)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.core import logs
@@ -14,11 +15,13 @@ from app.core.errors import Forbidden, Unauthorized
 from app.core.orm import utcnow
 from app.http.deps import SessionDep
 from app.keys import limits
+from app.keys.known import KnownKeys, Submitter
 from app.keys.models import ApiKey
-from app.keys.service import authenticate
+from app.keys.service import InvalidApiKey, authenticate
 
 
-def get_api_key(request: Request, session: SessionDep) -> ApiKey:
+def _presented(request: Request) -> str:
+    """The key the request presents (401 without one)."""
     header = request.headers.get("authorization", "")
     scheme, _, presented = header.partition(" ")
     if not header:
@@ -27,16 +30,20 @@ def get_api_key(request: Request, session: SessionDep) -> ApiKey:
             code="missing_api_key",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    api_key = (
-        authenticate(session, presented=presented.strip()) if scheme.lower() == "bearer" else None
-    )
+    return presented.strip() if scheme.lower() == "bearer" else ""
+
+
+def _authenticated(session: Session, presented: str) -> ApiKey:
+    """The live key presented (401 if none), its read ended so no connection stays held."""
+    api_key = authenticate(session, presented=presented)
     if api_key is None:
-        raise Unauthorized(
-            "the API key is not valid or has been revoked",
-            code="invalid_api_key",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        raise InvalidApiKey()
     end_read(session)
+    return api_key
+
+
+def get_api_key(request: Request, session: SessionDep) -> ApiKey:
+    api_key = _authenticated(session, _presented(request))
     # From here on the request's log lines (its access line too) carry the key's id.
     logs.bind(key_id=api_key.id)
     return api_key
@@ -54,16 +61,30 @@ def require_admin(api_key: ApiKeyDep) -> ApiKey:
 AdminKeyDep = Annotated[ApiKey, Depends(require_admin)]
 
 
-async def get_submitter(request: Request, api_key: ApiKeyDep) -> ApiKey:
+async def get_submitter(request: Request, session: SessionDep) -> Submitter:
     """The caller, once this submission fits its per-minute limit (else 429). The count is
-    kept even if the submission is refused later; a key without a limit counts nothing, and
-    skips the thread-pool hop the count's blocking I/O needs."""
-    if api_key.rate_limit_per_minute is not None:
+    kept even if the submission is refused later; a key without a limit counts nothing.
+
+    A key this process authenticated in the last seconds is taken from memory (app/keys/
+    known.py): the submission's own transaction reads its row again and refuses it if it has
+    been revoked since (:func:`app.keys.service.live_key`), so a submission costs one
+    transaction, not two."""
+    presented = _presented(request)
+    known: KnownKeys = request.app.state.known_keys
+    submitter = known.get(presented)
+    if submitter is None:
+        api_key = await run_in_threadpool(_authenticated, session, presented)
+        submitter = known.remember(presented, api_key)
+    logs.bind(key_id=submitter.id)
+    limit = submitter.rate_limit_per_minute
+    if limit is not None:
         counter: limits.RateCounter = request.app.state.backends.rate_counter
         await run_in_threadpool(
-            limits.check_submission_rate, counter, api_key=api_key, now=utcnow()
+            lambda: limits.check_submission_rate(
+                counter, key_id=submitter.id, limit=limit, now=utcnow()
+            )
         )
-    return api_key
+    return submitter
 
 
-SubmitterDep = Annotated[ApiKey, Depends(get_submitter)]
+SubmitterDep = Annotated[Submitter, Depends(get_submitter)]

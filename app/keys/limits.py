@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from app.core import metrics
 from app.core.db import rows_affected, session_scope
 from app.core.errors import FluxgateError
-from app.keys.models import ApiKey, RateWindow
+from app.keys.models import RateWindow
 
 
 class RateLimited(FluxgateError):
@@ -73,13 +73,10 @@ class DatabaseRateCounter:
         return rows_affected(counted) == 1
 
 
-def check_submission_rate(counter: RateCounter, *, api_key: ApiKey, now: datetime) -> None:
-    """Count a submission against the key's per-minute limit; 429 once it is used up."""
-    limit = api_key.rate_limit_per_minute
-    if limit is None:
-        return
+def check_submission_rate(counter: RateCounter, *, key_id: str, limit: int, now: datetime) -> None:
+    """Count a submission against the key's per-minute ``limit``; 429 once it is used up."""
     window = now.replace(second=0, microsecond=0)
-    if not counter.count(key_id=api_key.id, window=window, limit=limit):
+    if not counter.count(key_id=key_id, window=window, limit=limit):
         wait = max(1, int((window + timedelta(minutes=1) - now).total_seconds() + 0.999))
         metrics.SUBMISSIONS_REFUSED.labels("rate_limit_per_minute").inc()
         raise RateLimited(

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, aliased
 
 from app.billing import budgets
 from app.core.db import rows_affected
-from app.core.errors import Conflict, NotFound
+from app.core.errors import Conflict, NotFound, Unauthorized
 from app.core.ids import new_id
 from app.core.orm import utcnow
 from app.jobs import accounting
@@ -81,6 +81,15 @@ def create_key_as(session: Session, *, spec: KeyCreate) -> CreatedKey:
     )
 
 
+class InvalidApiKey(Unauthorized):
+    code = "invalid_api_key"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the API key is not valid or has been revoked", headers={"WWW-Authenticate": "Bearer"}
+        )
+
+
 def authenticate(session: Session, *, presented: str) -> ApiKey | None:
     """The live key matching ``presented``, or ``None``."""
     if not presented.startswith(KEY_PREFIX):
@@ -92,6 +101,16 @@ def authenticate(session: Session, *, presented: str) -> ApiKey | None:
     # The lookup is by hash already; compare again in constant time as a second guard.
     if not hmac.compare_digest(api_key.key_hash, digest):
         return None
+    return api_key
+
+
+def live_key(session: Session, *, key_id: str) -> ApiKey:
+    """The key as it is now, in this transaction; :class:`InvalidApiKey` once it has been
+    revoked. How a submission authenticated from memory (app/keys/known.py) is checked again
+    in its own transaction."""
+    api_key = session.get(ApiKey, key_id)
+    if api_key is None or api_key.revoked_at is not None:
+        raise InvalidApiKey()
     return api_key
 
 
@@ -127,8 +146,9 @@ def rotate_webhook_secret(session: Session, *, key_id: str, grace_seconds: int) 
 
 
 def revoke_key(session: Session, *, key_id: str) -> ApiKey:
-    """From the next request on, the key is refused (nothing caches keys). The last active
-    admin key cannot be revoked (409): nobody could manage keys any more."""
+    """From the next request on, the key is refused (a submission authenticated from memory
+    reads the key again: :func:`live_key`). The last active admin key cannot be revoked
+    (409): nobody could manage keys any more."""
     api_key = get_key(session, key_id=key_id)
     if api_key.revoked_at is not None:
         return api_key

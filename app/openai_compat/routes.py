@@ -22,7 +22,7 @@ from app.jobs import submission, watching
 from app.jobs.models import Job, JobStatus
 from app.jobs.watching import Watch, WatchDep
 from app.keys.deps import SubmitterDep
-from app.keys.models import ApiKey
+from app.keys.known import Submitter
 from app.openai_compat import service
 from app.openai_compat.schemas import (
     OPENAI_PREFIX,
@@ -45,7 +45,7 @@ class ImagesCall:
     request: Request
     response: Response
     body: RequestBody
-    api_key: ApiKey
+    submitter: Submitter
     session: Session
     watch: Watch
     settings: Settings
@@ -54,20 +54,22 @@ class ImagesCall:
 async def images_call(
     request: Request,
     response: Response,
-    api_key: SubmitterDep,
+    submitter: SubmitterDep,
     session: SessionDep,
     watch: WatchDep,
     settings: SettingsDep,
 ) -> ImagesCall:
     body = await read_body(request, max_file_bytes=settings.input_image_max_bytes)
-    return ImagesCall(request, response, body, api_key, session, watch, settings)
+    return ImagesCall(request, response, body, submitter, session, watch, settings)
 
 
 ImagesCallDep = Annotated[ImagesCall, Depends(images_call)]
 
 
-def _create_jobs(session: Session, api_key: ApiKey, parsed: service.ImagesRequest) -> list[str]:
-    return submission.create_jobs(session, api_key=api_key, submissions=parsed.submissions)
+def _create_jobs(
+    session: Session, submitter: Submitter, parsed: service.ImagesRequest
+) -> list[str]:
+    return submission.create_jobs(session, submitter=submitter, submissions=parsed.submissions)
 
 
 def _states(session: Session, job_ids: Sequence[str]) -> tuple[dict[str, Job], str]:
@@ -99,7 +101,7 @@ async def _wait(call: ImagesCall, job_ids: Sequence[str], timeout: float) -> lis
 
 async def _run(call: ImagesCall, parsed: service.ImagesRequest) -> dict[str, Any]:
     request, session, settings = call.request, call.session, call.settings
-    job_ids = await run_in_threadpool(_create_jobs, session, call.api_key, parsed)
+    job_ids = await run_in_threadpool(_create_jobs, session, call.submitter, parsed)
     jobs = await _wait(call, job_ids, settings.openai_wait_seconds)
     if not any(job.status == JobStatus.SUCCEEDED for job in jobs):
         failed = jobs[0]
