@@ -11,13 +11,13 @@ from starlette.concurrency import run_in_threadpool
 from app.core.db import end_read
 from app.core.errors import error_responses
 from app.core.images import in_format
-from app.http.body import StrictJSONRoute, read_body
+from app.http.body import RequestBody, StrictJSONRoute, read_body
 from app.http.deps import SessionDep, SettingsDep
 from app.http.sse import EventStreamResponse
 from app.jobs import service, submission, watching
 from app.jobs.models import FINAL_STATUSES
 from app.jobs.schemas import AdminJobList, JobCost, JobList, JobOut, cost_out
-from app.jobs.service import JobFilters, JobSubmission, parse_submission
+from app.jobs.service import JobFilters, parse_submission
 from app.jobs.timings import server_timing
 from app.jobs.watching import WatchDep
 from app.keys.deps import AdminKeyDep, ApiKeyDep, SubmitterDep
@@ -39,13 +39,14 @@ _JOB_BODY_DOC: dict[str, Any] = {
 }
 
 
-async def job_body(request: Request, settings: SettingsDep) -> JobSubmission:
-    body = await read_body(request, max_file_bytes=settings.input_image_max_bytes)
-    # Validation and image decoding are CPU work on untrusted bytes: off the event loop.
-    return await run_in_threadpool(parse_submission, body, settings)
+async def job_body(request: Request, settings: SettingsDep) -> RequestBody:
+    """The job's body, read within its bounds but not yet validated: validation and image
+    decoding are CPU work on untrusted bytes, done off the event loop in the route's own
+    thread-pool hop (``parse_submission``), before its transaction takes a connection."""
+    return await read_body(request, max_file_bytes=settings.input_image_max_bytes)
 
 
-JobBodyDep = Annotated[JobSubmission, Depends(job_body)]
+JobBodyDep = Annotated[RequestBody, Depends(job_body)]
 
 
 # Each Server-Sent Event: the Job as JSON data. As the stream's schema, since OpenAPI 3.1 has
@@ -111,7 +112,7 @@ async def submit_job(
         lambda: submission.submit(
             session,
             submitter=submitter,
-            submissions=[body],
+            submissions=[parse_submission(body, settings)],
             public_url=settings.public_url,
             idempotency_key=idempotency_key,
         )
@@ -285,10 +286,13 @@ def get_image(
     summary="Price a job without running it (counts against the key's submissions a minute)",
     tags=["billing"],
 )
-def quote(submitter: SubmitterDep, body: JobBodyDep, session: SessionDep) -> JobCost:
+def quote(
+    submitter: SubmitterDep, body: JobBodyDep, session: SessionDep, settings: SettingsDep
+) -> JobCost:
     # Rate-limited like a submission, and checked before the body is read: a quote decodes
     # its input images just as a submission does. Refused once the key is revoked, as a
     # submission is.
+    parsed = parse_submission(body, settings)
     live_key(session, key_id=submitter.id)
-    priced = service.quote(session, submission=body)
+    priced = service.quote(session, submission=parsed)
     return cost_out(priced.cost)
