@@ -267,10 +267,11 @@ def _stored(image: JobImage) -> bytes:
     return image.data
 
 
-def _update_attempt(session: Session, claim: Claim, **values: object) -> bool:
+def _update_attempt(session: Session, claim: Claim, **values: object) -> Job | None:
     """Apply ``values`` only if the job is still in the attempt this claim made (nobody swept
-    or finished it since); whether it was."""
-    result = session.execute(
+    or finished it since): the job as the update left it (returned by it, not read again), or
+    ``None`` if this attempt lost."""
+    return session.scalars(
         update(Job)
         .where(
             Job.id == claim.job_id,
@@ -278,9 +279,9 @@ def _update_attempt(session: Session, claim: Claim, **values: object) -> bool:
             Job.attempts == claim.attempt,
         )
         .values(**values)
+        .returning(Job)
         .execution_options(synchronize_session=False)
-    )
-    return rows_affected(result) == 1
+    ).one_or_none()
 
 
 def finish_succeeded(
@@ -295,7 +296,7 @@ def finish_succeeded(
 ) -> bool:
     """Store the image, the charge and the status together; ``False`` if this attempt lost.
     ``public_url``: for the links in the job's webhook event."""
-    won = _update_attempt(
+    job = _update_attempt(
         session,
         claim,
         status=JobStatus.SUCCEEDED,
@@ -308,10 +309,9 @@ def finish_succeeded(
         error_message=None,
         error_upstream_code=None,
     )
-    if not won:
+    if job is None:
         return False
     _record_attempt(session, claim, outcome="succeeded", upstream_ms=upstream_ms, http_status=200)
-    job = session.get_one(Job, claim.job_id, populate_existing=True)
     session.add(
         JobImage(
             job_id=job.id,
@@ -412,13 +412,13 @@ def schedule_retry(
         # Kept for operators; the Job shows an error only once it has failed.
         **_attempt_error(error),
     )
-    if queued:
+    if queued is not None:
         _record_failed_attempt(session, claim, outcome="retrying", error=error)
         model = catalog.model_name(claim.request.upstream_model)
         outbox.add(session, outbox.Counted(metrics.JOB_RETRIES, (model, call_outcome(error))))
         job_changed(session, job_id=claim.job_id, status=JobStatus.QUEUED)
         outbox.add(session, outbox.ForwardJob(claim.job_id, countdown=delay_seconds))
-    return queued
+    return queued is not None
 
 
 def finish_failed(
@@ -434,10 +434,10 @@ def finish_failed(
         lease_expires_at=None,
         **_attempt_error(error),
     )
-    if failed:
+    if failed is not None:
         _record_failed_attempt(session, claim, outcome="failed", error=error)
-        _job_failed(session, claim.job_id, public_url=public_url)
-    return failed
+        job_ended(session, job=failed, public_url=public_url)
+    return failed is not None
 
 
 def _job_failed(session: Session, job_id: str, *, public_url: str | None) -> None:
