@@ -13,7 +13,6 @@ warm-up) and their answers compared.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -30,7 +29,7 @@ from app.core.migrate import upgrade_to_head
 from app.core.orm import utcnow
 from app.jobs.execution import CANDIDATES_PER_KEY, fairest_candidates
 from app.jobs.models import Job, JobStatus
-from bench.queue_position import database, log, seed, timed
+from bench.queue_position import backlog_args, database, log, seed, timed
 
 
 def grouped_candidates(session: Session, *, now: datetime) -> list[str]:
@@ -87,15 +86,9 @@ def measure(url: str, *, queued: int, finished: int, runs: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--queued", type=int, default=100_000)
-    parser.add_argument("--finished", type=int, default=100_000)
-    parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--backend", choices=["both", "postgres", "sqlite"], default="both")
-    args = parser.parse_args()
-    backends = ["postgres", "sqlite"] if args.backend == "both" else [args.backend]
+    args = backlog_args(__doc__.split("\n\n")[0])
     rows = []
-    for backend in backends:
+    for backend in args.backends:
         log(f"{backend}:")
         with database(backend) as url:
             rows.append(measure(url, queued=args.queued, finished=args.finished, runs=args.runs))

@@ -18,9 +18,8 @@ import argparse
 import contextlib
 import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -34,10 +33,9 @@ from sqlalchemy.orm import Session
 import app.models  # noqa: F401  # every table, for the ORM's foreign keys
 from app.core.db import make_engine
 from app.core.migrate import upgrade_to_head
-from app.core.settings import normalize_database_url
 from app.jobs.models import Job, JobStatus
 from app.jobs.service import queue_positions
-from tests.harness.claims import postgres_database
+from tests.harness.schema import database_url
 
 Answer = TypeVar("Answer")
 OUT_OF_TURN = 2_000  # the first queued jobs, among which one in ten left the queue
@@ -142,26 +140,26 @@ def measure(url: str, *, queued: int, finished: int, runs: int) -> list[str]:
         engine.dispose()
 
 
-@contextlib.contextmanager
-def database(backend: str) -> Iterator[str]:
-    if backend == "postgres":
-        with postgres_database(prefix="fluxgate_bench") as url:
-            yield normalize_database_url(url)
-        return
-    with tempfile.TemporaryDirectory(prefix="fluxgate-bench-") as folder:
-        yield f"sqlite:///{folder}/positions.db"
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def backlog_args(description: str) -> argparse.Namespace:
+    """The options of the benches over a seeded backlog (this one and claim_backlog.py)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--queued", type=int, default=100_000)
     parser.add_argument("--finished", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--backend", choices=["both", "postgres", "sqlite"], default="both")
     args = parser.parse_args()
-    backends = ["postgres", "sqlite"] if args.backend == "both" else [args.backend]
+    args.backends = ["postgres", "sqlite"] if args.backend == "both" else [args.backend]
+    return args
+
+
+def database(backend: str) -> contextlib.AbstractContextManager[str]:
+    return database_url(backend, prefix="fluxgate_bench")
+
+
+def main() -> None:
+    args = backlog_args(__doc__.split("\n\n")[0])
     rows = []
-    for backend in backends:
+    for backend in args.backends:
         log(f"{backend}:")
         with database(backend) as url:
             rows += measure(url, queued=args.queued, finished=args.finished, runs=args.runs)

@@ -4,6 +4,7 @@ queued job's columns, and what the planners make of a statement."""
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,20 +25,27 @@ QUEUED = JobStatus.QUEUED.value
 
 
 @contextmanager
-def migrated_engine(backend: str, folder: Path) -> Iterator[Engine]:
-    """An engine on a new database built by the migrations: ``postgres`` (a new database,
-    dropped afterwards) or ``sqlite`` (a file in ``folder``)."""
-    if backend == "sqlite":
-        url = f"sqlite:///{folder / 'migrated.db'}"
-        upgrade_to_head(url)
-        built = make_engine(url)
-        try:
-            yield built
-        finally:
-            built.dispose()
+def database_url(
+    backend: str, folder: Path | None = None, *, prefix: str = "fluxgate_test"
+) -> Iterator[str]:
+    """The SQLAlchemy URL of a new empty database: ``postgres`` (a new database ``<prefix>_
+    <hex>``, dropped afterwards) or ``sqlite`` (a file in ``folder``, else in a temporary
+    folder)."""
+    if backend == "postgres":
+        with postgres_database(prefix=prefix) as url:
+            yield normalize_database_url(url)
         return
-    with postgres_database() as plain:
-        url = normalize_database_url(plain)
+    if folder is not None:
+        yield f"sqlite:///{folder / 'migrated.db'}"
+        return
+    with tempfile.TemporaryDirectory(prefix="fluxgate-bench-") as temporary:
+        yield f"sqlite:///{temporary}/bench.db"
+
+
+@contextmanager
+def migrated_engine(backend: str, folder: Path) -> Iterator[Engine]:
+    """An engine on a new database (:func:`database_url`) built by the migrations."""
+    with database_url(backend, folder) as url:
         upgrade_to_head(url)
         built = make_engine(url)
         try:
