@@ -58,30 +58,26 @@ WORKER_LOST_MESSAGE = "the worker running the job's attempt stopped before it en
 CLAIM_ROUNDS = 3
 
 
-def _due(now: datetime) -> tuple[ColumnElement[bool], ...]:
-    return (Job.status == JobStatus.QUEUED, or_(Job.not_before.is_(None), Job.not_before <= now))
+def _due(now: datetime | ColumnElement[datetime]) -> tuple[ColumnElement[bool], ...]:
+    """Queued, and past any retry's wait. The status is written out, not a parameter, so that
+    the planners can use ``ix_jobs_queued_key``, whose condition it is."""
+    return (
+        Job.status == literal_column(f"'{JobStatus.QUEUED.value}'"),
+        or_(Job.not_before.is_(None), Job.not_before <= now),
+    )
 
 
 def _due_in_key_order(
     now: ColumnElement[datetime], *, keys: ColumnElement[bool]
 ) -> Select[str, str]:
-    """(key, id) of the due queued jobs of the ``keys`` (a range), in the order of
-    ``ix_jobs_queued_key``, whose condition is written out (not a parameter) so that the
-    planners can use it.
+    """(key, id) of the due queued jobs (:func:`_due`) of the ``keys`` (a range), in the order
+    of ``ix_jobs_queued_key``.
 
     A range of keys, never an equality: with an equality PostgreSQL may read the primary key
     in id order instead, hoping to meet the key's jobs early, and walk the whole history first
     (160 ms a claim at 100,000 queued behind 100,000 finished). The primary key cannot give
     this order, so the partial index is read from the range's first due job."""
-    return (
-        select(Job.api_key_id, Job.id)
-        .where(
-            Job.status == literal_column(f"'{JobStatus.QUEUED.value}'"),
-            or_(Job.not_before.is_(None), Job.not_before <= now),
-            keys,
-        )
-        .order_by(Job.api_key_id, Job.id)
-    )
+    return select(Job.api_key_id, Job.id).where(*_due(now), keys).order_by(Job.api_key_id, Job.id)
 
 
 def fairest_candidates(session: Session, *, now: datetime) -> list[str]:
