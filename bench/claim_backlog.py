@@ -21,15 +21,13 @@ if not __package__:
     # Run as ``python bench/claim_backlog.py``: ``bench`` and ``tests`` are in the root.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import Engine, func, or_, select
 from sqlalchemy.orm import Session
 
-from app.core.db import make_engine
-from app.core.migrate import upgrade_to_head
 from app.core.orm import utcnow
 from app.jobs.execution import CANDIDATES_PER_KEY, fairest_candidates
 from app.jobs.models import Job, JobStatus
-from bench.queue_position import backlog_args, database, log, seed, timed
+from bench.queue_position import backlog_args, measure_each_backend, seed, timed
 
 
 def grouped_candidates(session: Session, *, now: datetime) -> list[str]:
@@ -64,34 +62,28 @@ def grouped_candidates(session: Session, *, now: datetime) -> list[str]:
     )
 
 
-def measure(url: str, *, queued: int, finished: int, runs: int) -> str:
-    upgrade_to_head(url)
-    engine = make_engine(url)
-    try:
-        seed(engine, queued=queued, finished=finished)
-        now = utcnow()
+def measure(engine: Engine, *, queued: int, finished: int, runs: int) -> list[str]:
+    seed(engine, queued=queued, finished=finished)
+    now = utcnow()
 
-        def old(session: Session, **_: object) -> list[str]:
-            return grouped_candidates(session, now=now)
+    def old(session: Session, **_: object) -> list[str]:
+        return grouped_candidates(session, now=now)
 
-        def new(session: Session, **_: object) -> list[str]:
-            return fairest_candidates(session, now=now)
+    def new(session: Session, **_: object) -> list[str]:
+        return fairest_candidates(session, now=now)
 
-        old_ms, old_answer = timed(engine, old, (), runs)
-        new_ms, new_answer = timed(engine, new, (), runs)
-        same = "yes" if old_answer == new_answer else "NO"
-        return f"| {engine.dialect.name} | {old_ms:.2f} ms | {new_ms:.2f} ms | {same} |"
-    finally:
-        engine.dispose()
+    old_ms, old_answer = timed(engine, old, (), runs)
+    new_ms, new_answer = timed(engine, new, (), runs)
+    same = "yes" if old_answer == new_answer else "NO"
+    return [f"| {engine.dialect.name} | {old_ms:.2f} ms | {new_ms:.2f} ms | {same} |"]
 
 
 def main() -> None:
     args = backlog_args(__doc__.split("\n\n")[0])
-    rows = []
-    for backend in args.backends:
-        log(f"{backend}:")
-        with database(backend) as url:
-            rows.append(measure(url, queued=args.queued, finished=args.finished, runs=args.runs))
+    rows = measure_each_backend(
+        args,
+        lambda engine: measure(engine, queued=args.queued, finished=args.finished, runs=args.runs),
+    )
     print(f"{args.queued} queued behind {args.finished} finished, median of {args.runs} runs")
     print()
     print("| backend | grouping every due job (old) | skip scan by key (new) | same jobs |")

@@ -15,7 +15,6 @@ compared (they may differ only beyond the exact window, where tickets count as t
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import sys
 import time
@@ -31,11 +30,9 @@ from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session
 
 import app.models  # noqa: F401  # every table, for the ORM's foreign keys
-from app.core.db import make_engine
-from app.core.migrate import upgrade_to_head
 from app.jobs.models import Job, JobStatus
 from app.jobs.service import queue_positions
-from tests.harness.schema import database_url
+from tests.harness.schema import migrated_engine
 
 Answer = TypeVar("Answer")
 OUT_OF_TURN = 2_000  # the first queued jobs, among which one in ten left the queue
@@ -112,32 +109,24 @@ def timed(
     return statistics.median(samples), answer
 
 
-def measure(url: str, *, queued: int, finished: int, runs: int) -> list[str]:
-    upgrade_to_head(url)
-    engine = make_engine(url)
-    try:
-        seed(engine, queued=queued, finished=finished)
-        with Session(engine, expire_on_commit=False) as session:
-            newest = list(
-                session.scalars(
-                    select(Job)
-                    .where(Job.status == JobStatus.QUEUED)
-                    .order_by(Job.id.desc())
-                    .limit(100)
-                )
+def measure(engine: Engine, *, queued: int, finished: int, runs: int) -> list[str]:
+    seed(engine, queued=queued, finished=finished)
+    with Session(engine, expire_on_commit=False) as session:
+        newest = list(
+            session.scalars(
+                select(Job).where(Job.status == JobStatus.QUEUED).order_by(Job.id.desc()).limit(100)
             )
-        lines = []
-        for label, jobs in (("newest queued job", newest[:1]), ("page of 100", newest)):
-            old_ms, old = timed(engine, ranked_positions, jobs, runs)
-            new_ms, new = timed(engine, queue_positions, jobs, runs)
-            over = max(new[job.id] - old[job.id] for job in jobs)
-            lines.append(
-                f"| {engine.dialect.name} | {label} | {old_ms:.2f} ms | {new_ms:.2f} ms "
-                f"| {old[jobs[0].id]} | {new[jobs[0].id]} | {over} |"
-            )
-        return lines
-    finally:
-        engine.dispose()
+        )
+    lines = []
+    for label, jobs in (("newest queued job", newest[:1]), ("page of 100", newest)):
+        old_ms, old = timed(engine, ranked_positions, jobs, runs)
+        new_ms, new = timed(engine, queue_positions, jobs, runs)
+        over = max(new[job.id] - old[job.id] for job in jobs)
+        lines.append(
+            f"| {engine.dialect.name} | {label} | {old_ms:.2f} ms | {new_ms:.2f} ms "
+            f"| {old[jobs[0].id]} | {new[jobs[0].id]} | {over} |"
+        )
+    return lines
 
 
 def backlog_args(description: str) -> argparse.Namespace:
@@ -152,17 +141,24 @@ def backlog_args(description: str) -> argparse.Namespace:
     return args
 
 
-def database(backend: str) -> contextlib.AbstractContextManager[str]:
-    return database_url(backend, prefix="fluxgate_bench")
+def measure_each_backend(
+    args: argparse.Namespace, measure: Callable[[Engine], list[str]]
+) -> list[str]:
+    """``measure``'s table rows on a new migrated database of each backend asked for."""
+    rows = []
+    for backend in args.backends:
+        log(f"{backend}:")
+        with migrated_engine(backend, prefix="fluxgate_bench") as engine:
+            rows += measure(engine)
+    return rows
 
 
 def main() -> None:
     args = backlog_args(__doc__.split("\n\n")[0])
-    rows = []
-    for backend in args.backends:
-        log(f"{backend}:")
-        with database(backend) as url:
-            rows += measure(url, queued=args.queued, finished=args.finished, runs=args.runs)
+    rows = measure_each_backend(
+        args,
+        lambda engine: measure(engine, queued=args.queued, finished=args.finished, runs=args.runs),
+    )
     print(f"{args.queued} queued behind {args.finished} finished, median of {args.runs} runs")
     print()
     print(

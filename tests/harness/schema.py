@@ -43,9 +43,11 @@ def database_url(
 
 
 @contextmanager
-def migrated_engine(backend: str, folder: Path) -> Iterator[Engine]:
+def migrated_engine(
+    backend: str, folder: Path | None = None, *, prefix: str = "fluxgate_test"
+) -> Iterator[Engine]:
     """An engine on a new database (:func:`database_url`) built by the migrations."""
-    with database_url(backend, folder) as url:
+    with database_url(backend, folder, prefix=prefix) as url:
         upgrade_to_head(url)
         built = make_engine(url)
         try:
