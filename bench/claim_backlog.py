@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from app.core.orm import utcnow
 from app.jobs.execution import CANDIDATES_PER_KEY, fairest_candidates
 from app.jobs.models import Job, JobStatus
-from bench.queue_position import backlog_args, measure_each_backend, seed, timed
+from bench.queue_position import run_backlog_bench, seed, timed
 
 
 def grouped_candidates(session: Session, *, now: datetime) -> list[str]:
@@ -79,16 +79,11 @@ def measure(engine: Engine, *, queued: int, finished: int, runs: int) -> list[st
 
 
 def main() -> None:
-    args = backlog_args(__doc__.split("\n\n")[0])
-    rows = measure_each_backend(
-        args,
-        lambda engine: measure(engine, queued=args.queued, finished=args.finished, runs=args.runs),
+    run_backlog_bench(
+        __doc__.split("\n\n")[0],
+        measure,
+        "| backend | grouping every due job (old) | skip scan by key (new) | same jobs |",
     )
-    print(f"{args.queued} queued behind {args.finished} finished, median of {args.runs} runs")
-    print()
-    print("| backend | grouping every due job (old) | skip scan by key (new) | same jobs |")
-    print("|---|---|---|---|")
-    print("\n".join(rows))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 if not __package__:
     # Run as ``python bench/queue_position.py``: ``bench`` and ``tests`` are in the root.
@@ -35,6 +35,13 @@ from app.jobs.service import queue_positions
 from tests.harness.schema import migrated_engine
 
 Answer = TypeVar("Answer")
+
+
+class Measure(Protocol):
+    def __call__(self, engine: Engine, *, queued: int, finished: int, runs: int) -> list[str]:
+        """Seed ``engine``'s database with the backlog, time both ways: the table's rows."""
+
+
 OUT_OF_TURN = 2_000  # the first queued jobs, among which one in ten left the queue
 
 SEED = """
@@ -129,44 +136,35 @@ def measure(engine: Engine, *, queued: int, finished: int, runs: int) -> list[st
     return lines
 
 
-def backlog_args(description: str) -> argparse.Namespace:
-    """The options of the benches over a seeded backlog (this one and claim_backlog.py)."""
+def run_backlog_bench(description: str, measure: Measure, header: str) -> None:
+    """The options of the benches over a seeded backlog (this one and claim_backlog.py), then
+    ``measure``'s rows on a new migrated database of each backend asked for, as one table under
+    ``header`` (its first line)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--queued", type=int, default=100_000)
     parser.add_argument("--finished", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--backend", choices=["both", "postgres", "sqlite"], default="both")
     args = parser.parse_args()
-    args.backends = ["postgres", "sqlite"] if args.backend == "both" else [args.backend]
-    return args
-
-
-def measure_each_backend(
-    args: argparse.Namespace, measure: Callable[[Engine], list[str]]
-) -> list[str]:
-    """``measure``'s table rows on a new migrated database of each backend asked for."""
     rows = []
-    for backend in args.backends:
+    for backend in ["postgres", "sqlite"] if args.backend == "both" else [args.backend]:
         log(f"{backend}:")
         with migrated_engine(backend, prefix="fluxgate_bench") as engine:
-            rows += measure(engine)
-    return rows
+            rows += measure(engine, queued=args.queued, finished=args.finished, runs=args.runs)
+    print(f"{args.queued} queued behind {args.finished} finished, median of {args.runs} runs")
+    print()
+    print(header)
+    print("|---" * header.count(" | ") + "|---|")
+    print("\n".join(rows))
 
 
 def main() -> None:
-    args = backlog_args(__doc__.split("\n\n")[0])
-    rows = measure_each_backend(
-        args,
-        lambda engine: measure(engine, queued=args.queued, finished=args.finished, runs=args.runs),
-    )
-    print(f"{args.queued} queued behind {args.finished} finished, median of {args.runs} runs")
-    print()
-    print(
+    run_backlog_bench(
+        __doc__.split("\n\n")[0],
+        measure,
         "| backend | asked | ranking (old) | tickets (new) | old position | new position "
-        "| most above old |"
+        "| most above old |",
     )
-    print("|---|---|---|---|---|---|---|")
-    print("\n".join(rows))
 
 
 if __name__ == "__main__":
