@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import DateTime, MetaData
+from sqlalchemy import DateTime, MetaData, Table
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
@@ -21,6 +21,14 @@ NAMING_CONVENTION = {
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def table_of(model: type[Base]) -> Table:
+    """The model's table, for a plain INSERT where the ORM's unit of work would cost more than
+    the statement (``__table__`` is typed as any FROM clause)."""
+    table = model.__table__
+    assert isinstance(table, Table), model
+    return table
 
 
 class UTCDateTime(TypeDecorator[datetime]):

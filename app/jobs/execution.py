@@ -15,11 +15,17 @@ from functools import cache
 
 from sqlalchemy import (
     CTE,
+    BindParameter,
     ColumnElement,
+    Insert,
+    Integer,
     ScalarSelect,
     Select,
+    String,
+    Update,
     bindparam,
     func,
+    insert,
     literal_column,
     or_,
     select,
@@ -31,7 +37,7 @@ from app.billing.service import record_charge
 from app.core import metrics, outbox
 from app.core.db import rows_affected
 from app.core.images import ImageInfo
-from app.core.orm import utcnow
+from app.core.orm import UTCDateTime, table_of, utcnow
 from app.jobs.models import Job, JobAttempt, JobImage, JobStatus
 from app.jobs.service import job_changed, job_ended
 from app.upstream import catalog
@@ -56,6 +62,7 @@ WAITING_COUNTED = 32
 WORKER_LOST = "worker_lost"
 WORKER_LOST_MESSAGE = "the worker running the job's attempt stopped before it ended"
 CLAIM_ROUNDS = 3
+_DATETIME = UTCDateTime()
 
 
 def _due(now: datetime | ColumnElement[datetime]) -> tuple[ColumnElement[bool], ...]:
@@ -102,7 +109,7 @@ def fairest_candidates(session: Session, *, now: datetime) -> list[str]:
 
 @cache
 def _fairest_candidates_statement() -> Select[str]:
-    now = bindparam("now", type_=Job.__table__.c.not_before.type)
+    now = bindparam("now", type_=_DATETIME)
     keys = _keys_with_due_jobs(now)
     key = keys.c.api_key_id
     # The key has a due job, so the first ones in key order are its own.
@@ -197,31 +204,12 @@ def claim(session: Session, *, job_id: str, lease_seconds: float) -> tuple[Claim
     has none."""
     now = utcnow()
     row = session.execute(
-        update(Job)
-        .where(Job.id == job_id, *_due(now))
-        .values(
-            status=JobStatus.RUNNING,
-            attempts=Job.attempts + 1,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-            started_at=func.coalesce(Job.started_at, now),
-            not_before=None,
-        )
-        .returning(
-            Job.attempts,
-            Job.api_key_id,
-            Job.model,
-            Job.prompt,
-            Job.width,
-            Job.height,
-            Job.seed,
-            Job.guidance,
-            Job.steps,
-            Job.input_image_count,
-            Job.request_id,
-            Job.traceparent,
-            Job.enqueued_at,
-        )
-        .execution_options(synchronize_session=False)
+        _claim_statement(),
+        {
+            "job_id": job_id,
+            "now": now,
+            "lease_until": now + timedelta(seconds=lease_seconds),
+        },
     ).one_or_none()
     if row is None:
         return None
@@ -257,6 +245,39 @@ def claim(session: Session, *, job_id: str, lease_seconds: float) -> tuple[Claim
     return claimed, row.enqueued_at is not None
 
 
+@cache
+def _claim_statement() -> Update:
+    """Built once, as the claim runs for every job: building it cost more than running it."""
+    now = bindparam("now", type_=_DATETIME)
+    return (
+        update(Job)
+        .where(Job.id == bindparam("job_id"), *_due(now))
+        .values(
+            status=JobStatus.RUNNING,
+            attempts=Job.attempts + 1,
+            lease_expires_at=bindparam("lease_until", type_=_DATETIME),
+            started_at=func.coalesce(Job.started_at, now),
+            not_before=None,
+        )
+        .returning(
+            Job.attempts,
+            Job.api_key_id,
+            Job.model,
+            Job.prompt,
+            Job.width,
+            Job.height,
+            Job.seed,
+            Job.guidance,
+            Job.steps,
+            Job.input_image_count,
+            Job.request_id,
+            Job.traceparent,
+            Job.enqueued_at,
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
 def _stored(image: JobImage) -> bytes:
     # Retention deletes only the images of jobs that have completed.
     assert image.data is not None, f"input image of job {image.job_id} has no bytes"
@@ -267,17 +288,33 @@ def _update_attempt(session: Session, claim: Claim, **values: object) -> Job | N
     """Apply ``values`` only if the job is still in the attempt this claim made (nobody swept
     or finished it since): the job as the update left it (returned by it, not read again), or
     ``None`` if this attempt lost."""
-    return session.scalars(
+    return session.scalars(_in_attempt(claim.job_id, claim.attempt).values(**values)).one_or_none()
+
+
+def _in_attempt(job_id: str | BindParameter[str], attempt: int | BindParameter[int]) -> Update:
+    """An update of the job that applies only while it is in this attempt; it returns the job."""
+    return (
         update(Job)
-        .where(
-            Job.id == claim.job_id,
-            Job.status == JobStatus.RUNNING,
-            Job.attempts == claim.attempt,
-        )
-        .values(**values)
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.attempts == attempt)
         .returning(Job)
         .execution_options(synchronize_session=False)
-    ).one_or_none()
+    )
+
+
+@cache
+def _succeeded_statement() -> Update:
+    """:func:`_update_attempt` for a success, built once: it runs for every job."""
+    return _in_attempt(bindparam("job_id"), bindparam("attempt")).values(
+        status=JobStatus.SUCCEEDED,
+        completed_at=bindparam("ended_at", type_=_DATETIME),
+        charged_nanos=Job.estimated_nanos,
+        lease_expires_at=None,
+        upstream_neurons=bindparam("neurons", type_=String()),
+        upstream_ms=bindparam("spent_ms", type_=Integer()),
+        error_code=None,
+        error_message=None,
+        error_upstream_code=None,
+    )
 
 
 def finish_succeeded(
@@ -292,34 +329,32 @@ def finish_succeeded(
 ) -> bool:
     """Store the image, the charge and the status together; ``False`` if this attempt lost.
     ``public_url``: for the links in the job's webhook event."""
-    job = _update_attempt(
-        session,
-        claim,
-        status=JobStatus.SUCCEEDED,
-        completed_at=utcnow(),
-        charged_nanos=Job.estimated_nanos,
-        lease_expires_at=None,
-        upstream_neurons=neurons,
-        upstream_ms=upstream_ms,
-        error_code=None,
-        error_message=None,
-        error_upstream_code=None,
-    )
+    job = session.scalars(
+        _succeeded_statement(),
+        {
+            "job_id": claim.job_id,
+            "attempt": claim.attempt,
+            "ended_at": utcnow(),
+            "neurons": neurons,
+            "spent_ms": upstream_ms,
+        },
+    ).one_or_none()
     if job is None:
         return False
     _record_attempt(session, claim, outcome="succeeded", upstream_ms=upstream_ms, http_status=200)
-    session.add(
-        JobImage(
-            job_id=job.id,
-            role="output",
-            position=0,
-            content_type=info.content_type,
-            width=info.width,
-            height=info.height,
-            size_bytes=info.size_bytes,
-            sha256=info.sha256,
-            data=image,
-        )
+    session.execute(
+        _image_insert(),
+        {
+            "job_id": job.id,
+            "role": "output",
+            "position": 0,
+            "content_type": info.content_type,
+            "width": info.width,
+            "height": info.height,
+            "size_bytes": info.size_bytes,
+            "sha256": info.sha256,
+            "data": image,
+        },
     )
     record_charge(
         session,
@@ -329,7 +364,8 @@ def finish_succeeded(
         price_id=job.price_id,
         amount_nanos=job.estimated_nanos,
     )
-    job_ended(session, job=job, public_url=public_url)
+    # The output block shows what was just checked and stored: not read back.
+    job_ended(session, job=job, public_url=public_url, output=info)
     _count_charge(session, job=job)
     return True
 
@@ -355,19 +391,33 @@ def _record_attempt(
     http_status: int | None,
     error: UpstreamError | None = None,
 ) -> None:
-    session.add(
-        JobAttempt(
-            job_id=claim.job_id,
-            number=claim.attempt,
-            started_at=claim.started_at,
-            ended_at=utcnow(),
-            outcome=outcome,
-            upstream_ms=upstream_ms,
-            http_status=http_status,
-            error_code=None if error is None else error.code,
-            upstream_code=None if error is None else error.upstream_code,
-        )
+    _insert_attempt(
+        session,
+        job_id=claim.job_id,
+        number=claim.attempt,
+        started_at=claim.started_at,
+        outcome=outcome,
+        upstream_ms=upstream_ms,
+        http_status=http_status,
+        error_code=None if error is None else error.code,
+        upstream_code=None if error is None else error.upstream_code,
     )
+
+
+def _insert_attempt(session: Session, **values: object) -> None:
+    """An attempt's row, ended now, by a plain INSERT (prepared once): a unit of work for one
+    row costs the worker more than the statement."""
+    session.execute(_attempt_insert(), {"ended_at": utcnow(), **values})
+
+
+@cache
+def _attempt_insert() -> Insert:
+    return insert(table_of(JobAttempt))
+
+
+@cache
+def _image_insert() -> Insert:
+    return insert(table_of(JobImage))
 
 
 def _record_failed_attempt(
@@ -462,18 +512,17 @@ def backoff_seconds(
 def _record_lost_attempt(session: Session, *, job_id: str, now: datetime) -> None:
     """The attempt whose worker stopped: only its lease's expiry was seen."""
     number = session.scalar(select(Job.attempts).where(Job.id == job_id))
-    session.add(
-        JobAttempt(
-            job_id=job_id,
-            number=number,
-            started_at=None,
-            ended_at=now,
-            outcome="lost",
-            upstream_ms=None,
-            http_status=None,
-            error_code=WORKER_LOST,
-            upstream_code=None,
-        )
+    _insert_attempt(
+        session,
+        job_id=job_id,
+        number=number,
+        started_at=None,
+        ended_at=now,
+        outcome="lost",
+        upstream_ms=None,
+        http_status=None,
+        error_code=WORKER_LOST,
+        upstream_code=None,
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Protocol, Self
 
 from pydantic import (
     BaseModel,
@@ -18,7 +18,7 @@ from app.billing.rules import Cost
 from app.core.errors import FluxgateError, InvalidParameter
 from app.core.money import format_usd
 from app.core.text import parse_json
-from app.jobs.models import Job, JobImage, JobStatus
+from app.jobs.models import Job, JobStatus
 from app.jobs.timings import Timings
 from app.upstream import catalog
 
@@ -327,9 +327,25 @@ def _error_out(job: Job) -> JobErrorOut:
     )
 
 
+class OutputImage(Protocol):
+    """What a Job's ``output`` block shows of its image: its stored row, or the worker's check
+    of the bytes it is storing (app/core/images.py ``ImageInfo``)."""
+
+    @property
+    def content_type(self) -> str: ...
+    @property
+    def width(self) -> int: ...
+    @property
+    def height(self) -> int: ...
+    @property
+    def size_bytes(self) -> int: ...
+    @property
+    def sha256(self) -> str: ...
+
+
 def job_out(
     job: Job,
-    image: JobImage | None,
+    image: OutputImage | None,
     position: int | None,
     timings: Timings,
     *,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -30,6 +30,7 @@ from app.jobs.schemas import (
     AdminJobOut,
     JobCreate,
     JobOut,
+    OutputImage,
     job_out,
     parse_job_create,
 )
@@ -297,12 +298,16 @@ def job_changed(session: Session, *, job_id: str, status: str, job: bytes | None
     outbox.add(session, outbox.JobChanged(job_id, status, job))
 
 
-def job_ended(session: Session, *, job: Job, public_url: str | None) -> None:
+def job_ended(
+    session: Session, *, job: Job, public_url: str | None, output: OutputImage | None = None
+) -> None:
     """Everything that follows a job's final status, in the same transaction: its budget hold
     and concurrency slot, its webhook and the notification, both with the Job as its answers
-    show it (links under ``public_url``)."""
+    show it (links under ``public_url``; ``output``: its image, when the caller has just
+    stored it)."""
     accounting.job_ended(session, job=job, succeeded=job.status == JobStatus.SUCCEEDED)
-    ended = to_job_out(session, [job], public_url=public_url)[0]
+    known = {job.id: output} if output is not None else None
+    ended = to_job_out(session, [job], public_url=public_url, outputs=known)[0]
     if job.webhook_url is not None:
         webhooks.record_event(
             session,
@@ -402,11 +407,20 @@ def queue_positions(session: Session, *, jobs: Sequence[Job]) -> dict[str, int]:
     return {job_id: seq - head + 1 - bisect_left(left, seq) for job_id, seq in tickets.items()}
 
 
-def to_job_out(session: Session, jobs: Sequence[Job], *, public_url: str | None) -> list[JobOut]:
+def to_job_out(
+    session: Session,
+    jobs: Sequence[Job],
+    *,
+    public_url: str | None,
+    outputs: Mapping[str, OutputImage] | None = None,
+) -> list[JobOut]:
     """The contract's Job for each row, its links under ``public_url`` (relative without one);
-    output metadata fetched in one query, without bytes."""
-    succeeded = [job.id for job in jobs if job.status == JobStatus.SUCCEEDED]
-    outputs: dict[str, JobImage] = {}
+    the output images' metadata given (``outputs``, by job id), the others' fetched in one
+    query, without bytes."""
+    found: dict[str, OutputImage] = dict(outputs or {})
+    succeeded = [
+        job.id for job in jobs if job.status == JobStatus.SUCCEEDED and job.id not in found
+    ]
     if succeeded:
         rows = session.scalars(
             select(JobImage)
@@ -422,13 +436,11 @@ def to_job_out(session: Session, jobs: Sequence[Job], *, public_url: str | None)
             )
             .where(JobImage.job_id.in_(succeeded), JobImage.role == "output")
         )
-        outputs = {row.job_id: row for row in rows}
+        found.update({row.job_id: row for row in rows})
     positions = queue_positions(session, jobs=jobs)
     spent = job_timings(session, jobs=jobs)
     return [
-        job_out(
-            job, outputs.get(job.id), positions.get(job.id), spent[job.id], public_url=public_url
-        )
+        job_out(job, found.get(job.id), positions.get(job.id), spent[job.id], public_url=public_url)
         for job in jobs
     ]
 
