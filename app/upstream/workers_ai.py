@@ -279,11 +279,17 @@ class WorkersAIClient:
         def elapsed_ms() -> int:
             return int((time.monotonic() - started) * 1000)
 
+        outgoing = self._http.build_request(
+            "POST", self._base + request.upstream_model, files=request.multipart()
+        )
+        # The form joined into one body: sent as it is built, it took a write per part.
+        outgoing.read()
         try:
-            with self._http.stream(
-                "POST", self._base + request.upstream_model, files=request.multipart()
-            ) as response:
+            response = self._http.send(outgoing, stream=True)
+            try:
                 raw = _read_capped(response)
+            finally:
+                response.close()
         except httpx.TimeoutException as error:
             raise UpstreamError(
                 "upstream_timeout",
