@@ -8,9 +8,10 @@ concurrent submissions can never overshoot. Services flush; the caller commits.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from sqlalchemy import update
+from sqlalchemy import select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -107,8 +108,19 @@ def settle(session: Session, *, api_key_id: str, start: datetime | None, amount_
     )
 
 
-def used_nanos(session: Session, *, api_key: ApiKey, at: datetime) -> int:
-    """What the key has used of its budget in the period ``at`` falls in: held by unfinished
-    jobs, and charged."""
-    period = session.get(BudgetPeriod, (api_key.id, period_start(api_key, at)))
-    return 0 if period is None else period.held_nanos + period.charged_nanos
+def used_nanos(session: Session, *, api_keys: Sequence[ApiKey], at: datetime) -> dict[str, int]:
+    """What each key has used of its budget in the period ``at`` falls in (held by unfinished
+    jobs, and charged), by key id: one query for all of them."""
+    periods = {api_key.id: period_start(api_key, at) for api_key in api_keys}
+    used = dict.fromkeys(periods, 0)
+    if periods:
+        found = session.scalars(
+            select(BudgetPeriod).where(
+                tuple_(BudgetPeriod.api_key_id, BudgetPeriod.period_start).in_(
+                    list(periods.items())
+                )
+            )
+        )
+        for period in found:
+            used[period.api_key_id] = period.held_nanos + period.charged_nanos
+    return used

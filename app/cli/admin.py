@@ -142,7 +142,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     from app.core.db import session_scope
     from app.core.money import format_usd
     from app.core.orm import utcnow
-    from app.keys.service import list_keys, to_key_out
+    from app.keys.service import list_keys, to_keys_out
 
     with session_scope() as session:
         # What each key was charged this calendar month (UTC), as the usage report counts it.
@@ -152,8 +152,8 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
             for row in usage.usage(session, start=start, end=end, group_by="key")
         }
         rows = []
-        for key in list_keys(session):
-            shown = to_key_out(session, key)
+        keys = list_keys(session)
+        for key, shown in zip(keys, to_keys_out(session, keys), strict=True):
             rows.append(
                 {
                     "id": key.id,

@@ -160,10 +160,11 @@ def budget_uses(session: Session, *, now: datetime) -> list[BudgetUse]:
             .order_by(ApiKey.name, ApiKey.id)
         )
     )
+    used_of = budgets.used_nanos(session, api_keys=keys, at=now)
     uses = []
     for key in keys:
         budget = key.budget_nanos or 0
-        used = budgets.used_nanos(session, api_key=key, at=now)
+        used = used_of[key.id]
         start = budgets.period_start(key, now)
         runs_out = None
         elapsed = (now - start).total_seconds()
@@ -209,7 +210,8 @@ def key_rows(session: Session, *, now: datetime) -> list[KeyRow]:
     )
     keys = session.execute(
         select(ApiKey, last_used).order_by(ApiKey.revoked_at.is_not(None), ApiKey.name, ApiKey.id)
-    ).tuples()
+    ).all()
+    used = budgets.used_nanos(session, api_keys=[key for key, _ in keys], at=now)
     charged = {
         row.group: row.jobs
         for row in usage.usage(session, start=month, end=now + timedelta(seconds=1), group_by="key")
@@ -219,7 +221,7 @@ def key_rows(session: Session, *, now: datetime) -> list[KeyRow]:
         rows.append(
             KeyRow(
                 key=key,
-                used_nanos=budgets.used_nanos(session, api_key=key, at=now),
+                used_nanos=used[key.id],
                 jobs_this_month=charged.get(key.id, 0),
                 last_used=last,
             )

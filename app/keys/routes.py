@@ -34,7 +34,7 @@ def create_key(body: KeyCreate, _admin: AdminKeyDep, session: SessionDep) -> Key
 
 @router.get("", response_model=KeyList, summary="List API keys")
 def list_keys(_admin: AdminKeyDep, session: SessionDep) -> KeyList:
-    return KeyList(data=[service.to_key_out(session, key) for key in service.list_keys(session)])
+    return KeyList(data=service.to_keys_out(session, service.list_keys(session)))
 
 
 @router.get("/{key_id}", response_model=KeyOut, summary="Get an API key")

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -179,8 +180,17 @@ def revoke_key(session: Session, *, key_id: str) -> ApiKey:
 
 
 def to_key_out(session: Session, api_key: ApiKey) -> KeyOut:
-    """The key as the API shows it, with what it has used of its budget this period and its
-    jobs queued or running."""
-    used = budgets.used_nanos(session, api_key=api_key, at=utcnow())
-    active = accounting.active_jobs(session, api_key_ids=[api_key.id])[api_key.id]
-    return key_out(api_key, budget_used_nanos=used, active_jobs=active)
+    """The key as the API shows it (see :func:`to_keys_out`)."""
+    return to_keys_out(session, [api_key])[0]
+
+
+def to_keys_out(session: Session, api_keys: Sequence[ApiKey]) -> list[KeyOut]:
+    """The keys as the API shows them, with what each has used of its budget this period and
+    its jobs queued or running: two queries however many keys."""
+    ids = [api_key.id for api_key in api_keys]
+    used = budgets.used_nanos(session, api_keys=api_keys, at=utcnow())
+    active = accounting.active_jobs(session, api_key_ids=ids)
+    return [
+        key_out(api_key, budget_used_nanos=used[api_key.id], active_jobs=active[api_key.id])
+        for api_key in api_keys
+    ]

@@ -1,0 +1,108 @@
+"""The keys as the API shows them, against databases built by the migrations, on both backends:
+each key's budget used this period and its active jobs, read for all keys at once (two
+statements for a list of keys, not two per key)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, event, insert, select
+from sqlalchemy.orm import Session
+
+from app.billing import budgets
+from app.billing.models import BudgetPeriod
+from app.core.orm import utcnow
+from app.jobs.models import Job
+from app.keys import service
+from app.keys.models import ApiKey
+from tests.harness.schema import job_fields, klein_price_id, migrated_engine, statements
+
+NANOS_PER_USD = 1_000_000_000
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    with migrated_engine(request.param, tmp_path) as built:
+        yield built
+
+
+def add_key(session: Session, name: str, *, budget_usd: int | None, period: str) -> ApiKey:
+    key = ApiKey(
+        id=f"key_{name}",
+        name=name,
+        key_hash=f"hash-{name}",
+        display_prefix="fgk_test",
+        is_admin=False,
+        webhook_secret="whsec_test",
+        budget_nanos=None if budget_usd is None else budget_usd * NANOS_PER_USD,
+        budget_period=period,
+    )
+    session.add(key)
+    return key
+
+
+def test_a_list_of_keys_reads_budgets_and_active_jobs_once(engine: Engine) -> None:
+    now = utcnow()
+    last_month = datetime(now.year - (now.month == 1), (now.month - 2) % 12 + 1, 1, tzinfo=UTC)
+    with Session(engine) as session, session.begin():
+        price_id = klein_price_id(session)
+        monthly = [add_key(session, f"m{n}", budget_usd=10, period="month") for n in range(4)]
+        total = add_key(session, "total", budget_usd=50, period="total")
+        unlimited = add_key(session, "free", budget_usd=None, period="month")
+        session.flush()
+        for n, key in enumerate([*monthly, total]):
+            start = budgets.period_start(key, now)
+            session.add(
+                BudgetPeriod(
+                    api_key_id=key.id,
+                    period_start=start,
+                    held_nanos=n * 1_000,
+                    charged_nanos=n * 1_000_000,
+                )
+            )
+        # Last month's spending is not this month's.
+        session.add(
+            BudgetPeriod(
+                api_key_id=monthly[1].id,
+                period_start=last_month,
+                held_nanos=7,
+                charged_nanos=7 * NANOS_PER_USD,
+            )
+        )
+        session.execute(
+            insert(Job),
+            [job_fields(monthly[2].id, price_id) for _ in range(3)]
+            + [job_fields(unlimited.id, price_id, status="running")]
+            + [job_fields(unlimited.id, price_id, status="succeeded")],
+        )
+
+    with Session(engine) as session:
+        keys = list(session.scalars(select(ApiKey).order_by(ApiKey.name)))
+        seen, listener = statements(engine)
+        try:
+            shown = service.to_keys_out(session, keys)
+        finally:
+            event.remove(engine, "before_cursor_execute", listener)
+
+    assert len(seen) == 2, [statement for statement, _ in seen]
+    by_name = {out.name: out for out in shown}
+    assert [out.id for out in shown] == [key.id for key in keys]
+    assert {name: out.budget_used_usd for name, out in by_name.items()} == {
+        "free": "0",
+        "m0": "0",
+        "m1": "0.001001",
+        "m2": "0.002002",
+        "m3": "0.003003",
+        "total": "0.004004",
+    }
+    assert {name: out.active_jobs for name, out in by_name.items()} == {
+        "free": 1,
+        "m0": 0,
+        "m1": 0,
+        "m2": 3,
+        "m3": 0,
+        "total": 0,
+    }
