@@ -17,9 +17,9 @@ from sqlalchemy.orm import Session
 from app.core.ids import id_floor
 from app.jobs.execution import CANDIDATES_PER_KEY, WAITING_COUNTED, fairest_candidates
 from app.jobs.models import Job, JobStatus
-from app.keys.models import ApiKey
 from tests.harness.schema import (
     job_fields,
+    key_row,
     klein_price_id,
     migrated_engine,
     plan_postgresql,
@@ -49,16 +49,7 @@ class Queue:
 
     def key(self, name: str) -> str:
         with Session(self.engine) as session, session.begin():
-            session.add(
-                ApiKey(
-                    id=f"key_{name}",
-                    name=name,
-                    key_hash=f"hash-{name}",
-                    display_prefix="fgk_test",
-                    is_admin=False,
-                    webhook_secret="whsec_test",
-                )
-            )
+            session.add(key_row(name, id=f"key_{name}"))
         return f"key_{name}"
 
     def jobs(self, key_id: str, count: int, **values: Any) -> list[str]:

@@ -19,8 +19,7 @@ from app.core import outbox
 from app.core.images import inspect_image
 from app.jobs import execution, service
 from app.jobs.models import Job, JobImage
-from app.keys.models import ApiKey
-from tests.harness.schema import job_fields, klein_price_id, migrated_engine, statements
+from tests.harness.schema import job_fields, key_row, klein_price_id, migrated_engine, statements
 
 
 @pytest.fixture(params=["postgres", "sqlite"])
@@ -37,16 +36,7 @@ def png(width: int, height: int) -> bytes:
 
 def queued_job(engine: Engine) -> str:
     with Session(engine) as session, session.begin():
-        session.add(
-            ApiKey(
-                id="key_finish",
-                name="finish",
-                key_hash="hash-finish",
-                display_prefix="fgk_test",
-                is_admin=False,
-                webhook_secret="whsec_test",
-            )
-        )
+        session.add(key_row("finish", id="key_finish"))
         fields = job_fields("key_finish", klein_price_id(session), estimated_nanos=14_000_000)
         session.execute(insert(Job), [fields])
     return str(fields["id"])

@@ -18,7 +18,7 @@ from app.core.orm import utcnow
 from app.jobs.models import Job
 from app.keys import service
 from app.keys.models import ApiKey
-from tests.harness.schema import job_fields, klein_price_id, migrated_engine, statements
+from tests.harness.schema import job_fields, key_row, klein_price_id, migrated_engine, statements
 
 NANOS_PER_USD = 1_000_000_000
 
@@ -30,13 +30,9 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
 
 
 def add_key(session: Session, name: str, *, budget_usd: int | None, period: str) -> ApiKey:
-    key = ApiKey(
+    key = key_row(
+        name,
         id=f"key_{name}",
-        name=name,
-        key_hash=f"hash-{name}",
-        display_prefix="fgk_test",
-        is_admin=False,
-        webhook_secret="whsec_test",
         budget_nanos=None if budget_usd is None else budget_usd * NANOS_PER_USD,
         budget_period=period,
     )

@@ -16,15 +16,15 @@ import pytest
 from sqlalchemy import Engine, event, insert, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.core.ids import id_floor, new_id
+from app.core.ids import id_floor
 from app.jobs import service
 from app.jobs.models import Job
 from app.jobs.schemas import EXACT_POSITIONS
 from app.jobs.service import JobFilters
-from app.keys.models import ApiKey
 from tests.harness.schema import (
     QUEUED,
     job_fields,
+    key_row,
     klein_price_id,
     migrated_engine,
     plan_postgresql,
@@ -49,14 +49,7 @@ def sessions(engine: Engine) -> sessionmaker[Session]:
 @pytest.fixture
 def key_id(sessions: sessionmaker[Session]) -> str:
     with sessions.begin() as session:
-        key = ApiKey(
-            id=new_id("key"),
-            name="positions",
-            key_hash=new_id("hash"),
-            display_prefix="fgk_test",
-            is_admin=False,
-            webhook_secret="whsec_test",
-        )
+        key = key_row("positions")
         session.add(key)
     return key.id
 

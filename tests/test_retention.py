@@ -25,10 +25,10 @@ from app.core.migrate import upgrade_to_head
 from app.core.settings import load_settings, normalize_database_url
 from app.dashboard.models import JobThumbnail
 from app.jobs.models import Job, JobImage, JobStatus
-from app.keys.models import ApiKey
 from tests.harness.claims import postgres_database
 from tests.harness.images import b64, picture
 from tests.harness.processes import wait_until
+from tests.harness.schema import key_row
 from tests.harness.stack import Stack, running_gateway
 from tests.helpers import FINAL, assert_error, unique, wait_for_job
 from tests.receiver import Receiver
@@ -419,14 +419,7 @@ def test_the_counters_count_what_each_committed_batch_deleted(database: str) -> 
     now = datetime.now(UTC)
     try:
         with sessions.begin() as session:
-            key = ApiKey(
-                id=new_id("key"),
-                name="counted",
-                key_hash=new_id("hash"),
-                display_prefix="fgk_test",
-                is_admin=False,
-                webhook_secret="whsec_test",
-            )
+            key = key_row("counted")
             session.add(key)
             session.flush()
             old = now - 3 * DAY

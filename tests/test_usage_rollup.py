@@ -24,8 +24,8 @@ from app.core.ids import new_id
 from app.core.migrate import upgrade_to_head
 from app.core.settings import normalize_database_url
 from app.jobs.models import Job, JobStatus
-from app.keys.models import ApiKey
 from tests.harness.claims import postgres_database
+from tests.harness.schema import key_row
 
 MODELS = ("flux-2-klein-4b", "flux-2-dev")
 
@@ -51,14 +51,7 @@ def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[session
 
 
 def add_key(session: Session, name: str) -> str:
-    key = ApiKey(
-        id=new_id("key"),
-        name=name,
-        key_hash=new_id("hash"),
-        display_prefix="fgk_test",
-        is_admin=False,
-        webhook_secret="whsec_test",
-    )
+    key = key_row(name)
     session.add(key)
     session.flush()
     return key.id

@@ -19,6 +19,7 @@ from app.core.ids import new_id
 from app.core.migrate import upgrade_to_head
 from app.core.settings import normalize_database_url
 from app.jobs.models import JobStatus
+from app.keys.models import ApiKey
 from tests.harness.claims import postgres_database
 
 QUEUED = JobStatus.QUEUED.value
@@ -58,6 +59,21 @@ def migrated_engine(
 
 def klein_price_id(session: Session) -> int:
     return session.scalars(select(Price.id).where(Price.model == "flux-2-klein-4b")).one()
+
+
+def key_row(name: str, **values: Any) -> ApiKey:
+    """A key to add straight to the database (no key to present: its hash is made up),
+    ``values`` over its columns."""
+    fields: dict[str, Any] = {
+        "id": new_id("key"),
+        "name": name,
+        "key_hash": new_id("hash"),
+        "display_prefix": "fgk_test",
+        "is_admin": False,
+        "webhook_secret": "whsec_test",
+        **values,
+    }
+    return ApiKey(**fields)
 
 
 def job_fields(key_id: str, price_id: int, **values: Any) -> dict[str, Any]:
