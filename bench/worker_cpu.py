@@ -237,7 +237,6 @@ def measure(run: Run, opts: Options) -> dict[str, Any]:
 
     succeeded = stack.sql("SELECT count(*) FROM jobs WHERE status = 'succeeded'")[0][0]
     return {
-        "conditions": conditions(),
         "options": {"jobs": opts.jobs, "latency": opts.latency, "warmup": opts.warmup},
         "cpu_ms_per_job": dist(spent),
         "steps_ms_per_job": by_step,
@@ -274,7 +273,8 @@ def print_report(results: dict[str, Any]) -> None:
 
 def run_bench(opts: Options) -> int:
     with bench_run("fluxgate-bench-worker-cpu-", keep_logs=opts.keep_logs, json=opts.json) as run:
-        results = measure(run, opts)
+        found = conditions()  # before anything of ours runs
+        results = {"conditions": found, **measure(run, opts)}
         if opts.json:
             print(json.dumps(json_safe(results), indent=2))
         else:
