@@ -1,13 +1,16 @@
 """A worker's finish of a successful attempt, against databases built by the migrations, on both
-backends: it writes the job, its attempt, its image and its charge and reads nothing back (the
-ended job's answer is rendered from what the worker has just checked and stored), and that
-answer is the one a client reading the job gets."""
+backends: it writes the job, its attempt, its image, its charge and its budget and reads none of
+them back (the ended job's answer is rendered from what the worker has just checked and
+stored), that answer is the one a client reading the job gets, and an attempt that lost its
+job writes nothing."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -15,10 +18,11 @@ from PIL import Image
 from sqlalchemy import Engine, event, insert, select
 from sqlalchemy.orm import Session
 
+from app.billing.models import BudgetPeriod, Charge
 from app.core import outbox
 from app.core.images import inspect_image
 from app.jobs import execution, service
-from app.jobs.models import Job, JobImage
+from app.jobs.models import Job, JobAttempt, JobImage
 from tests.harness.schema import job_fields, key_row, klein_price_id, migrated_engine, statements
 
 
@@ -34,22 +38,47 @@ def png(width: int, height: int) -> bytes:
     return buffer.getvalue()
 
 
-def queued_job(engine: Engine) -> str:
+PERIOD = datetime(2026, 11, 1, tzinfo=UTC)
+PRICE_NANOS = 14_000_000
+
+
+def queued_job(engine: Engine, *, budgeted: bool = False, attempts: int = 0) -> str:
+    """A klein job of key ``key_finish``; with ``budgeted``, its price held in the key's budget
+    period; ``attempts`` it has had already."""
     with Session(engine) as session, session.begin():
-        session.add(key_row("finish", id="key_finish"))
-        fields = job_fields("key_finish", klein_price_id(session), estimated_nanos=14_000_000)
+        session.add(key_row("finish", id="key_finish", budget_nanos=10**9 if budgeted else None))
+        fields = job_fields(
+            "key_finish",
+            klein_price_id(session),
+            estimated_nanos=PRICE_NANOS,
+            attempts=attempts,
+            budget_period_start=PERIOD if budgeted else None,
+        )
         session.execute(insert(Job), [fields])
+        if budgeted:
+            session.add(
+                BudgetPeriod(
+                    api_key_id="key_finish",
+                    period_start=PERIOD,
+                    held_nanos=PRICE_NANOS,
+                    charged_nanos=0,
+                )
+            )
     return str(fields["id"])
 
 
+@pytest.mark.parametrize(
+    ("budgeted", "attempts"), [(False, 0), (True, 1)], ids=["first-attempt", "budget-retried"]
+)
 def test_a_finish_writes_its_rows_and_reads_nothing_back(
-    engine: Engine, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, budgeted: bool, attempts: int
 ) -> None:
-    job_id = queued_job(engine)
+    job_id = queued_job(engine, budgeted=budgeted, attempts=attempts)
     with Session(engine) as session, session.begin():
         won = execution.claim(session, job_id=job_id, lease_seconds=60)
     assert won is not None
     claim = won[0]
+    assert claim.attempt == attempts + 1
     image = png(256, 256)
     changes: list[outbox.JobChanged] = []
     monkeypatch.setattr(
@@ -72,22 +101,62 @@ def test_a_finish_writes_its_rows_and_reads_nothing_back(
         event.remove(engine, "before_cursor_execute", listener)
     assert done
 
-    written = [statement.split()[:3] for statement, _ in seen]
-    # One UPDATE of the job, and an INSERT each of the attempt, the image and the charge: no
-    # SELECT, no second statement on any table.
-    assert sorted(" ".join(words).upper() for words in written) == [
+    writes = sorted(
+        " ".join(statement.split()[:3]).upper()
+        for statement, _ in seen
+        if not statement.startswith("SELECT")
+    )
+    reads = [statement for statement, _ in seen if statement.startswith("SELECT")]
+    # One UPDATE of the job (and of its budget period, if it has one), and an INSERT each of
+    # the attempt, the image and the charge; no second statement on any table.
+    expected = [
         "INSERT INTO CHARGES",
         "INSERT INTO JOB_ATTEMPTS",
         "INSERT INTO JOB_IMAGES",
         "UPDATE JOBS SET",
-    ], written
+    ]
+    if budgeted:
+        expected.insert(3, "UPDATE BUDGET_PERIODS SET")
+    assert writes == expected, seen
+    # Nothing written is read back. Only a retried job's attempts are read, once: its timings
+    # add up every attempt's.
+    if attempts:
+        assert len(reads) == 1, reads
+        assert "FROM job_attempts" in reads[0], reads
+    else:
+        assert reads == [], reads
 
     with Session(engine) as session:
         job = session.get_one(Job, job_id)
         stored = session.scalars(select(JobImage).where(JobImage.job_id == job_id)).one()
+        charge = session.scalars(select(Charge).where(Charge.job_id == job_id)).one()
+        attempt = session.scalars(select(JobAttempt).where(JobAttempt.job_id == job_id)).one()
+        period = session.get(BudgetPeriod, ("key_finish", PERIOD))
         read = service.to_job_out(session, [job], public_url="https://images.example")[0]
+    assert (stored.role, stored.position, stored.content_type) == ("output", 0, "image/png")
     assert (stored.data, stored.width, stored.height) == (image, 256, 256)
-    assert job.charged_nanos == 14_000_000
+    assert (stored.size_bytes, stored.sha256) == (len(image), hashlib.sha256(image).hexdigest())
+    assert (job.status, job.charged_nanos, job.upstream_ms) == ("succeeded", PRICE_NANOS, 900)
+    assert job.upstream_neurons == "2.5"
+    assert (charge.api_key_id, charge.model, charge.amount_nanos) == (
+        "key_finish",
+        "flux-2-klein-4b",
+        PRICE_NANOS,
+    )
+    assert charge.price_id == job.price_id
+    assert (attempt.number, attempt.outcome, attempt.http_status, attempt.upstream_ms) == (
+        attempts + 1,
+        "succeeded",
+        200,
+        900,
+    )
+    assert attempt.started_at == claim.started_at
+    assert attempt.ended_at is not None
+    assert attempt.ended_at >= claim.started_at
+    assert (attempt.error_code, attempt.upstream_code) == (None, None)
+    if budgeted:
+        assert period is not None
+        assert (period.held_nanos, period.charged_nanos) == (0, PRICE_NANOS)
     # What waiting clients were sent is what a client reading the job gets.
     [ended] = [change for change in changes if change.status == "succeeded"]
     assert ended.job is not None
@@ -124,5 +193,6 @@ def test_a_lost_attempt_writes_nothing(engine: Engine) -> None:
         )
     assert not done
     with Session(engine) as session:
-        assert session.scalars(select(JobImage).where(JobImage.job_id == job_id)).all() == []
+        for table in (JobImage, JobAttempt, Charge):
+            assert session.scalars(select(table).where(table.job_id == job_id)).all() == []
         assert session.get_one(Job, job_id).charged_nanos is None

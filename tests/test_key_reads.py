@@ -1,6 +1,7 @@
 """The keys as the API shows them, against databases built by the migrations, on both backends:
 each key's budget used this period and its active jobs, read for all keys at once (two
-statements for a list of keys, not two per key)."""
+statements for a list of keys, not two per key); last month's budget period is not this
+month's."""
 
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ def test_a_list_of_keys_reads_budgets_and_active_jobs_once(engine: Engine) -> No
         price_id = klein_price_id(session)
         monthly = [add_key(session, f"m{n}", budget_usd=10, period="month") for n in range(4)]
         total = add_key(session, "total", budget_usd=50, period="total")
+        lapsed = add_key(session, "lapsed", budget_usd=10, period="month")
         unlimited = add_key(session, "free", budget_usd=None, period="month")
         session.flush()
         for n, key in enumerate([*monthly, total]):
@@ -59,15 +61,16 @@ def test_a_list_of_keys_reads_budgets_and_active_jobs_once(engine: Engine) -> No
                     charged_nanos=n * 1_000_000,
                 )
             )
-        # Last month's spending is not this month's.
-        session.add(
-            BudgetPeriod(
-                api_key_id=monthly[1].id,
-                period_start=last_month,
-                held_nanos=7,
-                charged_nanos=7 * NANOS_PER_USD,
+        # Last month's spending is not this month's, beside this month's or alone.
+        for key in (monthly[1], lapsed):
+            session.add(
+                BudgetPeriod(
+                    api_key_id=key.id,
+                    period_start=last_month,
+                    held_nanos=7,
+                    charged_nanos=7 * NANOS_PER_USD,
+                )
             )
-        )
         session.execute(
             insert(Job),
             [job_fields(monthly[2].id, price_id) for _ in range(3)]
@@ -88,6 +91,7 @@ def test_a_list_of_keys_reads_budgets_and_active_jobs_once(engine: Engine) -> No
     assert [out.id for out in shown] == [key.id for key in keys]
     assert {name: out.budget_used_usd for name, out in by_name.items()} == {
         "free": "0",
+        "lapsed": "0",
         "m0": "0",
         "m1": "0.001001",
         "m2": "0.002002",
@@ -96,6 +100,7 @@ def test_a_list_of_keys_reads_budgets_and_active_jobs_once(engine: Engine) -> No
     }
     assert {name: out.active_jobs for name, out in by_name.items()} == {
         "free": 1,
+        "lapsed": 0,
         "m0": 0,
         "m1": 0,
         "m2": 3,
