@@ -8,16 +8,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from functools import cache
 
-from sqlalchemy import Insert, insert, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.billing.models import Charge, Price
 from app.billing.rules import Cost, job_cost
 from app.core.errors import Conflict, FluxgateError
-from app.core.orm import table_of, utcnow
+from app.core.orm import insert_into, utcnow
 
 logger = logging.getLogger("fluxgate.billing")
 
@@ -97,7 +96,7 @@ def record_charge(
     insert raises at once). A plain insert: a unit of work for one row cost the worker more
     than the statement."""
     session.execute(
-        _charge_insert(),
+        insert_into(Charge),
         {
             "job_id": job_id,
             "api_key_id": api_key_id,
@@ -106,11 +105,6 @@ def record_charge(
             "amount_nanos": amount_nanos,
         },
     )
-
-
-@cache
-def _charge_insert() -> Insert:
-    return insert(table_of(Charge))
 
 
 def list_prices(session: Session) -> list[Price]:

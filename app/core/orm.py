@@ -4,8 +4,9 @@ use) and datetimes that are always UTC."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import cache
 
-from sqlalchemy import DateTime, MetaData, Table
+from sqlalchemy import DateTime, Insert, MetaData, Table, insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
@@ -29,6 +30,12 @@ def table_of(model: type[Base]) -> Table:
     table = model.__table__
     assert isinstance(table, Table), model
     return table
+
+
+@cache
+def insert_into(model: type[Base]) -> Insert:
+    """A plain INSERT into the model's table, built once per model."""
+    return insert(table_of(model))
 
 
 class UTCDateTime(TypeDecorator[datetime]):

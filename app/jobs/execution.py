@@ -17,7 +17,6 @@ from sqlalchemy import (
     CTE,
     BindParameter,
     ColumnElement,
-    Insert,
     Integer,
     ScalarSelect,
     Select,
@@ -25,7 +24,6 @@ from sqlalchemy import (
     Update,
     bindparam,
     func,
-    insert,
     literal_column,
     or_,
     select,
@@ -37,7 +35,7 @@ from app.billing.service import record_charge
 from app.core import metrics, outbox
 from app.core.db import rows_affected
 from app.core.images import ImageInfo
-from app.core.orm import UTCDateTime, table_of, utcnow
+from app.core.orm import UTCDateTime, insert_into, utcnow
 from app.jobs.models import Job, JobAttempt, JobImage, JobStatus
 from app.jobs.service import job_changed, job_ended
 from app.upstream import catalog
@@ -343,7 +341,7 @@ def finish_succeeded(
         return False
     _record_attempt(session, claim, outcome="succeeded", upstream_ms=upstream_ms, http_status=200)
     session.execute(
-        _image_insert(),
+        insert_into(JobImage),
         {
             "job_id": job.id,
             "role": "output",
@@ -405,19 +403,9 @@ def _record_attempt(
 
 
 def _insert_attempt(session: Session, **values: object) -> None:
-    """An attempt's row, ended now, by a plain INSERT (prepared once): a unit of work for one
-    row costs the worker more than the statement."""
-    session.execute(_attempt_insert(), {"ended_at": utcnow(), **values})
-
-
-@cache
-def _attempt_insert() -> Insert:
-    return insert(table_of(JobAttempt))
-
-
-@cache
-def _image_insert() -> Insert:
-    return insert(table_of(JobImage))
+    """An attempt's row, ended now unless ``values`` say when, by a plain INSERT: a unit of
+    work for one row costs the worker more than the statement."""
+    session.execute(insert_into(JobAttempt), {"ended_at": utcnow(), **values})
 
 
 def _record_failed_attempt(
