@@ -25,7 +25,7 @@ from app.core import outbox, queue
 from app.core.db import get_sessionmaker, with_transaction
 from app.core.notifications import Carrier, RedisCarrier, SocketCarrier, encode_change
 from app.core.settings import Settings
-from app.jobs.service import mark_not_enqueued
+from app.jobs.execution import message_lost
 from app.keys.limits import DatabaseRateCounter, RateCounter, RedisRateCounter
 from app.upstream.gate import DatabaseGate, Gate, RedisGate
 
@@ -131,4 +131,4 @@ def _publish_change(carrier: Carrier | None, change: outbox.JobChanged) -> None:
 
 
 def _leave_for_the_sweeper(job_id: str) -> None:
-    with_transaction(lambda session: mark_not_enqueued(session, job_id=job_id))
+    with_transaction(lambda session: message_lost(session, job_id=job_id))

@@ -195,6 +195,46 @@ def _mark_sent(session: Session, *, job_id: str) -> None:
     )
 
 
+# Tries at finding a job for a lost message (see message_lost) while other lost messages pick too.
+LOST_MESSAGE_ROUNDS = 3
+
+
+def message_lost(session: Session, *, job_id: str) -> str | None:
+    """The broker refused the message sent for ``job_id`` (a dispatch slot): leave one queued
+    job for the sweeper's next pass, by marking it as having no message. The job returned.
+
+    That is ``job_id`` while it waits. If another job's message started it, the other job
+    counts on this message (see :func:`claim_next`), so the oldest queued job still counted
+    as having one is marked instead: the messages are interchangeable, and one too many
+    only finds no job. Lost messages marking at once each mark their own job.
+    """
+    if _unmark(session, job_id=job_id):
+        return job_id
+    for _ in range(LOST_MESSAGE_ROUNDS):
+        counted = session.scalar(
+            select(Job.id)
+            .where(Job.status == JobStatus.QUEUED, Job.enqueued_at.is_not(None))
+            .order_by(Job.id)
+            .limit(1)
+        )
+        if counted is None:
+            return None  # every queued job is left for the sweeper already
+        if _unmark(session, job_id=counted):
+            return counted
+    return None
+
+
+def _unmark(session: Session, *, job_id: str) -> bool:
+    """Mark a queued job that counts as having a message as having none."""
+    marked = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED, Job.enqueued_at.is_not(None))
+        .values(enqueued_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    return rows_affected(marked) == 1
+
+
 def claim(session: Session, *, job_id: str, lease_seconds: float) -> tuple[Claim, bool] | None:
     """Move a queued, due job to running under a lease; ``None`` if someone else has it. With
     the claim, whether the job had a message of its own sent (``enqueued_at``). The update

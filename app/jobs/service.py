@@ -148,13 +148,6 @@ def create_job(session: Session, *, api_key: ApiKey, submission: JobSubmission) 
     return job
 
 
-def mark_not_enqueued(session: Session, *, job_id: str) -> None:
-    """The broker refused the message: let the sweeper send it at its next pass."""
-    session.execute(
-        update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED).values(enqueued_at=None)
-    )
-
-
 def find_job(session: Session, *, job_id: str) -> Job:
     """Any key's job (an admin's view)."""
     job = session.get(Job, job_id)

@@ -1,14 +1,22 @@
 """A broker message is a dispatch slot, not a particular job: whichever job a message starts,
-every job still gets one, without the sweeper's help."""
+every job still gets one, without the sweeper's help; and a message the broker refuses leaves a
+job to the sweeper's next pass, whichever job it was sent for."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine, insert, select
+from sqlalchemy.orm import Session
 
+from app.core.orm import utcnow
+from app.jobs.execution import claim, message_lost, sweep
+from app.jobs.models import Job, JobStatus
+from tests.harness.schema import job_fields, key_row, klein_price_id, migrated_engine
 from tests.harness.stack import Stack, running_gateway
 from tests.helpers import FINAL, submit, wait_for_job
 
@@ -51,3 +59,78 @@ def test_a_message_that_starts_another_job_leaves_no_job_without_one(
                 )
         finally:
             worker.stop()
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    with migrated_engine(request.param, tmp_path) as built:
+        yield built
+
+
+def queued_jobs(engine: Engine, count: int) -> list[str]:
+    """``count`` queued jobs of one key, oldest first, each counted as having its message."""
+    sent = utcnow() - timedelta(seconds=1)
+    with Session(engine) as session, session.begin():
+        key = key_row("slots")
+        session.add(key)
+        session.flush()
+        price_id = klein_price_id(session)
+        rows = [job_fields(key.id, price_id, enqueued_at=sent) for _ in range(count)]
+        session.execute(insert(Job), rows)
+    return sorted(row["id"] for row in rows)
+
+
+def without_message(session: Session) -> list[str]:
+    """The queued jobs counted as having no message."""
+    return sorted(
+        session.scalars(
+            select(Job.id).where(Job.status == JobStatus.QUEUED, Job.enqueued_at.is_(None))
+        )
+    )
+
+
+def resent_by_sweep(session: Session) -> list[str]:
+    """What the sweeper's next pass sends (REQUEUE_AFTER far off: only jobs without one)."""
+    result = sweep(session, requeue_after_seconds=3600, max_attempts=3, public_url=None)
+    return sorted(result.resent)
+
+
+def test_a_lost_message_of_a_job_another_message_started_leaves_a_waiting_job_to_the_sweeper(
+    engine: Engine,
+) -> None:
+    """The Redis outage test's lost job: the message sent for the second job started the first
+    (interchangeable slots), then the first's own message (retried while Redis was down) could
+    not be sent. The second job counted on that message and waited out REQUEUE_AFTER."""
+    first, second, third = queued_jobs(engine, 3)
+    with Session(engine) as session, session.begin():
+        # The second job's message starts the first job; the first's is now the second's.
+        assert claim(session, job_id=first, lease_seconds=60) is not None
+        assert message_lost(session, job_id=first) == second
+        assert without_message(session) == [second]
+        # A second lost message, for the same started job, leaves the next one.
+        assert message_lost(session, job_id=first) == third
+        assert resent_by_sweep(session) == [second, third]
+        session.rollback()
+
+
+def test_a_lost_message_of_a_waiting_job_leaves_that_job_to_the_sweeper(engine: Engine) -> None:
+    _older, second = queued_jobs(engine, 2)
+    with Session(engine) as session, session.begin():
+        assert message_lost(session, job_id=second) == second
+        assert without_message(session) == [second]
+        assert resent_by_sweep(session) == [second]
+        session.rollback()
+
+
+def test_a_lost_message_with_every_waiting_job_left_to_the_sweeper_marks_nothing(
+    engine: Engine,
+) -> None:
+    (only,) = queued_jobs(engine, 1)
+    with Session(engine) as session, session.begin():
+        assert message_lost(session, job_id=only) == only
+        # Its retry is lost too: nothing more to leave.
+        assert message_lost(session, job_id=only) is None
+        assert claim(session, job_id=only, lease_seconds=60) is not None
+        assert message_lost(session, job_id=only) is None
+        assert without_message(session) == []
+        session.rollback()
