@@ -107,3 +107,54 @@ def test_a_list_of_keys_reads_budgets_and_active_jobs_once(engine: Engine) -> No
         "m3": 0,
         "total": 0,
     }
+
+
+def test_more_keys_than_a_statement_takes_parameters_are_read_in_batches(engine: Engine) -> None:
+    """A budget read takes two parameters a key: one statement for 35,000 keys passed the
+    65,535 a PostgreSQL statement takes, and the list of keys failed (SQLite's limit is its
+    build's: Debian's takes them)."""
+    count = 35_000
+    now = utcnow()
+    with Session(engine) as session, session.begin():
+        price_id = klein_price_id(session)
+        session.execute(
+            insert(ApiKey),
+            [
+                {
+                    "id": f"key_{n:05d}",
+                    "name": f"k{n:05d}",
+                    "key_hash": f"hash_{n:05d}",
+                    "display_prefix": "fgk_test",
+                    "is_admin": False,
+                    "webhook_secret": "whsec_test",
+                    "budget_nanos": NANOS_PER_USD,
+                    "budget_period": "month",
+                }
+                for n in range(count)
+            ],
+        )
+        # The first key and the last, in the first batch and the last, have used something.
+        for n, key_id in enumerate(("key_00000", f"key_{count - 1:05d}"), start=1):
+            session.add(
+                BudgetPeriod(
+                    api_key_id=key_id,
+                    period_start=datetime(now.year, now.month, 1, tzinfo=UTC),
+                    held_nanos=n,
+                    charged_nanos=n * 1_000,
+                )
+            )
+            session.execute(insert(Job), [job_fields(key_id, price_id) for _ in range(n)])
+
+    with Session(engine) as session:
+        keys = list(session.scalars(select(ApiKey).order_by(ApiKey.id)))
+        seen, listener = statements(engine)
+        try:
+            shown = service.to_keys_out(session, keys)
+        finally:
+            event.remove(engine, "before_cursor_execute", listener)
+
+    assert len(seen) == 2 * -(-count // service.KEYS_PER_READ)
+    assert [out.id for out in shown] == [key.id for key in keys]
+    used = {out.id: (out.budget_used_usd, out.active_jobs) for out in shown if out.active_jobs}
+    assert used == {"key_00000": ("0.000001001", 1), f"key_{count - 1:05d}": ("0.000002002", 2)}
+    assert sum(out.budget_used_usd != "0" for out in shown) == 2

@@ -184,13 +184,22 @@ def to_key_out(session: Session, api_key: ApiKey) -> KeyOut:
     return to_keys_out(session, [api_key])[0]
 
 
+# Keys read per pair of queries: a statement's parameters are bounded (PostgreSQL 65,535;
+# SQLite 32,766 unless built with more), and the budget read takes two a key.
+KEYS_PER_READ = 1000
+
+
 def to_keys_out(session: Session, api_keys: Sequence[ApiKey]) -> list[KeyOut]:
     """The keys as the API shows them, with what each has used of its budget this period and
-    its jobs queued or running: two queries however many keys."""
-    ids = [api_key.id for api_key in api_keys]
-    used = budgets.used_nanos(session, api_keys=api_keys, at=utcnow())
-    active = accounting.active_jobs(session, api_key_ids=ids)
-    return [
-        key_out(api_key, budget_used_nanos=used[api_key.id], active_jobs=active[api_key.id])
-        for api_key in api_keys
-    ]
+    its jobs queued or running: two queries a thousand keys."""
+    now = utcnow()
+    shown: list[KeyOut] = []
+    for start in range(0, len(api_keys), KEYS_PER_READ):
+        batch = api_keys[start : start + KEYS_PER_READ]
+        used = budgets.used_nanos(session, api_keys=batch, at=now)
+        active = accounting.active_jobs(session, api_key_ids=[api_key.id for api_key in batch])
+        shown.extend(
+            key_out(api_key, budget_used_nanos=used[api_key.id], active_jobs=active[api_key.id])
+            for api_key in batch
+        )
+    return shown
