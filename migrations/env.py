@@ -28,19 +28,41 @@ def _configure(connection: Connection) -> None:
     )
 
 
+def _migrate(connection: Connection) -> None:
+    _configure(connection)
+    sqlite = connection.dialect.name == "sqlite"
+    if sqlite:
+        # A batch step copies a table and drops the original: with foreign keys enforced,
+        # dropping one that rows refer to (api_keys, jobs) deletes those rows first, and fails
+        # once there are any. Off while the migrations run (outside any transaction, or SQLite
+        # ignores it), and every reference checked before they commit.
+        connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        connection.commit()
+    with context.begin_transaction():
+        context.run_migrations()
+        if sqlite:
+            _check_foreign_keys(connection)
+    if sqlite:
+        connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+        connection.commit()
+
+
+def _check_foreign_keys(connection: Connection) -> None:
+    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+    if broken:
+        tables = sorted({row[0] for row in broken})
+        raise RuntimeError(f"the migrations left rows whose references are missing in {tables}")
+
+
 def run_migrations_online() -> None:
     connection = config.attributes.get("connection")
     if connection is not None:
-        _configure(connection)
-        with context.begin_transaction():
-            context.run_migrations()
+        _migrate(connection)
         return
     engine = make_engine(_url())
     try:
         with engine.connect() as connection:
-            _configure(connection)
-            with context.begin_transaction():
-                context.run_migrations()
+            _migrate(connection)
     finally:
         engine.dispose()
 

@@ -14,13 +14,17 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy.orm import Session
 
 import app.models  # noqa: F401  # every table on the metadata
+from app.billing.models import Charge
 from app.core.db import make_engine
 from app.core.migrate import alembic_config
 from app.core.orm import Base
 from app.core.settings import normalize_database_url
+from app.jobs.models import Job, JobImage
 from tests.harness.claims import postgres_database
+from tests.harness.schema import job_fields, key_row, klein_price_id
 
 TABLES = {
     "api_keys",
@@ -138,3 +142,67 @@ def test_images_are_stored_without_a_second_compression() -> None:
                 " ('job_images'::regclass, 'job_thumbnails'::regclass)"
             ).fetchall()
     assert sorted(storage) == [("job_images", "e"), ("job_thumbnails", "e")]
+
+
+def _counts(url: str) -> dict[str, int]:
+    engine = make_engine(normalize_database_url(url))
+    try:
+        with engine.connect() as connection:
+            return {
+                table: int(
+                    connection.execute(
+                        sa.select(sa.func.count()).select_from(sa.table(table))
+                    ).scalar_one()
+                )
+                for table in ("api_keys", "jobs", "job_images", "charges")
+            }
+    finally:
+        engine.dispose()
+
+
+def test_migrations_down_and_up_keep_jobs_their_images_and_charges(empty_database: str) -> None:
+    """On SQLite a migration alters a table by copying it and dropping the original; with
+    foreign keys enforced, dropping ``jobs`` (0013, 0014) or ``api_keys`` (0004 - 0007) while
+    images, charges or jobs referred to them failed, downgrade and upgrade alike."""
+    url = empty_database
+    config = _config(url)
+    command.upgrade(config, "head")
+    engine = make_engine(normalize_database_url(url))
+    try:
+        with Session(engine) as session, session.begin():
+            api_key = key_row("migrated")
+            session.add(api_key)
+            session.flush()
+            price_id = klein_price_id(session)
+            job = job_fields(api_key.id, price_id, status="succeeded", charged_nanos=1)
+            session.execute(sa.insert(Job), [job])
+            session.add(
+                JobImage(
+                    job_id=job["id"],
+                    role="output",
+                    position=0,
+                    content_type="image/png",
+                    width=256,
+                    height=256,
+                    size_bytes=4,
+                    sha256="0" * 64,
+                    data=b"\x89PNG",
+                )
+            )
+            session.add(
+                Charge(
+                    job_id=job["id"],
+                    api_key_id=api_key.id,
+                    model=job["model"],
+                    price_id=price_id,
+                    amount_nanos=1,
+                )
+            )
+    finally:
+        engine.dispose()
+    kept = {"api_keys": 1, "jobs": 1, "job_images": 1, "charges": 1}
+    assert _counts(url) == kept
+    command.downgrade(config, "0003")
+    assert _counts(url) == kept
+    command.upgrade(config, "head")
+    assert _counts(url) == kept
