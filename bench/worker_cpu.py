@@ -6,7 +6,7 @@ simulator at ``--latency`` seconds with its cache, the API; no worker, no beat),
 Celery worker calls for each message) in this process, one job at a time, on one thread. Each
 job's CPU is that thread's CPU time (``time.thread_time()``), so nothing else on the machine
 is counted: neither the simulator nor PostgreSQL nor Redis, nor Celery's consumer (receiving
-and acknowledging the message, a few hundred microseconds more in a real worker process).
+and acknowledging the message: measured apart at the end).
 
 A second pass over as many jobs runs under ``cProfile`` with the thread's CPU clock as its
 timer and prints the phases of a job (the claim, the upstream call, the image check, the
@@ -14,8 +14,16 @@ finish, the messages after the commit) and the functions with the most CPU of th
 Profiling slows Python code down, so the phases are shares, and the first pass's figure is
 the cost.
 
+Then the same in a worker process, beside Celery's own cost: a worker started as the CLI starts
+it (``fluxgate worker``, its default concurrency) with one more task registered, one that does
+nothing. That process's CPU (all its threads, ``/proc``) is measured while ``--jobs`` jobs are
+submitted and run, and again while as many messages of the empty task go through the same
+queue: the second is what a message costs Celery (receiving, dispatching to a thread,
+acknowledging) before the task does anything.
+
     python bench/worker_cpu.py --jobs 200
     python bench/worker_cpu.py --jobs 200 --json
+    python bench/worker_cpu.py --jobs 200 --no-worker-process   # the in-process passes only
 
 Exit status: 0 if every job succeeded, 1 otherwise.
 """
@@ -39,6 +47,8 @@ if not __package__:
     # Run as ``python bench/worker_cpu.py``: ``bench`` and ``tests`` are in the root.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import redis
+
 from bench.support import (
     PG_ADMIN_URL,
     REDIS_URL,
@@ -46,14 +56,21 @@ from bench.support import (
     Run,
     bench_run,
     conditions,
+    cpu_seconds,
     describe,
     dist,
     json_safe,
     main_wrapper,
     start_gateway,
+    wait_for,
 )
-from tests.harness.processes import ROOT
+from tests.harness.processes import ROOT, Process
 from tests.harness.stack import Stack
+
+# The task that does nothing, registered by the worker process this bench starts.
+EMPTY_TASK = "bench.empty"
+# Where kombu's Redis transport keeps the messages a worker holds unacknowledged.
+UNACKED = "unacked"
 
 # Our own code's files, by the start of their paths in a profile.
 OURS = (str(ROOT / "app") + os.sep, str(ROOT / "worker") + os.sep)
@@ -78,6 +95,7 @@ class Options:
     warmup: int
     json: bool
     profile_out: Path | None
+    worker_process: bool
     keep_logs: bool
     pg_url: str
     redis_url: str
@@ -94,6 +112,12 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument(
         "--profile-out", type=Path, help="also write the profile here (pstats format)"
     )
+    parser.add_argument(
+        "--no-worker-process",
+        dest="worker_process",
+        action="store_false",
+        help="skip the worker process and the empty task",
+    )
     parser.add_argument("--keep-logs", action="store_true", help="keep the process logs")
     parser.add_argument("--pg-url", default=PG_ADMIN_URL)
     parser.add_argument("--redis-url", default=REDIS_URL)
@@ -106,6 +130,7 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         warmup=args.warmup,
         json=args.json,
         profile_out=args.profile_out,
+        worker_process=args.worker_process,
         keep_logs=args.keep_logs,
         pg_url=args.pg_url,
         redis_url=args.redis_url,
@@ -235,16 +260,84 @@ def measure(run: Run, opts: Options) -> dict[str, Any]:
         profile.dump_stats(opts.profile_out)
     per_phase, functions = phases(profile, len(profiled))
 
+    in_process = None
+    if opts.worker_process:
+        run.log(f"a worker process: {opts.jobs} jobs, then {opts.jobs} empty messages ...")
+        in_process = in_a_worker_process(stack, key, opts.jobs)
+
     succeeded = stack.sql("SELECT count(*) FROM jobs WHERE status = 'succeeded'")[0][0]
     return {
         "options": {"jobs": opts.jobs, "latency": opts.latency, "warmup": opts.warmup},
+        "worker_process_cpu_ms": in_process,
         "cpu_ms_per_job": dist(spent),
         "steps_ms_per_job": by_step,
         "phases_ms_per_job_profiled": per_phase,
         "top_functions_own_ms_per_job_profiled": functions,
         "succeeded": succeeded,
-        "submitted": len(ids),
+        "submitted": len(ids) + (opts.jobs if in_process else 0),
     }
+
+
+def in_a_worker_process(stack: Stack, key: str, count: int) -> dict[str, float]:
+    """CPU ms of a worker process: idle (per second), per job, per message of the empty task."""
+    from app.core.queue import JOBS_QUEUE, celery_app
+
+    broker = redis.Redis.from_url(stack.env["FLUXGATE_REDIS_URL"])
+    broker.delete(JOBS_QUEUE)  # the passes above used the jobs, not their messages
+    env = {k: v for k, v in stack.env.items() if k != "FLUXGATE_WORKER_CONCURRENCY"}
+    worker = stack.start("worker", [sys.executable, "-m", "bench.worker_cpu", "--serve"], env)
+    stack.wait_consuming([worker])
+
+    def drained() -> bool:
+        return broker.llen(JOBS_QUEUE) == 0 and broker.hlen(UNACKED) == 0
+
+    idle_seconds = 2.0
+    before = process_cpu(worker)
+    time.sleep(idle_seconds)
+    idle = process_cpu(worker) - before
+
+    before = process_cpu(worker)
+    ids = submit(stack, key, count)
+    ended = "SELECT count(*) FROM jobs WHERE id IN :ids AND status = 'succeeded'"
+    wait_for(
+        lambda: stack.sql(ended, ids=ids)[0][0] == count and drained(),
+        timeout=120,
+        what="the jobs to succeed",
+    )
+    jobs = process_cpu(worker) - before
+
+    before = process_cpu(worker)
+    for _ in range(count):
+        celery_app.send_task(EMPTY_TASK, queue=JOBS_QUEUE)
+    wait_for(drained, timeout=120, what="the empty messages to be acknowledged")
+    empty = process_cpu(worker) - before
+    worker.stop()
+    return {
+        "idle_per_second": idle * 1000 / idle_seconds,
+        "per_job": jobs * 1000 / count,
+        "per_empty_message": empty * 1000 / count,
+    }
+
+
+def process_cpu(process: Process) -> float:
+    spent = cpu_seconds(process.pid)
+    if spent is None:
+        raise BenchError(f"{process.name} is gone: {process.log()[-2000:]}")
+    return spent
+
+
+def serve() -> int:
+    """The worker process of :func:`in_a_worker_process`: ``fluxgate worker`` as the CLI runs
+    it, with the task that does nothing registered too."""
+    from app.cli.commands import main as fluxgate
+    from app.core.queue import celery_app
+
+    celery_app.task(name=EMPTY_TASK, ignore_result=True)(empty)
+    return fluxgate(["worker"])
+
+
+def empty() -> None:
+    """The task that does nothing."""
 
 
 def print_report(results: dict[str, Any]) -> None:
@@ -268,6 +361,17 @@ def print_report(results: dict[str, Any]) -> None:
     print("\n  functions with the most CPU of their own (profiled), ms per job: own, cumulative")
     for name, own, cumulative in results["top_functions_own_ms_per_job_profiled"]:
         print(f"    {name:<64} {own:7.3f} {cumulative:8.3f}")
+    process = results["worker_process_cpu_ms"]
+    if process is not None:
+        print(
+            "\n  a worker process (`fluxgate worker`, default concurrency), CPU ms of its threads"
+        )
+        for label, name in (
+            ("per job, the same task run by Celery", "per_job"),
+            ("per message of a task that does nothing (Celery's own part)", "per_empty_message"),
+            ("idle, per second", "idle_per_second"),
+        ):
+            print(f"    {label:<62} {process[name]:6.2f}")
     print(f"\n  jobs succeeded {results['succeeded']} / submitted {results['submitted']}")
 
 
@@ -284,6 +388,8 @@ def run_bench(opts: Options) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if (sys.argv[1:] if argv is None else list(argv)) == ["--serve"]:
+        return serve()
     opts = parse_options(argv)
     return main_wrapper(lambda: run_bench(opts))
 
