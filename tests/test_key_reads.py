@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, event, insert, select
@@ -19,6 +20,7 @@ from app.core.orm import utcnow
 from app.jobs.models import Job
 from app.keys import service
 from app.keys.models import ApiKey
+from app.keys.schemas import KeyOut
 from tests.harness.schema import job_fields, key_row, klein_price_id, migrated_engine, statements
 
 NANOS_PER_USD = 1_000_000_000
@@ -39,6 +41,20 @@ def add_key(session: Session, name: str, *, budget_usd: int | None, period: str)
     )
     session.add(key)
     return key
+
+
+def keys_shown(
+    engine: Engine, *, order: Any
+) -> tuple[list[ApiKey], list[KeyOut], list[tuple[str, Any]]]:
+    """Every key (in ``order``), as the API shows them, and the statements that took."""
+    with Session(engine) as session:
+        keys = list(session.scalars(select(ApiKey).order_by(order)))
+        seen, listener = statements(engine)
+        try:
+            shown = service.to_keys_out(session, keys)
+        finally:
+            event.remove(engine, "before_cursor_execute", listener)
+    return keys, shown, seen
 
 
 def test_a_list_of_keys_reads_budgets_and_active_jobs_once(engine: Engine) -> None:
@@ -78,14 +94,7 @@ def test_a_list_of_keys_reads_budgets_and_active_jobs_once(engine: Engine) -> No
             + [job_fields(unlimited.id, price_id, status="succeeded")],
         )
 
-    with Session(engine) as session:
-        keys = list(session.scalars(select(ApiKey).order_by(ApiKey.name)))
-        seen, listener = statements(engine)
-        try:
-            shown = service.to_keys_out(session, keys)
-        finally:
-            event.remove(engine, "before_cursor_execute", listener)
-
+    keys, shown, seen = keys_shown(engine, order=ApiKey.name)
     assert len(seen) == 2, [statement for statement, _ in seen]
     by_name = {out.name: out for out in shown}
     assert [out.id for out in shown] == [key.id for key in keys]
@@ -145,14 +154,7 @@ def test_more_keys_than_a_statement_takes_parameters_are_read_in_batches(engine:
             )
             session.execute(insert(Job), [job_fields(key_id, price_id) for _ in range(n)])
 
-    with Session(engine) as session:
-        keys = list(session.scalars(select(ApiKey).order_by(ApiKey.id)))
-        seen, listener = statements(engine)
-        try:
-            shown = service.to_keys_out(session, keys)
-        finally:
-            event.remove(engine, "before_cursor_execute", listener)
-
+    keys, shown, seen = keys_shown(engine, order=ApiKey.id)
     assert len(seen) == 2 * -(-count // service.KEYS_PER_READ)
     assert [out.id for out in shown] == [key.id for key in keys]
     used = {out.id: (out.budget_used_usd, out.active_jobs) for out in shown if out.active_jobs}
