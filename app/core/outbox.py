@@ -90,6 +90,11 @@ def add(session: Session, message: Message) -> None:
     session.info.setdefault(_PENDING, []).append(message)
 
 
+def pending(session: Session) -> list[Message]:
+    """What ``session``'s transaction will send if it commits, in order."""
+    return list(session.info.get(_PENDING, []))
+
+
 def send_now(message: Message) -> None:
     """Send a message no transaction stands behind (a dispatch slot handed back while the
     database is out of reach). Never raises."""

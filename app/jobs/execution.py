@@ -178,7 +178,11 @@ def claim_next(session: Session, *, lease_seconds: float, slot_of: str) -> Claim
             if won is None:
                 continue
             claimed, had_message = won
-            if job_id != slot_of and not had_message:
+            if not had_message:
+                # This message is spent on a job that was counted as having none: the job it
+                # was sent for (if another) counts on one still, or, when the job was left to
+                # the sweeper for another's lost message (message_lost), the job that counted
+                # on that one does.
                 _mark_sent(session, job_id=slot_of)
                 outbox.add(session, outbox.ForwardJob(slot_of))
             return claimed
@@ -195,33 +199,32 @@ def _mark_sent(session: Session, *, job_id: str) -> None:
     )
 
 
-# Tries at finding a job for a lost message (see message_lost) while other lost messages pick too.
-LOST_MESSAGE_ROUNDS = 3
-
-
 def message_lost(session: Session, *, job_id: str) -> str | None:
     """The broker refused the message sent for ``job_id`` (a dispatch slot): leave one queued
     job for the sweeper's next pass, by marking it as having no message. The job returned.
 
     That is ``job_id`` while it waits. If another job's message started it, the other job
-    counts on this message (see :func:`claim_next`), so the oldest queued job still counted
-    as having one is marked instead: the messages are interchangeable, and one too many
-    only finds no job. Lost messages marking at once each mark their own job.
+    counts on this message (see :func:`claim_next`), so another job still counted as having
+    one is marked instead, a due one first (the sweeper sends for due jobs only): the messages
+    are interchangeable, and one too many only finds no job. Lost messages marking at once
+    each mark their own job (PostgreSQL: a row another is marking is skipped).
     """
     if _unmark(session, job_id=job_id):
         return job_id
-    for _ in range(LOST_MESSAGE_ROUNDS):
-        counted = session.scalar(
-            select(Job.id)
-            .where(Job.status == JobStatus.QUEUED, Job.enqueued_at.is_not(None))
-            .order_by(Job.id)
-            .limit(1)
-        )
-        if counted is None:
-            return None  # every queued job is left for the sweeper already
-        if _unmark(session, job_id=counted):
-            return counted
-    return None
+    counted = (
+        select(Job.id)
+        .where(Job.status == JobStatus.QUEUED, Job.enqueued_at.is_not(None))
+        .order_by(Job.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    )
+    now = utcnow()
+    for candidates in (counted.where(*_due(now)), counted):
+        # Each pass ends: a job that cannot be marked any more is not found again.
+        while (found := session.scalar(candidates)) is not None:
+            if _unmark(session, job_id=found):
+                return found
+    return None  # every queued job is left for the sweeper already
 
 
 def _unmark(session: Session, *, job_id: str) -> bool:

@@ -10,11 +10,12 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.orm import Session
 
+from app.core import outbox
 from app.core.orm import utcnow
-from app.jobs.execution import claim, message_lost, sweep
+from app.jobs.execution import claim, claim_next, message_lost, sweep
 from app.jobs.models import Job, JobStatus
 from tests.harness.schema import job_fields, key_row, klein_price_id, migrated_engine
 from tests.harness.stack import Stack, running_gateway
@@ -110,6 +111,44 @@ def test_a_lost_message_of_a_job_another_message_started_leaves_a_waiting_job_to
         # A second lost message, for the same started job, leaves the next one.
         assert message_lost(session, job_id=first) == third
         assert resent_by_sweep(session) == [second, third]
+        session.rollback()
+
+
+def test_a_job_left_to_the_sweeper_that_its_own_message_starts_sends_one_on(
+    engine: Engine,
+) -> None:
+    """The third job's message starts the first; the first's message is lost, which leaves the
+    second to the sweeper; then the second's own message starts it. The third counted on that
+    message: without one sent on, it waited out REQUEUE_AFTER."""
+    first, second, third = queued_jobs(engine, 3)
+    with Session(engine) as session, session.begin():
+        # The third job is not due yet (a retry's wait), so the second is the one started.
+        session.execute(
+            update(Job).where(Job.id == third).values(not_before=utcnow() + timedelta(minutes=1))
+        )
+        assert claim(session, job_id=first, lease_seconds=60) is not None
+        assert message_lost(session, job_id=first) == second
+        before = len(outbox.pending(session))
+        started = claim_next(session, lease_seconds=60, slot_of=second)
+        assert started is not None
+        assert started.job_id == second
+        sent = [m for m in outbox.pending(session)[before:] if isinstance(m, outbox.ForwardJob)]
+        assert sent == [outbox.ForwardJob(second)]
+        session.rollback()
+
+
+def test_a_lost_message_prefers_a_due_job(engine: Engine) -> None:
+    """A job waiting out a retry gets no message from the sweeper until it is due: the older
+    job is passed over for a due one."""
+    waiting, started, due = queued_jobs(engine, 3)
+    with Session(engine) as session, session.begin():
+        session.execute(
+            update(Job).where(Job.id == waiting).values(not_before=utcnow() + timedelta(minutes=1))
+        )
+        assert claim(session, job_id=started, lease_seconds=60) is not None
+        assert message_lost(session, job_id=started) == due
+        # With no due job left counted, a waiting one is marked rather than none.
+        assert message_lost(session, job_id=started) == waiting
         session.rollback()
 
 
