@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection
 
 from app.core.db import make_engine
@@ -19,39 +20,45 @@ def _url() -> str:
 
 
 def _configure(connection: Connection) -> None:
+    sqlite = connection.dialect.name == "sqlite"
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
         # SQLite can only ALTER through table copies.
-        render_as_batch=connection.dialect.name == "sqlite",
+        render_as_batch=sqlite,
         compare_type=True,
+        # Inside each migration's own transaction (SQLite's DDL is not run in one).
+        on_version_apply=[_check_foreign_keys] if sqlite else [],
     )
 
 
 def _migrate(connection: Connection) -> None:
     _configure(connection)
-    sqlite = connection.dialect.name == "sqlite"
-    if sqlite:
-        # A batch step copies a table and drops the original: with foreign keys enforced,
-        # dropping one that rows refer to (api_keys, jobs) deletes those rows first, and fails
-        # once there are any. Off while the migrations run (outside any transaction, or SQLite
-        # ignores it), and every reference checked before they commit.
-        connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
-        connection.commit()
-    with context.begin_transaction():
-        context.run_migrations()
-        if sqlite:
-            _check_foreign_keys(connection)
-    if sqlite:
+    if connection.dialect.name != "sqlite":
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+    # A batch step copies a table and drops the original: with foreign keys enforced, dropping
+    # one that rows refer to (api_keys, jobs) deletes those rows first, and fails once there are
+    # any. They are off while the migrations run (set outside any transaction, or SQLite
+    # ignores it); each migration's references are checked as it is applied.
+    connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+    connection.commit()
+    try:
+        with context.begin_transaction():
+            context.run_migrations()
+    finally:
+        connection.rollback()
         connection.exec_driver_sql("PRAGMA foreign_keys=ON")
         connection.commit()
 
 
-def _check_foreign_keys(connection: Connection) -> None:
-    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+def _check_foreign_keys(*, ctx: MigrationContext, **_: object) -> None:
+    assert ctx.connection is not None
+    broken = ctx.connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
     if broken:
         tables = sorted({row[0] for row in broken})
-        raise RuntimeError(f"the migrations left rows whose references are missing in {tables}")
+        raise RuntimeError(f"after this migration, rows of {tables} refer to rows that are missing")
 
 
 def run_migrations_online() -> None:
