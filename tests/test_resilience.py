@@ -24,8 +24,17 @@ LATENCY = 2.0  # seconds per upstream call: long enough to act while a job is in
 
 @pytest.fixture(scope="module", params=["postgres", "embedded"])
 def slow_stack(log_dir: Path, request: pytest.FixtureRequest) -> Iterator[Stack]:
-    # No worker: each test starts (and kills) its own.
-    with running_gateway(log_dir, backend=request.param, latency=LATENCY, worker=False) as gateway:
+    # No worker: each test starts (and kills) its own. Calls time out well after LATENCY: the
+    # 80-job flood ran calls past the tests' 3 s while the other test process was busy, and
+    # their retries failed what these tests count on succeeding once.
+    with running_gateway(
+        log_dir,
+        backend=request.param,
+        latency=LATENCY,
+        worker=False,
+        upstream_timeout_seconds="6",
+        job_lease_seconds="9",
+    ) as gateway:
         yield gateway
 
 
