@@ -16,9 +16,10 @@ the cost.
 
 Then the same in a worker process, beside Celery's own cost: a worker started as the CLI starts
 it (``fluxgate worker``, its default concurrency) with one more task registered, one that does
-nothing. That process's CPU (all its threads, ``/proc``) is measured while ``--jobs`` jobs are
-submitted and run, and again while as many messages of the empty task go through the same
-queue: the second is what a message costs Celery (receiving, dispatching to a thread,
+nothing. After ``--warmup`` jobs and empty messages, that process's CPU (all its threads,
+``/proc``) is measured while ``--jobs`` jobs are submitted and run, and again while as many
+messages of the empty task go through the same queue (its idle CPU is printed, not
+subtracted). The second is what a message costs Celery (receiving, dispatching to a thread,
 acknowledging) before the task does anything.
 
     python bench/worker_cpu.py --jobs 200
@@ -263,7 +264,7 @@ def measure(run: Run, opts: Options) -> dict[str, Any]:
     in_process = None
     if opts.worker_process:
         run.log(f"a worker process: {opts.jobs} jobs, then {opts.jobs} empty messages ...")
-        in_process = in_a_worker_process(stack, key, opts.jobs)
+        in_process = in_a_worker_process(stack, key, opts.jobs, opts.warmup)
 
     succeeded = stack.sql("SELECT count(*) FROM jobs WHERE status = 'succeeded'")[0][0]
     return {
@@ -274,12 +275,13 @@ def measure(run: Run, opts: Options) -> dict[str, Any]:
         "phases_ms_per_job_profiled": per_phase,
         "top_functions_own_ms_per_job_profiled": functions,
         "succeeded": succeeded,
-        "submitted": len(ids) + (opts.jobs if in_process else 0),
+        "submitted": len(ids) + (opts.warmup + opts.jobs if in_process else 0),
     }
 
 
-def in_a_worker_process(stack: Stack, key: str, count: int) -> dict[str, float]:
-    """CPU ms of a worker process: idle (per second), per job, per message of the empty task."""
+def in_a_worker_process(stack: Stack, key: str, count: int, warmup: int) -> dict[str, float]:
+    """CPU ms of a worker process: idle (per second), per job, per message of the empty task;
+    ``warmup`` jobs and as many empty messages go first, not counted."""
     from app.core.queue import JOBS_QUEUE, celery_app
 
     broker = redis.Redis.from_url(stack.env["FLUXGATE_REDIS_URL"])
@@ -289,7 +291,31 @@ def in_a_worker_process(stack: Stack, key: str, count: int) -> dict[str, float]:
     stack.wait_consuming([worker])
 
     def drained() -> bool:
-        return broker.llen(JOBS_QUEUE) == 0 and broker.hlen(UNACKED) == 0
+        # Twice, apart: kombu takes a message off the list before it records it as unacked.
+        for attempt in range(2):
+            if broker.llen(JOBS_QUEUE) or broker.hlen(UNACKED):
+                return False
+            if attempt == 0:
+                time.sleep(0.1)
+        return True
+
+    def run_jobs(number: int) -> None:
+        ids = submit(stack, key, number)
+        ended = "SELECT count(*) FROM jobs WHERE id IN :ids AND status = 'succeeded'"
+        wait_for(
+            lambda: stack.sql(ended, ids=ids)[0][0] == number and drained(),
+            timeout=120,
+            what="the jobs to succeed",
+        )
+
+    def send_empty(number: int) -> None:
+        for _ in range(number):
+            celery_app.send_task(EMPTY_TASK, queue=JOBS_QUEUE)
+        wait_for(drained, timeout=120, what="the empty messages to be acknowledged")
+
+    if warmup:
+        run_jobs(warmup)
+        send_empty(warmup)
 
     idle_seconds = 2.0
     before = process_cpu(worker)
@@ -297,19 +323,11 @@ def in_a_worker_process(stack: Stack, key: str, count: int) -> dict[str, float]:
     idle = process_cpu(worker) - before
 
     before = process_cpu(worker)
-    ids = submit(stack, key, count)
-    ended = "SELECT count(*) FROM jobs WHERE id IN :ids AND status = 'succeeded'"
-    wait_for(
-        lambda: stack.sql(ended, ids=ids)[0][0] == count and drained(),
-        timeout=120,
-        what="the jobs to succeed",
-    )
+    run_jobs(count)
     jobs = process_cpu(worker) - before
 
     before = process_cpu(worker)
-    for _ in range(count):
-        celery_app.send_task(EMPTY_TASK, queue=JOBS_QUEUE)
-    wait_for(drained, timeout=120, what="the empty messages to be acknowledged")
+    send_empty(count)
     empty = process_cpu(worker) - before
     worker.stop()
     return {
