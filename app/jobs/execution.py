@@ -190,10 +190,12 @@ def claim_next(session: Session, *, lease_seconds: float, slot_of: str) -> Claim
 
 
 def _mark_sent(session: Session, *, job_id: str) -> None:
-    """Record that a message is being sent for a job, if it is still queued."""
+    """Record that a message is being sent for a job, if it is still queued and counted as
+    having one: a job left to the sweeper (message_lost) stays left, as the message it had is
+    spent on another job."""
     session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED, Job.enqueued_at.is_not(None))
         .values(enqueued_at=utcnow())
         .execution_options(synchronize_session=False)
     )

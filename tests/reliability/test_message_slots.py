@@ -137,6 +137,31 @@ def test_a_job_left_to_the_sweeper_that_its_own_message_starts_sends_one_on(
         session.rollback()
 
 
+def test_a_message_spent_on_another_job_left_to_the_sweeper_leaves_its_own_job_left(
+    engine: Engine,
+) -> None:
+    """Two jobs left to the sweeper, and the message of one starts the other: the message sent
+    on serves the job that counted on the spent one, so the first job must stay left to the
+    sweeper. Marked as sent, it waited out REQUEUE_AFTER."""
+    counted, left, other = queued_jobs(engine, 3)
+    with Session(engine) as session, session.begin():
+        session.execute(update(Job).where(Job.id.in_([left, other])).values(enqueued_at=None))
+        # Only the other job is due, so the left job's message starts it.
+        session.execute(
+            update(Job)
+            .where(Job.id.in_([counted, left]))
+            .values(not_before=utcnow() + timedelta(minutes=1))
+        )
+        before = len(outbox.pending(session))
+        started = claim_next(session, lease_seconds=60, slot_of=left)
+        assert started is not None
+        assert started.job_id == other
+        sent = [m for m in outbox.pending(session)[before:] if isinstance(m, outbox.ForwardJob)]
+        assert sent == [outbox.ForwardJob(left)]
+        assert without_message(session) == [left]
+        session.rollback()
+
+
 def test_a_lost_message_prefers_a_due_job(engine: Engine) -> None:
     """A job waiting out a retry gets no message from the sweeper until it is due: the older
     job is passed over for a due one."""
