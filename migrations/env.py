@@ -27,7 +27,7 @@ def _configure(connection: Connection) -> None:
         # SQLite can only ALTER through table copies.
         render_as_batch=sqlite,
         compare_type=True,
-        # Inside each migration's own transaction (SQLite's DDL is not run in one).
+        # Run in each migration's own transaction, before its version is committed.
         on_version_apply=[_check_foreign_keys] if sqlite else [],
     )
 
@@ -41,14 +41,18 @@ def _migrate(connection: Connection) -> None:
     # A batch step copies a table and drops the original: with foreign keys enforced, dropping
     # one that rows refer to (api_keys, jobs) deletes those rows first, and fails once there are
     # any. They are off while the migrations run (set outside any transaction, or SQLite
-    # ignores it); each migration's references are checked as it is applied.
+    # ignores it); each migration's references are checked as it is applied, before its
+    # version is committed (its DDL before its first write may be committed already: the
+    # driver opens no transaction for DDL).
     connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
     connection.commit()
     try:
         with context.begin_transaction():
             context.run_migrations()
+    except BaseException:
+        connection.rollback()  # the failed migration's; the pragma is ignored inside one
+        raise
     finally:
-        connection.rollback()
         connection.exec_driver_sql("PRAGMA foreign_keys=ON")
         connection.commit()
 
