@@ -96,6 +96,22 @@ def resent_by_sweep(session: Session) -> list[str]:
     return sorted(result.resent)
 
 
+def not_yet_due(session: Session, *job_ids: str) -> None:
+    """Jobs waiting out a retry, for another minute."""
+    session.execute(
+        update(Job).where(Job.id.in_(job_ids)).values(not_before=utcnow() + timedelta(minutes=1))
+    )
+
+
+def claim_sending(session: Session, *, slot_of: str) -> tuple[str, list[outbox.ForwardJob]]:
+    """The job the message sent for ``slot_of`` starts, and the messages its claim sends on."""
+    before = len(outbox.pending(session))
+    started = claim_next(session, lease_seconds=60, slot_of=slot_of)
+    assert started is not None
+    sent = outbox.pending(session)[before:]
+    return started.job_id, [message for message in sent if isinstance(message, outbox.ForwardJob)]
+
+
 def test_a_lost_message_of_a_job_another_message_started_leaves_a_waiting_job_to_the_sweeper(
     engine: Engine,
 ) -> None:
@@ -123,17 +139,10 @@ def test_a_job_left_to_the_sweeper_that_its_own_message_starts_sends_one_on(
     first, second, third = queued_jobs(engine, 3)
     with Session(engine) as session, session.begin():
         # The third job is not due yet (a retry's wait), so the second is the one started.
-        session.execute(
-            update(Job).where(Job.id == third).values(not_before=utcnow() + timedelta(minutes=1))
-        )
+        not_yet_due(session, third)
         assert claim(session, job_id=first, lease_seconds=60) is not None
         assert message_lost(session, job_id=first) == second
-        before = len(outbox.pending(session))
-        started = claim_next(session, lease_seconds=60, slot_of=second)
-        assert started is not None
-        assert started.job_id == second
-        sent = [m for m in outbox.pending(session)[before:] if isinstance(m, outbox.ForwardJob)]
-        assert sent == [outbox.ForwardJob(second)]
+        assert claim_sending(session, slot_of=second) == (second, [outbox.ForwardJob(second)])
         session.rollback()
 
 
@@ -147,17 +156,8 @@ def test_a_message_spent_on_another_job_left_to_the_sweeper_leaves_its_own_job_l
     with Session(engine) as session, session.begin():
         session.execute(update(Job).where(Job.id.in_([left, other])).values(enqueued_at=None))
         # Only the other job is due, so the left job's message starts it.
-        session.execute(
-            update(Job)
-            .where(Job.id.in_([counted, left]))
-            .values(not_before=utcnow() + timedelta(minutes=1))
-        )
-        before = len(outbox.pending(session))
-        started = claim_next(session, lease_seconds=60, slot_of=left)
-        assert started is not None
-        assert started.job_id == other
-        sent = [m for m in outbox.pending(session)[before:] if isinstance(m, outbox.ForwardJob)]
-        assert sent == [outbox.ForwardJob(left)]
+        not_yet_due(session, counted, left)
+        assert claim_sending(session, slot_of=left) == (other, [outbox.ForwardJob(left)])
         assert without_message(session) == [left]
         session.rollback()
 
@@ -167,9 +167,7 @@ def test_a_lost_message_prefers_a_due_job(engine: Engine) -> None:
     job is passed over for a due one."""
     waiting, started, due = queued_jobs(engine, 3)
     with Session(engine) as session, session.begin():
-        session.execute(
-            update(Job).where(Job.id == waiting).values(not_before=utcnow() + timedelta(minutes=1))
-        )
+        not_yet_due(session, waiting)
         assert claim(session, job_id=started, lease_seconds=60) is not None
         assert message_lost(session, job_id=started) == due
         # With no due job left counted, a waiting one is marked rather than none.
