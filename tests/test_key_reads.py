@@ -21,7 +21,14 @@ from app.jobs.models import Job
 from app.keys import service
 from app.keys.models import ApiKey
 from app.keys.schemas import KeyOut
-from tests.harness.schema import job_fields, key_row, klein_price_id, migrated_engine, statements
+from tests.harness.schema import (
+    job_fields,
+    key_fields,
+    key_row,
+    klein_price_id,
+    migrated_engine,
+    statements,
+)
 
 NANOS_PER_USD = 1_000_000_000
 
@@ -129,16 +136,12 @@ def test_more_keys_than_a_statement_takes_parameters_are_read_in_batches(engine:
         session.execute(
             insert(ApiKey),
             [
-                {
-                    "id": f"key_{n:05d}",
-                    "name": f"k{n:05d}",
-                    "key_hash": f"hash_{n:05d}",
-                    "display_prefix": "fgk_test",
-                    "is_admin": False,
-                    "webhook_secret": "whsec_test",
-                    "budget_nanos": NANOS_PER_USD,
-                    "budget_period": "month",
-                }
+                key_fields(
+                    f"k{n:05d}",
+                    id=f"key_{n:05d}",
+                    budget_nanos=NANOS_PER_USD,
+                    budget_period="month",
+                )
                 for n in range(count)
             ],
         )

@@ -61,10 +61,10 @@ def klein_price_id(session: Session) -> int:
     return session.scalars(select(Price.id).where(Price.model == "flux-2-klein-4b")).one()
 
 
-def key_row(name: str, **values: Any) -> ApiKey:
-    """A key to add straight to the database (no key to present: its hash is made up),
-    ``values`` over its columns."""
-    fields: dict[str, Any] = {
+def key_fields(name: str, **values: Any) -> dict[str, Any]:
+    """A key's columns, to add straight to the database (no key to present: its hash is made
+    up), ``values`` over them."""
+    return {
         "id": new_id("key"),
         "name": name,
         "key_hash": new_id("hash"),
@@ -73,7 +73,11 @@ def key_row(name: str, **values: Any) -> ApiKey:
         "webhook_secret": "whsec_test",
         **values,
     }
-    return ApiKey(**fields)
+
+
+def key_row(name: str, **values: Any) -> ApiKey:
+    """:func:`key_fields` as a row to add to a session."""
+    return ApiKey(**key_fields(name, **values))
 
 
 def job_fields(key_id: str, price_id: int, **values: Any) -> dict[str, Any]:
