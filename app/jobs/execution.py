@@ -164,7 +164,7 @@ def claim_next(session: Session, *, lease_seconds: float, slot_of: str) -> Claim
     sent for. When it starts another job, that job's own message (if it has one) is still on its
     way and serves whichever job is left. If it has none (never sent: ``enqueued_at`` is NULL),
     one message is missing from then on: the claim sends one (through the outbox; marked as
-    sent if ``slot_of`` is still queued), rather than leave a job to wait out
+    sent if ``slot_of`` still waits counted as having one), rather than leave a job to wait out
     REQUEUE_AFTER_SECONDS. Like every message, the new one starts whichever job is due.
     """
     for _ in range(CLAIM_ROUNDS):
@@ -182,23 +182,12 @@ def claim_next(session: Session, *, lease_seconds: float, slot_of: str) -> Claim
                 # This message is spent on a job that was counted as having none: the job it
                 # was sent for (if another) counts on one still, or, when the job was left to
                 # the sweeper for another's lost message (message_lost), the job that counted
-                # on that one does.
-                _mark_sent(session, job_id=slot_of)
+                # on that one does. A job left to the sweeper stays left: the message it had
+                # is the one spent here.
+                _recount(session, job_id=slot_of, enqueued_at=utcnow())
                 outbox.add(session, outbox.ForwardJob(slot_of))
             return claimed
     return None
-
-
-def _mark_sent(session: Session, *, job_id: str) -> None:
-    """Record that a message is being sent for a job, if it is still queued and counted as
-    having one: a job left to the sweeper (message_lost) stays left, as the message it had is
-    spent on another job."""
-    session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.QUEUED, Job.enqueued_at.is_not(None))
-        .values(enqueued_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
 
 
 def message_lost(session: Session, *, job_id: str) -> str | None:
@@ -211,30 +200,33 @@ def message_lost(session: Session, *, job_id: str) -> str | None:
     are interchangeable, and one too many only finds no job. Lost messages marking at once
     each mark their own job (PostgreSQL: a row another is marking is skipped).
     """
-    if _unmark(session, job_id=job_id):
+    if _recount(session, job_id=job_id, enqueued_at=None):
         return job_id
     counted = (
         select(Job.id)
-        .where(Job.status == JobStatus.QUEUED, Job.enqueued_at.is_not(None))
+        .where(Job.enqueued_at.is_not(None))
         .order_by(Job.id)
         .limit(1)
         .with_for_update(skip_locked=True)
     )
-    now = utcnow()
-    for candidates in (counted.where(*_due(now)), counted):
+    for candidates in (
+        counted.where(*_due(utcnow())),
+        counted.where(Job.status == JobStatus.QUEUED),
+    ):
         # Each pass ends: a job that cannot be marked any more is not found again.
         while (found := session.scalar(candidates)) is not None:
-            if _unmark(session, job_id=found):
+            if _recount(session, job_id=found, enqueued_at=None):
                 return found
     return None  # every queued job is left for the sweeper already
 
 
-def _unmark(session: Session, *, job_id: str) -> bool:
-    """Mark a queued job that counts as having a message as having none."""
+def _recount(session: Session, *, job_id: str, enqueued_at: datetime | None) -> bool:
+    """Set when a queued job's message was sent (``None``: it has none), if it counts as having
+    one; a job left to the sweeper stays left. Whether it did."""
     marked = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.QUEUED, Job.enqueued_at.is_not(None))
-        .values(enqueued_at=None)
+        .values(enqueued_at=enqueued_at)
         .execution_options(synchronize_session=False)
     )
     return rows_affected(marked) == 1
