@@ -59,6 +59,13 @@ from bench.support import (
     start_gateway,
 )
 from bench.throughput import image_size, positive_int
+from tests.harness.otlp import (
+    TIMELINE_STEPS,
+    UPSTREAM_STEP,
+    OtlpReceiver,
+    SpanRecord,
+    job_timeline,
+)
 from tests.harness.stack import SIM_TOKEN, Stack
 
 MODEL = "flux-2-klein-4b"
@@ -83,6 +90,7 @@ class Options:
     warmup: int
     fetch_image: bool
     simulator_cache: bool
+    trace: bool
     json: bool
     keep_logs: bool
     pg_url: str
@@ -148,6 +156,12 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         help="the simulator draws every picture (about 10 ms of CPU a call) instead of "
         "answering from its cache",
     )
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="trace the gateway (OpenTelemetry, to a receiver in this process) and print where"
+        " each job's time went, step by step; tracing adds its own cost to every step",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
         "--keep-logs", action="store_true", help="keep the process logs after a good run"
@@ -172,6 +186,7 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         warmup=max(0, args.warmup),
         fetch_image=args.fetch_image,
         simulator_cache=args.simulator_cache,
+        trace=args.trace,
         json=args.json,
         keep_logs=args.keep_logs,
         pg_url=args.pg_url,
@@ -188,6 +203,7 @@ class Pair:
     """One gateway job and its direct twin; times in ms, ``None`` where a call failed."""
 
     scheduled: float  # perf_counter seconds the pair was due (open loop) or sent (sequential)
+    job_id: str | None = None
     gateway_ms: float | None = None
     direct_ms: float | None = None
     late_ms: float = 0.0  # how long after ``scheduled`` the gateway call was sent
@@ -257,6 +273,7 @@ class Caller:
             pair.errors.append(f"gateway: {type(error).__name__}: {error}")
             return
         pair.gateway_ms = (time.perf_counter() - began) * 1000
+        pair.job_id = job["id"]
         pair.timings = dict(job["timings"])
         pair.server_timing = parse_server_timing(response.headers.get("server-timing", ""))
 
@@ -310,6 +327,27 @@ async def open_loop(caller: Caller, rate: float, duration: float, first: int) ->
 
 # ---------------------------------------------------------------------------------------------
 # Results
+
+
+def timeline(pairs: Sequence[Pair], spans: Sequence[SpanRecord]) -> dict[str, Any]:
+    """Over this mode's jobs whose traces show every step: each step's distribution, and that
+    of their sum without the upstream call (the traced run's own added latency, split)."""
+    traces: dict[str, list[SpanRecord]] = {}
+    for span in spans:
+        traces.setdefault(span.trace_id, []).append(span)
+    by_job = {}
+    for trace in traces.values():
+        found = job_timeline(trace)
+        if found is not None and found[0] is not None:
+            by_job[found[0]] = found[1]
+    steps = [by_job[p.job_id] for p in pairs if p.job_id in by_job]
+    return {
+        "jobs": len(steps),
+        "steps_ms": {name: dist([step[name] for step in steps]) for name in TIMELINE_STEPS},
+        "steps_but_upstream_ms": dist(
+            [sum(ms for name, ms in step.items() if name != UPSTREAM_STEP) for step in steps]
+        ),
+    }
 
 
 def summarize(pairs: Sequence[Pair], seconds: float) -> dict[str, Any]:
@@ -417,13 +455,30 @@ def print_table(results: dict[str, Any]) -> None:
         )
         for error in found["first_errors"]:
             print(f"    error: {error}")
+        if "timeline" in found:
+            print_timeline(found["timeline"])
+
+
+def print_timeline(found: dict[str, Any]) -> None:
+    print()
+    print(
+        f"    where each job's time went, from its trace ({found['jobs']} jobs; tracing on,"
+        " which adds its own cost to every step)"
+    )
+    print(f"    {'ms':<68}{'p50':>8}{'p95':>8}")
+    rows = [
+        *found["steps_ms"].items(),
+        ("all steps but the upstream call", found["steps_but_upstream_ms"]),
+    ]
+    for label, d in rows:
+        print(f"    {label:<68}{_f(d['p50']):>8}{_f(d['p95']):>8}")
 
 
 # ---------------------------------------------------------------------------------------------
 # Main
 
 
-def start_stack(run: Run, opts: Options) -> tuple[Stack, str]:
+def start_stack(run: Run, opts: Options, collector: OtlpReceiver | None) -> tuple[Stack, str]:
     stack = start_gateway(
         run,
         pg_url=opts.pg_url,
@@ -431,6 +486,15 @@ def start_stack(run: Run, opts: Options) -> tuple[Stack, str]:
         latency=opts.latency,
         simulator_cache=opts.simulator_cache,
     )
+    if collector is not None:
+        stack.env.update(
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url,
+                "OTEL_SERVICE_NAME": "fluxgate-bench",
+                # The SDK's own setting: export every 0.1 s rather than every 5 s.
+                "OTEL_BSP_SCHEDULE_DELAY": "100",
+            }
+        )
     stack.start_api(ready_path="/readyz")
     worker = stack.start_worker(None, wait=False)  # the worker's default concurrency (64)
     key = stack.create_key("bench")
@@ -438,9 +502,25 @@ def start_stack(run: Run, opts: Options) -> tuple[Stack, str]:
     return stack, key
 
 
-async def measure(run: Run, stack: Stack, key: str, opts: Options) -> dict[str, Any]:
+def settled_spans(collector: OtlpReceiver, *, timeout: float = 15.0) -> list[SpanRecord]:
+    """Every span, once no new one has come for a second (the processes export every 0.1 s)."""
+    deadline = time.monotonic() + timeout
+    spans = collector.spans()
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        latest = collector.spans()
+        if len(latest) == len(spans):
+            break
+        spans = latest
+    return spans
+
+
+async def measure(
+    run: Run, stack: Stack, key: str, opts: Options, collector: OtlpReceiver | None
+) -> dict[str, Any]:
     caller = Caller(stack, key, opts)
     results: dict[str, Any] = {}
+    done: dict[str, list[Pair]] = {}
     try:
         if opts.warmup:
             run.log(f"warming up with {opts.warmup} pairs ...")
@@ -461,6 +541,7 @@ async def measure(run: Run, stack: Stack, key: str, opts: Options) -> dict[str, 
                 pairs = await open_loop(caller, opts.rate, opts.duration, number)
             number += len(pairs)
             results[mode] = summarize(pairs, time.perf_counter() - began)
+            done[mode] = pairs
             dead = stack.exited()
             if dead:
                 raise BenchError(f"processes exited during the run: {', '.join(dead)}")
@@ -470,6 +551,11 @@ async def measure(run: Run, stack: Stack, key: str, opts: Options) -> dict[str, 
             for name, pid in processes.items()
         }
         results["cpu_ms_per_job"]["simulator"] /= 2
+        if collector is not None:
+            run.log("reading the traces ...")
+            spans = settled_spans(collector)
+            for mode, pairs in done.items():
+                results[mode]["timeline"] = timeline(pairs, spans)
     finally:
         await caller.close()
     return results
@@ -478,8 +564,12 @@ async def measure(run: Run, stack: Stack, key: str, opts: Options) -> dict[str, 
 def run_bench(opts: Options) -> int:
     with bench_run("fluxgate-bench-latency-", keep_logs=opts.keep_logs, json=opts.json) as run:
         found = conditions()  # before anything of ours runs
-        stack, key = start_stack(run, opts)
-        modes = asyncio.run(measure(run, stack, key, opts))
+        collector = None
+        if opts.trace:
+            collector = OtlpReceiver()
+            run.cleanup.callback(collector.close)
+        stack, key = start_stack(run, opts, collector)
+        modes = asyncio.run(measure(run, stack, key, opts, collector))
         cpu = modes.pop("cpu_ms_per_job")
         sim = stack.simulator.stats()
         results: dict[str, Any] = {
@@ -494,6 +584,7 @@ def run_bench(opts: Options) -> int:
                 "warmup": opts.warmup,
                 "fetch_image": opts.fetch_image,
                 "simulator_cache": opts.simulator_cache,
+                "trace": opts.trace,
             },
             "conditions": found,
             "modes": modes,

@@ -19,7 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.otlp import OtlpReceiver, SpanRecord
+from tests.harness.otlp import (
+    TIMELINE_STEPS,
+    UPSTREAM_STEP,
+    OtlpReceiver,
+    SpanRecord,
+    job_timeline,
+)
 from tests.harness.processes import ROOT, wait_until
 from tests.harness.stack import SIM_TOKEN, Stack
 from tests.helpers import unique, wait_for_job
@@ -188,6 +194,36 @@ def test_a_job_is_one_trace_from_submit_to_completion(
 
     everything = collector.spans()
     assert_nothing_secret(everything, prompt, key, secret, SIM_TOKEN, HOOK_TOKEN)
+
+
+def test_a_waited_jobs_trace_splits_into_the_latency_benchs_steps(
+    traced: Stack, collector: OtlpReceiver
+) -> None:
+    """``bench/added_latency.py --trace`` splits each job's time into steps by its spans
+    (tests/harness/otlp.py: job_timeline). On a real waited job every step is found, and the
+    events that bound them come in order."""
+    key = traced.create_key("timeline")
+    with traced.client(key) as http:
+        answer = http.post(
+            "/v1/jobs",
+            json={"prompt": unique("a timeline"), "width": 512, "height": 512},
+            headers={"Prefer": "wait=30"},
+        )
+    assert answer.status_code == 200, answer.text
+    job_id = answer.json()["id"]
+    trace_id, _ = submitted_trace(traced, job_id)
+    wait_until(
+        lambda: job_timeline(in_trace(collector, trace_id)) is not None,
+        timeout=30,
+        what="every span of the waited job's steps",
+    )
+    found = job_timeline(in_trace(collector, trace_id))
+    assert found is not None
+    timeline_job, steps = found
+    assert timeline_job == job_id
+    assert list(steps) == list(TIMELINE_STEPS)
+    assert [name for name, ms in steps.items() if ms < 0] == [], steps
+    assert steps[UPSTREAM_STEP] >= 50, steps  # the simulator answers after 0.05 s
 
 
 def test_a_job_started_by_the_sweepers_message_stays_in_its_own_trace(

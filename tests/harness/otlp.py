@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from itertools import pairwise
 from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -35,6 +36,9 @@ class SpanRecord:
     attributes: dict[str, Any]
     resource: dict[str, Any]
     links: list[tuple[str, str]] = field(default_factory=list)
+    # When it started and ended, in nanoseconds since the epoch (the process's clock).
+    start_ns: int = 0
+    end_ns: int = 0
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SpanRecord:
@@ -87,6 +91,8 @@ def decode(body: bytes) -> list[SpanRecord]:
                         attributes=_attributes(span.attributes),
                         resource=resource,
                         links=[(link.trace_id.hex(), link.span_id.hex()) for link in span.links],
+                        start_ns=span.start_time_unix_nano,
+                        end_ns=span.end_time_unix_nano,
                     )
                 )
     return spans
@@ -136,3 +142,95 @@ class OtlpReceiver:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+# The steps of one waited submission (``POST /v1/jobs`` with ``Prefer: wait``), in order, as
+# its trace shows them: the API's request span, its statements and its message; the worker's
+# task, its job attempt and the upstream call inside it, and the finish's statements.
+UPSTREAM_STEP = "upstream call"
+TIMELINE_STEPS = (
+    "API: request to its transaction (middleware, key, body, validation)",
+    "API: the submit's statements (checkout, key, INSERT, position)",
+    "API: commit, then the message published",
+    "broker to the worker's task (Redis, Celery)",
+    "worker: limiter and claim (statements, commit, notification)",
+    "worker: claim to the upstream call",
+    UPSTREAM_STEP,
+    "worker: the finish's statements (image check, UPDATE, INSERTs)",
+    "worker: commit, then the notification",
+    "API: notification to the answer sent",
+)
+
+
+def _statement(span: SpanRecord) -> bool:
+    return "db.statement" in span.attributes
+
+
+def job_timeline(trace: list[SpanRecord]) -> tuple[str | None, dict[str, float]] | None:
+    """Where one waited submission's time went, in ms per step of :data:`TIMELINE_STEPS`,
+    from the spans of its trace (the API's and the worker's clocks are the same machine's);
+    with the id of the job its attempt ran. ``None`` when a step's spans are missing: a
+    submission that was not waited for, or a job another job's message ran (a message is a
+    dispatch slot, app/jobs/execution.py), whose attempt then links to that message's trace."""
+
+    def only(found: list[SpanRecord]) -> SpanRecord | None:
+        return found[0] if len(found) == 1 else None
+
+    def role(span: SpanRecord) -> Any:
+        return span.resource.get("fluxgate.role")
+
+    request = only([s for s in trace if s.kind == "server" and s.name == "POST /v1/jobs"])
+    published = only([s for s in trace if s.kind == "producer" and role(s) == "api"])
+    attempt = only([s for s in trace if s.name == "job attempt"])
+    # The task the attempt ran in, only if its message was this submission's own.
+    task = only(
+        [s for s in trace if s.kind == "consumer" and attempt and s.span_id == attempt.parent_id]
+    )
+    upstream = only(
+        [s for s in trace if s.kind == "client" and "/ai/run/" in str(s.attributes.get("http.url"))]
+    )
+    if request is None or published is None or task is None or attempt is None or not upstream:
+        return None
+    # The submit's statements, and the pool's checkout ("connect") that opens its transaction.
+    submit = sorted(
+        (
+            s
+            for s in trace
+            if role(s) == "api"
+            and request.start_ns <= s.start_ns
+            and s.end_ns <= published.start_ns
+        ),
+        key=lambda s: s.start_ns,
+    )
+    submit = [s for s in submit if _statement(s) or s.name == "connect"]
+    # The finish's statements: after the upstream call, inside the attempt (on the embedded
+    # backend the worker's own statements around it, such as the limiter's, share the trace).
+    finish = [
+        s
+        for s in trace
+        if role(s) == "worker"
+        and _statement(s)
+        and upstream.end_ns < s.start_ns
+        and s.end_ns <= attempt.end_ns
+    ]
+    if not submit or not finish:
+        return None
+    times = (
+        request.start_ns,
+        submit[0].start_ns,
+        max(s.end_ns for s in submit),
+        published.end_ns,
+        task.start_ns,
+        attempt.start_ns,
+        upstream.start_ns,
+        upstream.end_ns,
+        max(s.end_ns for s in finish),
+        attempt.end_ns,
+        request.end_ns,
+    )
+    steps = {
+        name: (end - start) / 1e6
+        for name, (start, end) in zip(TIMELINE_STEPS, pairwise(times), strict=True)
+    }
+    job_id = attempt.attributes.get("fluxgate.job.id")
+    return (None if job_id is None else str(job_id)), steps
