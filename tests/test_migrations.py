@@ -206,3 +206,35 @@ def test_migrations_down_and_up_keep_jobs_their_images_and_charges(empty_databas
     assert _counts(url) == kept
     command.upgrade(config, "head")
     assert _counts(url) == kept
+
+
+def test_a_sqlite_migration_that_leaves_a_row_pointing_at_nothing_is_refused(
+    tmp_path: Path,
+) -> None:
+    """Foreign keys are off while SQLite's migrations copy tables (the test above says why), so
+    each migration's references are checked before its version is committed: one that finds a
+    row referring to a missing one is refused, the database stays at the revision before, and
+    the connection it ran on enforces foreign keys again."""
+    url = f"sqlite:///{tmp_path / 'fluxgate.db'}"
+    command.upgrade(_config(url), "0016")
+    engine = make_engine(normalize_database_url(url))
+    try:
+        with engine.connect() as connection:
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.execute(
+                sa.text(
+                    "INSERT INTO job_attempts (job_id, number, ended_at, outcome)"
+                    " VALUES ('job_gone', 1, '2026-11-30 00:00:00', 'succeeded')"
+                )
+            )
+            connection.commit()
+            connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+            config = _config(url)
+            config.attributes["connection"] = connection
+            with pytest.raises(RuntimeError, match=r"rows of \['job_attempts'\] refer to rows"):
+                command.upgrade(config, "head")
+            revision = connection.execute(sa.text("SELECT version_num FROM alembic_version"))
+            assert revision.scalar_one() == "0016"
+            assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar_one() == 1
+    finally:
+        engine.dispose()
