@@ -15,7 +15,9 @@ worker as an operator runs them; no beat), then:
 Prints, per mode, p50/p95/p99/max of the gateway's end-to-end time, of the direct call's, and of
 their difference pair by pair (the latency Fluxgate adds), and the split the Job's ``timings``
 block gives (queue_ms, upstream_ms, overhead_ms) with the ``Server-Timing`` header checked
-against it. Everything is torn down afterwards, always.
+against it. With ``--trace``, the gateway exports its spans to a receiver in this process, and
+each job's time is split into steps by its trace (tests/harness/otlp.py: job_timeline).
+Everything is torn down afterwards, always.
 
     python bench/added_latency.py --sequential 30 --rate 30 --duration 20
     python bench/added_latency.py --mode open-loop --rate 30 --duration 20 --json
@@ -338,7 +340,7 @@ def timeline(pairs: Sequence[Pair], spans: Sequence[SpanRecord]) -> dict[str, An
     by_job = {}
     for trace in traces.values():
         found = job_timeline(trace)
-        if found is not None and found[0] is not None:
+        if found is not None:
             by_job[found[0]] = found[1]
     steps = [by_job[p.job_id] for p in pairs if p.job_id in by_job]
     return {
@@ -465,13 +467,14 @@ def print_timeline(found: dict[str, Any]) -> None:
         f"    where each job's time went, from its trace ({found['jobs']} jobs; tracing on,"
         " which adds its own cost to every step)"
     )
-    print(f"    {'ms':<68}{'p50':>8}{'p95':>8}")
     rows = [
         *found["steps_ms"].items(),
         ("all steps but the upstream call", found["steps_but_upstream_ms"]),
     ]
+    width = max(len(label) for label, _ in rows) + 2
+    print(f"    {'ms':<{width}}{'p50':>8}{'p95':>8}")
     for label, d in rows:
-        print(f"    {label:<68}{_f(d['p50']):>8}{_f(d['p95']):>8}")
+        print(f"    {label:<{width}}{_f(d['p50']):>8}{_f(d['p95']):>8}")
 
 
 # ---------------------------------------------------------------------------------------------

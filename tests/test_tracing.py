@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 
 from tests.harness.otlp import (
-    TIMELINE_STEPS,
     UPSTREAM_STEP,
     OtlpReceiver,
     SpanRecord,
@@ -221,7 +220,6 @@ def test_a_waited_jobs_trace_splits_into_the_latency_benchs_steps(
     assert found is not None
     timeline_job, steps = found
     assert timeline_job == job_id
-    assert list(steps) == list(TIMELINE_STEPS)
     assert [name for name, ms in steps.items() if ms < 0] == [], steps
     assert steps[UPSTREAM_STEP] >= 50, steps  # the simulator answers after 0.05 s
 

@@ -146,32 +146,36 @@ class OtlpReceiver:
 
 # The steps of one waited submission (``POST /v1/jobs`` with ``Prefer: wait``), in order, as
 # its trace shows them: the API's request span, its statements and its message; the worker's
-# task, its job attempt and the upstream call inside it, and the finish's statements.
-UPSTREAM_STEP = "upstream call"
+# task, its job attempt and the upstream call inside it, and the finish's statements. The
+# upstream call's span ends when the answer's headers arrive: reading and decoding its body
+# belong to the step after it.
+UPSTREAM_STEP = "upstream call, to its answer's headers"
 TIMELINE_STEPS = (
-    "API: request to its transaction (middleware, key, body, validation)",
-    "API: the submit's statements (checkout, key, INSERT, position)",
-    "API: commit, then the message published",
-    "broker to the worker's task (Redis, Celery)",
+    "API: request to its first statement (middleware, authentication, body, validation)",
+    "API: the submit's statements (checkout, key read again, INSERT, position)",
+    "API: commit, up to the message's publish",
+    "the message: publish, broker, Celery, to the worker's task",
     "worker: limiter and claim (statements, commit, notification)",
     "worker: claim to the upstream call",
     UPSTREAM_STEP,
-    "worker: the finish's statements (image check, UPDATE, INSERTs)",
-    "worker: commit, then the notification",
-    "API: notification to the answer sent",
+    "worker: the answer's body and image, then the finish's statements",
+    "commit, notification, and the API's answer sent",
 )
+# The server span's status code, by the old and the stable semantic conventions.
+_STATUS_CODES = ("http.status_code", "http.response.status_code")
 
 
 def _statement(span: SpanRecord) -> bool:
     return "db.statement" in span.attributes
 
 
-def job_timeline(trace: list[SpanRecord]) -> tuple[str | None, dict[str, float]] | None:
+def job_timeline(trace: list[SpanRecord]) -> tuple[str, dict[str, float]] | None:
     """Where one waited submission's time went, in ms per step of :data:`TIMELINE_STEPS`,
     from the spans of its trace (the API's and the worker's clocks are the same machine's);
-    with the id of the job its attempt ran. ``None`` when a step's spans are missing: a
-    submission that was not waited for, or a job another job's message ran (a message is a
-    dispatch slot, app/jobs/execution.py), whose attempt then links to that message's trace."""
+    with the id of the job its attempt ran. ``None`` when the chain is not there: a submission
+    answered before its job ended (not 200), a job with more than one attempt, or a job
+    another job's message ran (a message is a dispatch slot, app/jobs/execution.py), whose
+    attempt then links to that message's trace."""
 
     def only(found: list[SpanRecord]) -> SpanRecord | None:
         return found[0] if len(found) == 1 else None
@@ -189,20 +193,24 @@ def job_timeline(trace: list[SpanRecord]) -> tuple[str | None, dict[str, float]]
     upstream = only(
         [s for s in trace if s.kind == "client" and "/ai/run/" in str(s.attributes.get("http.url"))]
     )
-    if request is None or published is None or task is None or attempt is None or not upstream:
+    if (
+        request is None
+        or published is None
+        or task is None
+        or attempt is None
+        or upstream is None
+        or 200 not in (request.attributes.get(name) for name in _STATUS_CODES)
+    ):
         return None
     # The submit's statements, and the pool's checkout ("connect") that opens its transaction.
-    submit = sorted(
-        (
-            s
-            for s in trace
-            if role(s) == "api"
-            and request.start_ns <= s.start_ns
-            and s.end_ns <= published.start_ns
-        ),
-        key=lambda s: s.start_ns,
-    )
-    submit = [s for s in submit if _statement(s) or s.name == "connect"]
+    submit = [
+        s
+        for s in trace
+        if role(s) == "api"
+        and (_statement(s) or s.name == "connect")
+        and request.start_ns <= s.start_ns
+        and s.end_ns <= published.start_ns
+    ]
     # The finish's statements: after the upstream call, inside the attempt (on the embedded
     # backend the worker's own statements around it, such as the limiter's, share the trace).
     finish = [
@@ -215,22 +223,24 @@ def job_timeline(trace: list[SpanRecord]) -> tuple[str | None, dict[str, float]]
     ]
     if not submit or not finish:
         return None
+    # Every boundary is an event bound to come after the one before it, whatever the load. So
+    # the API's answer, which the notification the finish's commit sends may bring before the
+    # attempt's span has ended, is measured from the finish's last statement.
     times = (
         request.start_ns,
-        submit[0].start_ns,
+        min(s.start_ns for s in submit),
         max(s.end_ns for s in submit),
-        published.end_ns,
+        # Its start: the worker may have the message before the API's publish span has ended.
+        published.start_ns,
         task.start_ns,
         attempt.start_ns,
         upstream.start_ns,
         upstream.end_ns,
         max(s.end_ns for s in finish),
-        attempt.end_ns,
         request.end_ns,
     )
     steps = {
         name: (end - start) / 1e6
         for name, (start, end) in zip(TIMELINE_STEPS, pairwise(times), strict=True)
     }
-    job_id = attempt.attributes.get("fluxgate.job.id")
-    return (None if job_id is None else str(job_id)), steps
+    return str(attempt.attributes["fluxgate.job.id"]), steps
