@@ -208,13 +208,12 @@ def test_migrations_down_and_up_keep_jobs_their_images_and_charges(empty_databas
     assert _counts(url) == kept
 
 
-def test_a_sqlite_migration_that_leaves_a_row_pointing_at_nothing_is_refused(
-    tmp_path: Path,
-) -> None:
+def test_a_sqlite_migration_is_refused_while_a_row_points_at_nothing(tmp_path: Path) -> None:
     """Foreign keys are off while SQLite's migrations copy tables (the test above says why), so
-    each migration's references are checked before its version is committed: one that finds a
-    row referring to a missing one is refused, the database stays at the revision before, and
-    the connection it ran on enforces foreign keys again."""
+    the references are checked after each migration, before its version is committed: while a
+    row refers to a missing one, the migration is refused, the version stays at the revision
+    before, and the connection it ran on enforces foreign keys again. (What the migration did
+    in DDL before the check may stay: env.py says why.)"""
     url = f"sqlite:///{tmp_path / 'fluxgate.db'}"
     command.upgrade(_config(url), "0016")
     engine = make_engine(normalize_database_url(url))
@@ -229,6 +228,7 @@ def test_a_sqlite_migration_that_leaves_a_row_pointing_at_nothing_is_refused(
             )
             connection.commit()
             connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+            connection.commit()  # no transaction left open: Alembic opens its own, as in a deploy
             config = _config(url)
             config.attributes["connection"] = connection
             with pytest.raises(RuntimeError, match=r"rows of \['job_attempts'\] refer to rows"):
