@@ -41,12 +41,15 @@ def _migrate(connection: Connection) -> None:
     # A batch step copies a table and drops the original: with foreign keys enforced, dropping
     # one that rows refer to (api_keys, jobs) deletes those rows first, and fails once there are
     # any. They are off while the migrations run (set outside any transaction, or SQLite
-    # ignores it); each migration's references are checked as it is applied, before its
-    # version is committed (its DDL before its first write may be committed already: the
-    # driver opens no transaction for DDL).
+    # ignores it), and the references are checked instead: before the first migration, so
+    # rows already broken refuse them all before any DDL (the driver opens no transaction for
+    # DDL, so a migration's DDL before its first write cannot be undone), and after each
+    # migration, before its version is committed.
     connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
     connection.commit()
     try:
+        _refuse_broken_references(connection, "before migrating")
+        connection.commit()  # Alembic then opens its own transaction
         with context.begin_transaction():
             context.run_migrations()
     except BaseException:
@@ -57,12 +60,16 @@ def _migrate(connection: Connection) -> None:
         connection.commit()
 
 
-def _check_foreign_keys(*, ctx: MigrationContext, **_: object) -> None:
-    assert ctx.connection is not None
-    broken = ctx.connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+def _refuse_broken_references(connection: Connection, when: str) -> None:
+    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
     if broken:
         tables = sorted({row[0] for row in broken})
-        raise RuntimeError(f"after this migration, rows of {tables} refer to rows that are missing")
+        raise RuntimeError(f"{when}, rows of {tables} refer to rows that are missing")
+
+
+def _check_foreign_keys(*, ctx: MigrationContext, **_: object) -> None:
+    assert ctx.connection is not None
+    _refuse_broken_references(ctx.connection, "after this migration")
 
 
 def run_migrations_online() -> None:

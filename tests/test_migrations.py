@@ -208,12 +208,12 @@ def test_migrations_down_and_up_keep_jobs_their_images_and_charges(empty_databas
     assert _counts(url) == kept
 
 
-def test_a_sqlite_migration_is_refused_while_a_row_points_at_nothing(tmp_path: Path) -> None:
+def test_sqlite_migrations_are_refused_while_a_row_points_at_nothing(tmp_path: Path) -> None:
     """Foreign keys are off while SQLite's migrations copy tables (the test above says why), so
-    the references are checked after each migration, before its version is committed: while a
-    row refers to a missing one, the migration is refused, the version stays at the revision
-    before, and the connection it ran on enforces foreign keys again. (What the migration did
-    in DDL before the check may stay: env.py says why.)"""
+    the references are checked: before the first migration, and after each one before its
+    version is committed. While a row refers to a missing one, the migrations are refused
+    before any DDL, the version stays, and the connection they ran on enforces foreign keys
+    again; once the row is gone, they run."""
     url = f"sqlite:///{tmp_path / 'fluxgate.db'}"
     command.upgrade(_config(url), "0016")
     engine = make_engine(normalize_database_url(url))
@@ -231,10 +231,17 @@ def test_a_sqlite_migration_is_refused_while_a_row_points_at_nothing(tmp_path: P
             connection.commit()  # no transaction left open: Alembic opens its own, as in a deploy
             config = _config(url)
             config.attributes["connection"] = connection
-            with pytest.raises(RuntimeError, match=r"rows of \['job_attempts'\] refer to rows"):
+            with pytest.raises(
+                RuntimeError, match=r"before migrating, rows of \['job_attempts'\] refer to rows"
+            ):
                 command.upgrade(config, "head")
             revision = connection.execute(sa.text("SELECT version_num FROM alembic_version"))
             assert revision.scalar_one() == "0016"
             assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar_one() == 1
+            connection.execute(sa.text("DELETE FROM job_attempts WHERE job_id = 'job_gone'"))
+            connection.commit()
+            command.upgrade(config, "head")
+            revision = connection.execute(sa.text("SELECT version_num FROM alembic_version"))
+            assert revision.scalar_one() == "0017"
     finally:
         engine.dispose()
