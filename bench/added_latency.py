@@ -490,14 +490,7 @@ def start_stack(run: Run, opts: Options, collector: OtlpReceiver | None) -> tupl
         simulator_cache=opts.simulator_cache,
     )
     if collector is not None:
-        stack.env.update(
-            {
-                "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url,
-                "OTEL_SERVICE_NAME": "fluxgate-bench",
-                # The SDK's own setting: export every 0.1 s rather than every 5 s.
-                "OTEL_BSP_SCHEDULE_DELAY": "100",
-            }
-        )
+        stack.env.update(collector.exporter_env("fluxgate-bench"))
     stack.start_api(ready_path="/readyz")
     worker = stack.start_worker(None, wait=False)  # the worker's default concurrency (64)
     key = stack.create_key("bench")

@@ -58,14 +58,7 @@ def traced(
         log_dir, backend=request.param, latency=0.05, webhook_allowed_networks="127.0.0.1/32"
     )
     try:
-        gateway.env.update(
-            {
-                "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url,
-                "OTEL_SERVICE_NAME": "fluxgate-test",
-                # The SDK's own setting: export every 0.1 s rather than every 5 s.
-                "OTEL_BSP_SCHEDULE_DELAY": "100",
-            }
-        )
+        gateway.env.update(collector.exporter_env("fluxgate-test"))
         gateway.start_api()
         gateway.start_worker()
         gateway.start_beat()
